@@ -1,0 +1,15 @@
+"""The ModelDeployment API: pydantic models that are the single source of the CRD schema."""
+
+from .crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from .decision import Decision, Forecast, ForecastPoint, MetricSnapshot, Observation, ScalerState
+from .resource import ModelDeployment, SpecError, parse_manifest, parse_spec
+from .spec import ModelDeploymentSpec, Role, Variant
+from .status import Condition, ModelDeploymentStatus
+from .window import MetricWindow
+
+__all__ = [
+    "API_VERSION", "GROUP", "KIND", "PLURAL", "VERSION",
+    "Condition", "Decision", "MetricWindow", "Forecast", "ForecastPoint", "MetricSnapshot", "ModelDeployment",
+    "ModelDeploymentSpec", "ModelDeploymentStatus", "Observation", "Role", "ScalerState", "SpecError",
+    "Variant", "parse_manifest", "parse_spec",
+]

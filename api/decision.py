@@ -1,0 +1,142 @@
+"""Inputs and outputs of the pure decision engine (``elastiserve.scaling.decide``).
+
+These are plain data shared by the operator, the simulator and the metrics layer. Everything is in
+SI-ish units stated per field. Times are timezone-aware ``datetime`` values passed in by the caller;
+nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+from pydantic import Field, field_validator
+
+from .base import ApiModel
+
+SIGNALS = ("cpu", "memory", "qps", "latency", "error_rate")
+"""Signals the threshold rules read, in the order reasons list them."""
+
+
+class MetricSnapshot(ApiModel):
+    """The latest value of every signal for one ModelDeployment. ``None`` means unknown, never zero."""
+
+    cpu: float | None = None
+    """Average CPU utilisation of the model's pods, percent of their CPU request."""
+    memory: float | None = None
+    """Average memory working set, percent of the pods' memory request."""
+    qps: float | None = None
+    """Total requests per second to the model (all variants, plus requests held by the activator)."""
+    latency: float | None = None
+    """p95 (or p99, per spec) latency in milliseconds."""
+    error_rate: float | None = None
+    """Share of 5xx responses, percent."""
+    pending: float | None = None
+    """Requests waiting in the activator (scale-from-zero signal)."""
+    observed_at: datetime | None = None
+    """Timestamp of the newest sample; older than ``metrics.staleAfterSeconds`` counts as missing."""
+    errors: dict[str, str] = Field(default_factory=dict)
+    """Per-signal query errors (``signal -> message``), for conditions and reasons."""
+
+    @field_validator("cpu", "memory", "qps", "latency", "error_rate", "pending")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        # NaN/Inf from a data source become "unknown" here, once, so no rule ever sees them.
+        if v is None or not math.isfinite(v) or v < 0:
+            return None
+        return float(v)
+
+    def value(self, signal: str) -> float | None:
+        return getattr(self, signal)
+
+
+class ForecastPoint(ApiModel):
+    """One step of a forecast of request rate."""
+
+    offset_seconds: int
+    """Seconds after the forecast's origin."""
+    mean: float
+    lower: float
+    upper: float
+    """Upper bound of the prediction interval at the spec's quantile."""
+
+
+class Forecast(ApiModel):
+    """A request-rate forecast over the horizon, with its recent error."""
+
+    origin: datetime
+    """Time of the last observation the forecast is conditioned on."""
+    points: list[ForecastPoint]
+    quantile: float = 0.9
+    method: str = "arima"
+    error: float | None = None
+    """Recent sMAPE of one-horizon-ahead forecasts against realised values (0..2), None if not known yet."""
+    ready: bool = True
+    """False when the forecaster has no usable model (too little history, failed fit, high error)."""
+    reason: str = ""
+    """Why the forecast is not ready, or what model produced it."""
+
+    def peak_upper(self) -> float:
+        return max((p.upper for p in self.points), default=0.0)
+
+    def peak_mean(self) -> float:
+        return max((p.mean for p in self.points), default=0.0)
+
+
+class Observation(ApiModel):
+    """What the cluster looks like now: replicas per variant."""
+
+    replicas: dict[str, int]
+    """``spec.replicas`` of each variant's Deployment (what was last asked for)."""
+    ready: dict[str, int] = Field(default_factory=dict)
+    """Ready replicas per variant."""
+
+
+class TimedValue(ApiModel):
+    """A value recorded at a time (stabilization recommendations, scale events)."""
+
+    time: datetime
+    value: int
+
+
+class ScalerState(ApiModel):
+    """Everything the engine remembers between cycles. Stored in ``.status.scaler`` so restarts and replays agree."""
+
+    recommendations: list[TimedValue] = Field(default_factory=list)
+    """Recent total recommendations (primary-equivalent replicas) for the stabilization windows."""
+    scale_up_events: list[TimedValue] = Field(default_factory=list)
+    """Replicas added, with time, for the rate-limit policies."""
+    scale_down_events: list[TimedValue] = Field(default_factory=list)
+    """Replicas removed, with time, for the rate-limit policies."""
+    last_scale_time: datetime | None = None
+    metrics_missing_since: datetime | None = None
+    """First cycle of the current metrics outage."""
+    last_active_time: datetime | None = None
+    """Last time any request was seen (for scale to zero)."""
+    scaled_to_zero: bool = False
+
+
+class Decision(ApiModel):
+    """What ``decide`` returns: desired replicas per variant, why, and the next state."""
+
+    desired: dict[str, int]
+    reasons: list[str]
+    state: ScalerState
+    valid: bool = True
+    """False when nothing could be decided (no data at all); the caller then keeps the current replicas."""
+    metrics_available: bool = True
+    forecast_used: bool = False
+    fallback_active: bool = False
+    scale_to_zero: bool = False
+    """True when the decision takes the model to zero (the caller routes its Service to the activator)."""
+    reactive_total: int = 0
+    """Primary-equivalent replicas the reactive rules asked for."""
+    forecast_total: int | None = None
+    """Primary-equivalent replicas the forecast asked for (None without a usable forecast)."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.desired.values())
+
+    def summary(self) -> str:
+        return "; ".join(self.reasons)

@@ -1,0 +1,598 @@
+"""The ModelDeployment spec: the single source of the CRD schema, the defaults and the validation.
+
+Docstrings of models and fields become the CRD's ``description`` fields. Cross-field rules are written
+twice on purpose, in the same words: once as a CEL rule (``x-kubernetes-validations``, enforced by the
+API server) and once as a pydantic validator (enforced by ``elastiserve validate`` and the operator).
+A unit test checks that every CEL rule has a Python twin that rejects the same examples.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints, model_validator
+
+from .base import QUANTITY_PATTERN, ApiModel, parse_bytes
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+URI_PATTERN = r"^(file://|s3://|https?://|/)[^\s]*$"
+
+Name = Annotated[str, StringConstraints(pattern=DNS_LABEL, min_length=1, max_length=40)]
+Uri = Annotated[str, StringConstraints(pattern=URI_PATTERN, min_length=1, max_length=1024)]
+Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=32)]
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict:
+    """One CEL validation rule for ``x-kubernetes-validations``."""
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+class Precision(str, Enum):
+    """Numeric precision of a model variant's artifact."""
+
+    fp32 = "fp32"
+    int8 = "int8"
+    pruned = "pruned"
+
+
+class Role(str, Enum):
+    """How the decision engine uses a variant."""
+
+    primary = "primary"
+    burst = "burst"
+
+
+class Actuation(str, Enum):
+    """How the operator applies its decisions."""
+
+    Deployment = "Deployment"
+    HPA = "HPA"
+
+
+class ForecastMode(str, Enum):
+    """Whether forecasts change replicas (Active) or are only reported (Preview)."""
+
+    Active = "Active"
+    Preview = "Preview"
+
+
+class FallbackBehavior(str, Enum):
+    """What to do once metrics have been missing for longer than ``fallback.afterSeconds``."""
+
+    static = "static"
+    keepCurrent = "keepCurrent"
+    currentIfHigher = "currentIfHigher"
+
+
+class SelectPolicy(str, Enum):
+    """HPA semantics: Max picks the policy allowing the largest change, Min the smallest, Disabled forbids."""
+
+    Max = "Max"
+    Min = "Min"
+    Disabled = "Disabled"
+
+
+# --------------------------------------------------------------------------- model
+
+
+class SubModel(ApiModel):
+    """A sub-model served by the same replicas and loaded lazily on first request."""
+
+    name: Name
+    """Name clients use in the request path (``/v2/models/{name}/infer``)."""
+    uri: Uri
+    """Where the artifact lives: ``file://``, an absolute path, ``s3://`` or ``http(s)://``."""
+
+
+class LazyLoading(ApiModel):
+    """Lazy, memory-budgeted loading of sub-models inside each replica."""
+
+    enabled: bool = True
+    """Load sub-models on first request instead of at start-up."""
+    memory_budget: Quantity = "1Gi"
+    """Bytes of model weights a replica keeps resident; least recently used models are evicted past it."""
+    idle_unload_seconds: int = Field(default=600, ge=0, le=86400)
+    """Unload a sub-model after this many seconds without a request (0 = never)."""
+    preload: list[Name] = Field(default_factory=list, max_length=64)
+    """Sub-models loaded before a new replica reports ready (the operator adds its hot set)."""
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return parse_bytes(self.memory_budget)
+
+
+class ModelSpec(ApiModel):
+    """The model that the replicas serve."""
+
+    name: Name
+    """Name of the main model (the default sub-model)."""
+    uri: Uri
+    """Where the main model's artifact lives."""
+    format: Literal["onnx"] = "onnx"
+    """Artifact format. Only ONNX is served today."""
+    version: Annotated[str, StringConstraints(max_length=63)] = "v1"
+    """Model version label; changing it is a new rollout."""
+    sub_models: list[SubModel] = Field(default_factory=list, max_length=256)
+    """Further models served by the same replicas, loaded lazily."""
+    lazy_loading: LazyLoading = Field(default_factory=LazyLoading)
+
+
+# --------------------------------------------------------------------------- containers
+
+
+class EnvVar(ApiModel):
+    """An environment variable for the model-server container."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    value: Annotated[str, StringConstraints(max_length=4096)] = ""
+
+
+class ContainerPort(ApiModel):
+    """A port the model server listens on."""
+
+    name: Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=15)] = "http"
+    container_port: int = Field(default=8080, ge=1, le=65535)
+
+
+class Resources(ApiModel):
+    """Compute resources (Kubernetes quantities), e.g. ``{"cpu": "1", "memory": "1Gi"}``."""
+
+    requests: dict[str, Annotated[str, StringConstraints(max_length=32)]] = Field(default_factory=dict)
+    limits: dict[str, Annotated[str, StringConstraints(max_length=32)]] = Field(default_factory=dict)
+
+
+class ContainerTemplate(ApiModel):
+    """The model-server container shared by all variants."""
+
+    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] = "ghcr.io/elastiserve/elastiserve:0.1.0"
+    """Container image of the model server."""
+    args: list[Annotated[str, StringConstraints(max_length=1024)]] = Field(
+        default_factory=lambda: ["serve"], max_length=64
+    )
+    """Arguments after the image's entry point."""
+    ports: list[ContainerPort] = Field(default_factory=lambda: [ContainerPort()], min_length=1, max_length=8)
+    """Ports; the first one is the HTTP port the Service targets."""
+    resources: Resources = Field(
+        default_factory=lambda: Resources(requests={"cpu": "1", "memory": "1Gi"}, limits={"memory": "2Gi"})
+    )
+    env: list[EnvVar] = Field(default_factory=list, max_length=64)
+    readiness_path: Annotated[str, StringConstraints(max_length=256)] = "/v2/health/ready"
+    """HTTP path of the readiness probe."""
+
+
+# --------------------------------------------------------------------------- replicas & variants
+
+
+class ReplicaBounds(ApiModel):
+    """Lower and upper bound on replicas."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [cel("self.min <= self.max", "min must be less than or equal to max")]
+        }
+    }
+
+    min: int = Field(default=1, ge=0, le=10000)
+    """Fewest replicas. 0 is allowed only with scaleToZero.enabled."""
+    max: int = Field(default=10, ge=1, le=10000)
+    """Most replicas."""
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> "ReplicaBounds":
+        if self.min > self.max:
+            raise ValueError(f"min must be less than or equal to max (got min={self.min}, max={self.max})")
+        return self
+
+
+class Variant(ApiModel):
+    """One deployable precision of the model, e.g. fp32 (primary) and int8 (burst)."""
+
+    name: Annotated[str, StringConstraints(pattern=DNS_LABEL, min_length=1, max_length=20)]
+    """Variant name; the Deployment is called ``<modeldeployment>-<variant>``."""
+    precision: Precision = Precision.fp32
+    role: Role = Role.primary
+    """``primary`` serves the steady load; ``burst`` absorbs peaks beyond what the primary can serve."""
+    capacity_qps: float = Field(default=10.0, gt=0, le=1e6)
+    """Requests per second one replica serves at its latency SLO (measured with ``elastiserve model compare``)."""
+    quality_cost: float = Field(default=0.0, ge=0, le=1)
+    """Quality lost against fp32 (1 - mean cosine); burst traffic is bounded by ``burst.qualityBudget``."""
+    model_uri: Uri | None = None
+    """Artifact of this variant (defaults to the model's URI with the precision as suffix)."""
+    image: Annotated[str, StringConstraints(max_length=512)] | None = None
+    """Overrides the template's image."""
+    args: list[Annotated[str, StringConstraints(max_length=1024)]] | None = Field(default=None, max_length=64)
+    """Overrides the template's args."""
+    resources: Resources | None = None
+    """Overrides the template's resources."""
+    replicas: ReplicaBounds | None = None
+    """Per-variant bounds; defaults to the model's bounds for the primary and 0..max for burst variants."""
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class SecretKeyRef(ApiModel):
+    """A key in a Secret of the ModelDeployment's namespace."""
+
+    name: Name
+    key: Annotated[str, StringConstraints(min_length=1, max_length=253)] = "token"
+
+
+class PrometheusSpec(ApiModel):
+    """Where the operator reads metrics. Empty fields use the operator's own settings."""
+
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=1024)] | None = None
+    """Prometheus base URL, e.g. ``http://prometheus.monitoring:9090``."""
+    bearer_token_secret: SecretKeyRef | None = None
+    """Secret holding a bearer token (never logged)."""
+    tls_verify: bool = True
+    """Verify the server's TLS certificate."""
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    """Timeout of one query."""
+
+
+class ThresholdRule(ApiModel):
+    """Scale up above ``scaleUpAbove``, down below ``scaleDownBelow``; in between, hold.
+
+    Out of the band the new replica count is proportional, as the HPA does:
+    ``ceil(current * value / target)`` (target defaults to the middle of the band).
+    """
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "self.scaleDownBelow < self.scaleUpAbove",
+                    "scaleDownBelow must be lower than scaleUpAbove",
+                ),
+                cel(
+                    "!has(self.target) || (self.target >= self.scaleDownBelow && self.target <= self.scaleUpAbove)",
+                    "target must lie between scaleDownBelow and scaleUpAbove",
+                ),
+            ]
+        }
+    }
+
+    enabled: bool = True
+    scale_up_above: float = Field(ge=0)
+    """Scale up when the signal is above this value."""
+    scale_down_below: float = Field(ge=0)
+    """Scale down when the signal is below this value."""
+    target: float | None = Field(default=None, ge=0)
+    """Value the proportional formula aims for (default: middle of the band)."""
+    query: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    """PromQL that overrides the built-in query. ``$namespace``, ``$name``, ``$window`` are substituted."""
+
+    @model_validator(mode="after")
+    def _band(self) -> "ThresholdRule":
+        if not self.scale_down_below < self.scale_up_above:
+            raise ValueError(
+                f"scaleDownBelow must be lower than scaleUpAbove "
+                f"(got scaleDownBelow={self.scale_down_below}, scaleUpAbove={self.scale_up_above})"
+            )
+        if self.target is not None and not (self.scale_down_below <= self.target <= self.scale_up_above):
+            raise ValueError(
+                f"target must lie between scaleDownBelow and scaleUpAbove "
+                f"(got target={self.target}, band=[{self.scale_down_below}, {self.scale_up_above}])"
+            )
+        return self
+
+    @property
+    def effective_target(self) -> float:
+        return self.target if self.target is not None else (self.scale_up_above + self.scale_down_below) / 2
+
+
+def _rule(up: float, down: float, target: float | None = None, enabled: bool = True):
+    return lambda: ThresholdRule(scale_up_above=up, scale_down_below=down, target=target, enabled=enabled)
+
+
+class MetricRules(ApiModel):
+    """Threshold rules per signal. The highest replica count any enabled rule asks for wins."""
+
+    cpu: ThresholdRule = Field(default_factory=_rule(80, 30))
+    """CPU utilisation in percent of the pods' CPU request."""
+    memory: ThresholdRule = Field(default_factory=_rule(85, 30, enabled=False))
+    """Memory working set in percent of the pods' memory request."""
+    qps: ThresholdRule = Field(default_factory=_rule(90, 40, target=70))
+    """Requests per second as percent of the variants' ``capacityQps`` (utilisation of serving capacity)."""
+    latency: ThresholdRule = Field(default_factory=_rule(200, 50))
+    """p95 latency in milliseconds (``scaleUpAbove`` is the latency SLO)."""
+    error_rate: ThresholdRule = Field(default_factory=_rule(5, 1, enabled=False))
+    """Share of 5xx responses in percent; high error rates are treated as overload."""
+
+
+class MetricsSpec(ApiModel):
+    """Prometheus connection and the scaling rules fed by it."""
+
+    prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec)
+    rules: MetricRules = Field(default_factory=MetricRules)
+    window_seconds: int = Field(default=60, ge=10, le=3600)
+    """Rate window of the built-in queries (``rate(...[window])``)."""
+    stale_after_seconds: int = Field(default=90, ge=10, le=3600)
+    """Metrics older than this count as missing: the decision holds, it never scales down."""
+    latency_quantile: Literal["p95", "p99"] = "p95"
+    """Which latency quantile the latency rule reads."""
+
+
+# --------------------------------------------------------------------------- forecasting
+
+
+class ForecastingSpec(ApiModel):
+    """ARIMA pre-scaling: size for the upper forecast quantile over the horizon."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "self.horizonSeconds < self.historySeconds",
+                    "horizonSeconds must be shorter than historySeconds",
+                ),
+                cel(
+                    "self.stepSeconds <= self.horizonSeconds",
+                    "stepSeconds must not exceed horizonSeconds",
+                ),
+            ]
+        }
+    }
+
+    enabled: bool = False
+    method: Literal["arima", "naive"] = "arima"
+    mode: ForecastMode = ForecastMode.Active
+    order: list[Annotated[int, Field(ge=0, le=5)]] | None = Field(default=None, min_length=3, max_length=3)
+    """ARIMA (p, d, q). Empty: chosen by AIC at each refit."""
+    seasonal_periods_seconds: list[Annotated[int, Field(ge=60, le=31 * 86400)]] = Field(
+        default_factory=lambda: [86400], max_length=4
+    )
+    """Seasonal periods modelled with Fourier terms (daily by default; add 604800 for weekly)."""
+    fourier_terms: int = Field(default=3, ge=0, le=10)
+    """Sine/cosine pairs per seasonal period."""
+    step_seconds: int = Field(default=60, ge=1, le=3600)
+    """Resolution of the history and the forecast."""
+    history_seconds: int = Field(default=3 * 86400, ge=600, le=60 * 86400)
+    """How much history the model is fitted on."""
+    horizon_seconds: int = Field(default=300, ge=1, le=86400)
+    """How far ahead to pre-scale (about the time a new replica needs to become ready)."""
+    quantile: float = Field(default=0.9, ge=0.5, le=0.999)
+    """Upper quantile of the prediction interval the capacity is sized for."""
+    refit_seconds: int = Field(default=3600, ge=60, le=7 * 86400)
+    """Full refit period; in between, new observations only update the state (cheap)."""
+    max_error: float = Field(default=0.5, gt=0, le=2)
+    """Recent sMAPE above which forecasts are ignored (ForecastReady=False)."""
+
+    @model_validator(mode="after")
+    def _windows(self) -> "ForecastingSpec":
+        if not self.horizon_seconds < self.history_seconds:
+            raise ValueError(
+                f"horizonSeconds must be shorter than historySeconds "
+                f"(got horizonSeconds={self.horizon_seconds}, historySeconds={self.history_seconds})"
+            )
+        if self.step_seconds > self.horizon_seconds:
+            raise ValueError(
+                f"stepSeconds must not exceed horizonSeconds "
+                f"(got stepSeconds={self.step_seconds}, horizonSeconds={self.horizon_seconds})"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- behavior
+
+
+class ScalingPolicy(ApiModel):
+    """At most ``value`` pods (type Pods) or percent (type Percent) of change per ``periodSeconds``."""
+
+    type: Literal["Pods", "Percent"]
+    value: int = Field(ge=1, le=10000)
+    period_seconds: int = Field(ge=1, le=1800)
+
+
+class ScalingRules(ApiModel):
+    """HPA-compatible rules for one direction."""
+
+    stabilization_window_seconds: int = Field(ge=0, le=3600)
+    """Use the highest (scale-down) or lowest (scale-up) recommendation of this window."""
+    select_policy: SelectPolicy = SelectPolicy.Max
+    policies: list[ScalingPolicy] = Field(min_length=1, max_length=10)
+
+
+def _scale_up_default() -> ScalingRules:
+    # The HPA v2 defaults: no stabilization, double or add 4 pods every 15 s, whichever is more.
+    return ScalingRules(
+        stabilization_window_seconds=0,
+        policies=[
+            ScalingPolicy(type="Percent", value=100, period_seconds=15),
+            ScalingPolicy(type="Pods", value=4, period_seconds=15),
+        ],
+    )
+
+
+def _scale_down_default() -> ScalingRules:
+    # The HPA v2 defaults: 300 s stabilization, then any amount per 15 s.
+    return ScalingRules(
+        stabilization_window_seconds=300,
+        policies=[ScalingPolicy(type="Percent", value=100, period_seconds=15)],
+    )
+
+
+class Behavior(ApiModel):
+    """Stabilization windows and rate limits with the HPA's semantics."""
+
+    scale_up: ScalingRules = Field(default_factory=_scale_up_default)
+    scale_down: ScalingRules = Field(default_factory=_scale_down_default)
+    tolerance: float = Field(default=0.1, ge=0, le=1)
+    """Relative deviation from the target ignored by proportional rules (HPA: 0.1)."""
+
+
+# --------------------------------------------------------------------------- burst, zero, fallback
+
+
+class BurstSpec(ApiModel):
+    """When and how burst variants (e.g. INT8) absorb demand."""
+
+    enabled: bool = True
+    short_peak_seconds: int = Field(default=900, ge=0, le=86400)
+    """A forecast peak shorter than this is served by burst replicas instead of primary ones."""
+    quality_budget: float = Field(default=0.5, ge=0, le=1)
+    """Largest share of capacity that burst variants may provide."""
+
+
+class ActivatorSpec(ApiModel):
+    """How the activator holds requests while a model scales from zero."""
+
+    queue_size: int = Field(default=1000, ge=1, le=100000)
+    """Requests buffered per model while no replica is ready."""
+    timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    """A buffered request still waiting after this gets 503 with Retry-After."""
+
+
+class ScaleToZeroSpec(ApiModel):
+    """Serverless mode: no replicas after an idle period; the activator wakes the model up."""
+
+    enabled: bool = False
+    idle_seconds: int = Field(default=300, ge=30, le=7 * 86400)
+    """Seconds without requests before scaling to zero."""
+    cold_start_variant: Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=20)] | None = None
+    """Variant started first from zero (default: a burst variant if any, since it loads faster)."""
+    activator: ActivatorSpec = Field(default_factory=ActivatorSpec)
+
+
+class FallbackSpec(ApiModel):
+    """What to do when metrics stay missing (KEDA-style fallback)."""
+
+    behavior: FallbackBehavior = FallbackBehavior.keepCurrent
+    after_seconds: int = Field(default=300, ge=0, le=86400)
+    """How long metrics must be missing before the fallback applies."""
+    replicas: int = Field(default=1, ge=0, le=10000)
+    """Replicas used by the ``static`` and ``currentIfHigher`` behaviours."""
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+_SPEC_RULES = [
+    cel(
+        "self.variants.all(v, self.variants.exists_one(w, w.name == v.name))",
+        "variant names must be unique",
+        ".variants",
+    ),
+    cel(
+        "self.variants.exists_one(v, v.role == 'primary')",
+        "exactly one variant must have role primary",
+        ".variants",
+    ),
+    cel(
+        "self.replicas.min > 0 || self.scaleToZero.enabled",
+        "replicas.min may be 0 only when scaleToZero.enabled is true",
+        ".replicas.min",
+    ),
+    cel(
+        "!(self.actuation == 'HPA' && self.scaleToZero.enabled)",
+        "scaleToZero needs actuation Deployment: an HPA cannot scale to 0",
+        ".actuation",
+    ),
+    cel(
+        "!has(self.scaleToZero.coldStartVariant) || "
+        "self.variants.exists(v, v.name == self.scaleToZero.coldStartVariant)",
+        "scaleToZero.coldStartVariant must name one of the variants",
+        ".scaleToZero.coldStartVariant",
+    ),
+    cel(
+        "self.model.lazyLoading.preload.all(p, p == self.model.name || "
+        "self.model.subModels.exists(s, s.name == p))",
+        "model.lazyLoading.preload may only name the model or its subModels",
+        ".model.lazyLoading.preload",
+    ),
+    cel(
+        "self.model.subModels.all(s, self.model.subModels.exists_one(t, t.name == s.name))",
+        "subModel names must be unique",
+        ".model.subModels",
+    ),
+]
+
+
+class ModelDeploymentSpec(ApiModel):
+    """Desired state of a ModelDeployment: a model, its variants and how to scale them."""
+
+    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": _SPEC_RULES}}
+
+    model: ModelSpec
+    template: ContainerTemplate = Field(default_factory=ContainerTemplate)
+    variants: list[Variant] = Field(
+        default_factory=lambda: [Variant(name="fp32")], min_length=1, max_length=8
+    )
+    """Deployable variants; exactly one is primary."""
+    replicas: ReplicaBounds = Field(default_factory=ReplicaBounds)
+    """Bounds on the primary variant's replicas (and on the model's, in primary-equivalents)."""
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    forecasting: ForecastingSpec = Field(default_factory=ForecastingSpec)
+    behavior: Behavior = Field(default_factory=Behavior)
+    burst: BurstSpec = Field(default_factory=BurstSpec)
+    scale_to_zero: ScaleToZeroSpec = Field(default_factory=ScaleToZeroSpec)
+    fallback: FallbackSpec = Field(default_factory=FallbackSpec)
+    actuation: Actuation = Actuation.Deployment
+    sync_period_seconds: int = Field(default=15, ge=5, le=600)
+    """How often the operator reads metrics and decides."""
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "ModelDeploymentSpec":
+        names = [v.name for v in self.variants]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"variant names must be unique (repeated: {', '.join(dupes)})")
+        primaries = [v.name for v in self.variants if v.role == Role.primary]
+        if len(primaries) != 1:
+            raise ValueError(
+                f"exactly one variant must have role primary (got {len(primaries)}: {primaries or 'none'})"
+            )
+        if self.replicas.min == 0 and not self.scale_to_zero.enabled:
+            raise ValueError(
+                "replicas.min may be 0 only when scaleToZero.enabled is true "
+                "(set replicas.min >= 1 or scaleToZero.enabled: true)"
+            )
+        if self.actuation == Actuation.HPA and self.scale_to_zero.enabled:
+            raise ValueError("scaleToZero needs actuation Deployment: an HPA cannot scale to 0")
+        cold = self.scale_to_zero.cold_start_variant
+        if cold is not None and cold not in names:
+            raise ValueError(
+                f"scaleToZero.coldStartVariant must name one of the variants (got {cold!r}, variants: {names})"
+            )
+        known = {self.model.name} | {s.name for s in self.model.sub_models}
+        unknown = [p for p in self.model.lazy_loading.preload if p not in known]
+        if unknown:
+            raise ValueError(
+                f"model.lazyLoading.preload may only name the model or its subModels "
+                f"(unknown: {unknown}, known: {sorted(known)})"
+            )
+        subs = [s.name for s in self.model.sub_models]
+        sub_dupes = sorted({n for n in subs if subs.count(n) > 1})
+        if sub_dupes:
+            raise ValueError(f"subModel names must be unique (repeated: {', '.join(sub_dupes)})")
+        return self
+
+    # ---- helpers used by builders and the decision engine (pure)
+
+    @property
+    def primary(self) -> Variant:
+        return next(v for v in self.variants if v.role == Role.primary)
+
+    @property
+    def bursts(self) -> list[Variant]:
+        return [v for v in self.variants if v.role == Role.burst]
+
+    def bounds(self, variant: Variant) -> ReplicaBounds:
+        """Replica bounds of a variant: its own, else the model's (primary) or 0..max (burst)."""
+        if variant.replicas is not None:
+            return variant.replicas
+        if variant.role == Role.primary:
+            return self.replicas
+        return ReplicaBounds(min=0, max=self.replicas.max)
+
+    def cold_start_variant(self) -> Variant:
+        """The variant that serves the first request after zero."""
+        if self.scale_to_zero.cold_start_variant:
+            return next(v for v in self.variants if v.name == self.scale_to_zero.cold_start_variant)
+        int8 = [v for v in self.bursts if v.precision == Precision.int8]
+        return int8[0] if int8 else self.primary

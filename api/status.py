@@ -1,0 +1,79 @@
+"""The ModelDeployment status, written by the operator only."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from .base import ApiModel
+from .decision import ScalerState
+
+CONDITION_TYPES = ("Ready", "MetricsAvailable", "ForecastReady", "ScalingActive", "Fallback", "Rollout")
+
+
+class Condition(ApiModel):
+    """A standard Kubernetes condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: datetime | None = None
+    observed_generation: int | None = None
+
+
+class VariantStatus(ApiModel):
+    """Replicas of one variant."""
+
+    name: str
+    replicas: int = 0
+    """``spec.replicas`` of the variant's Deployment."""
+    desired: int = 0
+    """What the last decision asked for."""
+    ready: int = 0
+
+
+class ForecastStatus(ApiModel):
+    """The latest forecast, as shown by ``kubectl get mdep``."""
+
+    value: float | None = None
+    """Peak mean request rate over the horizon (req/s)."""
+    upper: float | None = None
+    """Peak upper bound at the spec's quantile (req/s)."""
+    horizon_seconds: int | None = None
+    error: float | None = None
+    """Recent sMAPE (0..2)."""
+    method: str | None = None
+    time: datetime | None = None
+
+
+class LastDecision(ApiModel):
+    """The last decision and its reasons."""
+
+    time: datetime
+    desired: dict[str, int]
+    reasons: list[str]
+
+
+class ModelDeploymentStatus(ApiModel):
+    """Observed state of a ModelDeployment."""
+
+    observed_generation: int | None = None
+    phase: Literal["Pending", "Ready", "Scaling", "Error", "ScaledToZero"] | None = None
+    replicas: int | None = None
+    """Replicas over all variants."""
+    desired: int | None = None
+    """Desired replicas over all variants."""
+    variant_summary: str | None = None
+    """e.g. ``fp32=3 int8=1``."""
+    variants: list[VariantStatus] = Field(default_factory=list)
+    last_scale_time: datetime | None = None
+    last_scale_reason: str | None = None
+    last_decision: LastDecision | None = None
+    forecast: ForecastStatus | None = None
+    hot_set: list[str] = Field(default_factory=list)
+    """Sub-models new replicas preload."""
+    scaler: ScalerState | None = None
+    conditions: list[Condition] = Field(default_factory=list)

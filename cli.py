@@ -1,0 +1,152 @@
+"""The `elastiserve` command line: run the operator, print the CRD, validate manifests, backtest, serve."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+
+app = typer.Typer(
+    name="elastiserve",
+    help="Autoscale model-serving workloads on Kubernetes: forecasts, INT8 bursts, lazy sub-models, scale to zero.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def crd() -> None:
+    """Print the ModelDeployment CustomResourceDefinition generated from the API models."""
+    from .api.crd import render_yaml
+
+    sys.stdout.write(render_yaml())
+
+
+def load_documents(path: Path) -> list[tuple[str, object]]:
+    """YAML documents of a file (or of every *.yaml in a folder) as (source, object) pairs."""
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")) if path.is_dir() else [path]
+    docs: list[tuple[str, object]] = []
+    for f in files:
+        try:
+            text = f.read_text()
+        except OSError as exc:
+            raise ValueError(f"{f}: cannot read ({exc.strerror})") from None
+        try:
+            loaded = [d for d in yaml.safe_load_all(text) if d is not None]
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ValueError(f"{f}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        docs += [(f"{f}" + (f"#{i}" if len(loaded) > 1 else ""), d) for i, d in enumerate(loaded)]
+    return docs
+
+
+@app.command()
+def validate(
+    path: Path = typer.Argument(..., help="A ModelDeployment YAML file, or a folder of them."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only problems."),
+) -> None:
+    """Check ModelDeployment manifests offline with the rules the API server and the operator apply."""
+    from .api import SpecError, parse_manifest
+
+    if not path.exists():
+        _fail(f"{path}: no such file or folder")
+    try:
+        docs = load_documents(path)
+    except ValueError as exc:
+        _fail(str(exc))
+    if not docs:
+        _fail(f"{path}: no YAML documents found")
+    bad = 0
+    for source, doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") not in (None, "ModelDeployment"):
+            if not quiet:
+                typer.echo(f"{source}: skipped (kind {doc.get('kind')})")
+            continue
+        try:
+            md = parse_manifest(doc, source)
+        except SpecError as exc:
+            bad += 1
+            typer.echo(str(exc), err=True)
+            continue
+        if not quiet:
+            variants = ", ".join(f"{v.name}({v.role.value})" for v in md.spec.variants)
+            typer.echo(f"{source}: ok ({md.metadata.name}: {variants})")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    namespace: list[str] = typer.Option([], "--namespace", "-n", help="Watch only these namespaces (repeatable)."),
+    all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Watch the whole cluster."),
+    prometheus_url: Optional[str] = typer.Option(
+        None, envvar="ELASTISERVE_PROMETHEUS_URL", help="Default Prometheus URL for specs that name none."
+    ),
+    metrics_port: int = typer.Option(9090, envvar="ELASTISERVE_METRICS_PORT", help="Port of the operator's /metrics."),
+    liveness: str = typer.Option(
+        "http://0.0.0.0:8081/healthz", envvar="ELASTISERVE_LIVENESS", help="kopf liveness endpoint URL."
+    ),
+    peering: Optional[str] = typer.Option(
+        None, envvar="ELASTISERVE_PEERING", help="kopf peering name for HA (several replicas, one active)."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the operator (kopf) until interrupted."""
+    from .operator.main import run_operator
+
+    if not namespace and not all_namespaces:
+        all_namespaces = True
+    run_operator(
+        namespaces=namespace,
+        all_namespaces=all_namespaces,
+        prometheus_url=prometheus_url,
+        metrics_port=metrics_port,
+        liveness=liveness,
+        peering=peering,
+        verbose=verbose,
+    )
+
+
+def _mount_optional() -> None:
+    """Sub-commands that live with their own package (serving, simulation).
+
+    A missing module (not written yet) leaves its command out; any other import error is raised.
+    """
+    import importlib
+
+    mounts = [
+        ("serving.cli", lambda m: (app.add_typer(m.model_app, name="model", help="Build, quantize and compare the ONNX model variants."),
+                                   app.command("serve", help="Run the model server.")(m.serve))),
+        ("simulation.cli", lambda m: app.command("backtest", help="Replay a trace through the policies and write a report.")(m.backtest)),
+        ("serving.activator", lambda m: app.command("activator", help="Run the activator (scale-from-zero proxy).")(m.activator)),
+    ]
+    for module, mount in mounts:
+        name = f"{__package__}.{module}"
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        mount(mod)
+
+
+_mount_optional()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

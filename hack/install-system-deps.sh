@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install the Debian packages elastiserve's tests and demo use, only if something is missing.
+set -euo pipefail
+need=()
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ "${#need[@]}" -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "error: missing Debian packages: ${need[*]}; run: sudo apt-get install -y ${need[*]}" >&2
+  exit 1
+fi
+echo "installing Debian packages: ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null || { echo "error: apt-get update failed" >&2; exit 1; }
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The package starts a system Prometheus on :9090; our tests start their own on free ports.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus 2>/dev/null || true; fi
+pkill -x prometheus 2>/dev/null || true

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Run pytest; "no tests collected" (exit 5) is a failure, never a silent pass.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pytest "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "error: pytest collected no tests (exit 5); treating as failure" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,158 @@
+"""The only code that talks to Prometheus: instant values and history windows, cleaned.
+
+Built on ``prometheus-api-client``. Every failure becomes a typed ``MetricsError``; NaN, Inf and
+negative values become "unknown" (``None``) in one place (``clean``), never zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Protocol
+
+import numpy as np
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+
+from ..api.decision import SIGNALS, MetricSnapshot
+from ..api.spec import ModelDeploymentSpec
+from ..api.window import MetricWindow
+from .errors import AmbiguousSeries, MetricsError, NoData, QueryFailed
+from .queries import render
+
+
+def clean(value: float | str | None) -> float | None:
+    """NaN, Inf, negative or unparsable values are unknown."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v >= 0 else None
+
+
+class MetricSource(Protocol):
+    """What the operator needs from a metrics backend (Prometheus, or an in-memory stub in benchmarks)."""
+
+    def snapshot(self, spec: ModelDeploymentSpec, namespace: str, name: str, at: datetime | None = None) -> MetricSnapshot: ...
+
+    def history(
+        self, spec: ModelDeploymentSpec, namespace: str, name: str, end: datetime, seconds: int, step: int
+    ) -> MetricWindow: ...
+
+
+@dataclass
+class PrometheusSource:
+    """Reads one Prometheus. ``token`` is a bearer token (kept out of ``repr`` and logs)."""
+
+    url: str
+    token: str | None = None
+    tls_verify: bool = True
+    timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        self._client = PrometheusConnect(
+            url=self.url.rstrip("/"), headers=headers, disable_ssl=not self.tls_verify, timeout=self.timeout
+        )
+
+    def __repr__(self) -> str:  # never print the token
+        return f"PrometheusSource(url={self.url!r}, tls_verify={self.tls_verify}, timeout={self.timeout})"
+
+    # ------------------------------------------------------------------ raw queries
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except requests.Timeout:
+            raise QueryFailed(f"Prometheus at {self.url} timed out after {self.timeout:g} s") from None
+        except requests.RequestException as exc:
+            raise QueryFailed(f"Prometheus at {self.url} unreachable: {type(exc).__name__}") from None
+        except PrometheusApiClientException as exc:
+            raise QueryFailed(f"Prometheus rejected the query: {_short(str(exc))}") from None
+        except ValueError as exc:  # malformed JSON
+            raise QueryFailed(f"Prometheus sent a malformed response: {_short(str(exc))}") from None
+
+    def instant(self, query: str, at: datetime | None = None) -> tuple[float, datetime]:
+        """One scalar: the value and its timestamp. Raises NoData / AmbiguousSeries / QueryFailed."""
+        params = {"time": f"{at.timestamp():.3f}"} if at else None
+        result = self._call(self._client.custom_query, query, params=params)
+        if not isinstance(result, list):
+            raise QueryFailed("Prometheus sent a malformed response: result is not a vector")
+        if not result:
+            raise NoData("no series")
+        if len(result) > 1:
+            raise AmbiguousSeries(f"{len(result)} series; aggregate the query with sum() or avg()")
+        try:
+            ts, raw = result[0]["value"]
+        except (KeyError, TypeError, ValueError):
+            raise QueryFailed("Prometheus sent a malformed response: sample without value") from None
+        value = clean(raw)
+        if value is None:
+            raise NoData(f"value {raw}")
+        return value, datetime.fromtimestamp(float(ts), tz=timezone.utc)
+
+    def range(self, query: str, start: datetime, end: datetime, step: int, signal: str = "qps") -> MetricWindow:
+        """A history window on an even grid. Short gaps are interpolated; leading gaps are dropped."""
+        result = self._call(self._client.custom_query_range, query, start_time=start, end_time=end, step=f"{step}s")
+        if not isinstance(result, list):
+            raise QueryFailed("Prometheus sent a malformed response: result is not a matrix")
+        if not result:
+            raise NoData("no series in range")
+        if len(result) > 1:
+            raise AmbiguousSeries(f"{len(result)} series; aggregate the query with sum() or avg()")
+        n = int((end - start).total_seconds() // step) + 1
+        grid = np.full(n, np.nan)
+        t0 = start.timestamp()
+        for pair in result[0].get("values", []):
+            try:
+                ts, raw = pair
+                i = int(round((float(ts) - t0) / step))
+            except (TypeError, ValueError):
+                continue
+            v = clean(raw)
+            if 0 <= i < n and v is not None:
+                grid[i] = v
+        known = np.flatnonzero(~np.isnan(grid))
+        if known.size == 0:
+            raise NoData("only NaN in range")
+        first = known[0]
+        grid = grid[first:]
+        idx = np.arange(grid.size)
+        ok = ~np.isnan(grid)
+        grid = np.interp(idx, idx[ok], grid[ok])
+        return MetricWindow(
+            start=datetime.fromtimestamp(t0 + first * step, tz=timezone.utc), step_seconds=step, values=grid, signal=signal
+        )
+
+    # ------------------------------------------------------------------ per ModelDeployment
+
+    def snapshot(self, spec: ModelDeploymentSpec, namespace: str, name: str, at: datetime | None = None) -> MetricSnapshot:
+        values: dict[str, float | None] = {}
+        errors: dict[str, str] = {}
+        newest: datetime | None = None
+        wanted = [s for s in SIGNALS if getattr(spec.metrics.rules, s).enabled] + ["pending"]
+        for signal in wanted:
+            try:
+                value, ts = self.instant(render(signal, spec, namespace, name), at)
+            except MetricsError as exc:
+                values[signal] = None
+                if signal != "pending":  # no activator series is normal
+                    errors[signal] = f"{type(exc).__name__}: {exc}"
+                continue
+            values[signal] = value
+            newest = ts if newest is None or ts > newest else newest
+        return MetricSnapshot(**values, observed_at=newest, errors=errors)
+
+    def history(
+        self, spec: ModelDeploymentSpec, namespace: str, name: str, end: datetime, seconds: int, step: int
+    ) -> MetricWindow:
+        from datetime import timedelta
+
+        query = render("qps", spec, namespace, name)
+        return self.range(query, end - timedelta(seconds=seconds), end, step, signal="qps")
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

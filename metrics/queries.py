@@ -1,0 +1,84 @@
+"""Built-in PromQL per signal, and how a spec's overrides replace them.
+
+Placeholders (``string.Template`` syntax): ``$namespace``, ``$name`` (the ModelDeployment), ``$window``
+(the rate window, e.g. ``60s``), ``$pods`` (a regex matching the model's pods), ``$cpu_request`` (cores
+per pod) and ``$memory_request`` (bytes per pod). Users may use the same placeholders in overrides.
+
+The defaults assume the common setup: cAdvisor (kubelet) metrics for CPU and memory, and the
+elastiserve model server's own metrics for requests and latency. While a model is scaled to zero its
+requests arrive at the activator, so the request rate is the union of both counters.
+"""
+
+from __future__ import annotations
+
+import re
+from string import Template
+
+from ..api.spec import ModelDeploymentSpec
+
+SERVER_SELECTOR = 'namespace="$namespace",modeldeployment="$name"'
+
+DEFAULT_QUERIES: dict[str, str] = {
+    "cpu": (
+        '100 * avg(sum by (pod) (rate(container_cpu_usage_seconds_total{namespace="$namespace",'
+        'pod=~"$pods",container!="",container!="POD"}[$window]))) / $cpu_request'
+    ),
+    "memory": (
+        '100 * avg(sum by (pod) (container_memory_working_set_bytes{namespace="$namespace",'
+        'pod=~"$pods",container!="",container!="POD"})) / $memory_request'
+    ),
+    "qps": (
+        "sum(rate(elastiserve_requests_total{" + SERVER_SELECTOR + "}[$window])"
+        " or rate(elastiserve_activator_requests_total{" + SERVER_SELECTOR + "}[$window]))"
+    ),
+    "latency": (
+        "1000 * histogram_quantile($quantile, sum by (le) (rate(elastiserve_request_duration_seconds_bucket{"
+        + SERVER_SELECTOR
+        + "}[$window])))"
+    ),
+    "error_rate": (
+        '100 * (sum(rate(elastiserve_requests_total{' + SERVER_SELECTOR + ',code=~"5.."}[$window])) or vector(0))'
+        " / sum(rate(elastiserve_requests_total{" + SERVER_SELECTOR + "}[$window]))"
+    ),
+    "pending": "sum(elastiserve_activator_pending_requests{" + SERVER_SELECTOR + "})",
+}
+
+_CPU_UNITS = re.compile(r"^([0-9.]+)(m?)$")
+
+
+def cpu_cores(quantity: str | None, default: float = 1.0) -> float:
+    """``"500m"`` → 0.5, ``"2"`` → 2.0."""
+    if not quantity:
+        return default
+    m = _CPU_UNITS.match(quantity.strip())
+    if not m:
+        return default
+    value = float(m.group(1))
+    return value / 1000 if m.group(2) else value
+
+
+def pods_regex(spec: ModelDeploymentSpec, name: str) -> str:
+    # Names are DNS labels ([a-z0-9-]), safe in a regex and in a PromQL string as they are.
+    variants = "|".join(v.name for v in spec.variants)
+    return f"{name}-({variants})-.*"
+
+
+def render(signal: str, spec: ModelDeploymentSpec, namespace: str, name: str) -> str:
+    """The PromQL for one signal of one ModelDeployment (the spec's override, else the default)."""
+    from ..api.base import parse_bytes
+
+    override = None
+    if signal in ("cpu", "memory", "qps", "latency", "error_rate"):
+        override = getattr(spec.metrics.rules, signal).query
+    template = override or DEFAULT_QUERIES[signal]
+    requests = spec.template.resources.requests
+    quantile = "0.99" if spec.metrics.latency_quantile == "p99" else "0.95"
+    return Template(template).safe_substitute(
+        namespace=namespace,
+        name=name,
+        window=f"{spec.metrics.window_seconds}s",
+        pods=pods_regex(spec, name),
+        cpu_request=f"{cpu_cores(requests.get('cpu')):g}",
+        memory_request=str(parse_bytes(requests.get("memory", "1Gi"))),
+        quantile=quantile,
+    )

@@ -1,0 +1,1 @@
+"""The kopf operator: handlers and actuation only (decisions live in ``elastiserve.scaling``)."""

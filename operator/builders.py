@@ -1,0 +1,274 @@
+"""Pure builders: ModelDeployment spec → the manifests the operator owns (Deployments, Service, HPA, hot set).
+
+No I/O here; handlers call these and apply the result with server-side apply. Replica counts are not
+part of the Deployment template (the scaler owns ``spec.replicas`` under its own field manager), so
+re-applying a template never fights the autoscaler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from ..api.base import parse_bytes
+from ..api.crd import API_VERSION, KIND
+from ..api.spec import Actuation, ModelDeploymentSpec, Precision, Variant
+
+LABEL_MDEP = "elastiserve.dev/modeldeployment"
+LABEL_VARIANT = "elastiserve.dev/variant"
+LABEL_MANAGED = "app.kubernetes.io/managed-by"
+MANAGER = "elastiserve"
+ANNOTATION_HASH = "elastiserve.dev/spec-hash"
+CONTAINER = "model-server"
+RUNTIME_OVERHEAD_BYTES = 256 * 2**20
+"""Memory a model-server process needs besides model weights (Python, ONNX Runtime arenas)."""
+
+
+def owner_reference(name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def common_labels(name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "elastiserve-model",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "model-server",
+        LABEL_MANAGED: MANAGER,
+        LABEL_MDEP: name,
+    }
+
+
+def deployment_name(name: str, variant: str) -> str:
+    return f"{name}-{variant}"
+
+
+def hotset_name(name: str) -> str:
+    return f"{name}-hotset"
+
+
+def variant_uri(spec: ModelDeploymentSpec, variant: Variant) -> str:
+    """The artifact a variant serves: its own URI, else the model's with ``.<precision>`` before the suffix."""
+    if variant.model_uri:
+        return variant.model_uri
+    uri = spec.model.uri
+    if variant.precision == Precision.fp32:
+        return uri
+    head, dot, ext = uri.rpartition(".")
+    if dot and "/" not in ext:
+        return f"{head}.{variant.precision.value}.{ext}"
+    return f"{uri}.{variant.precision.value}"
+
+
+def _memory_request(spec: ModelDeploymentSpec, requests: dict[str, str]) -> dict[str, str]:
+    """Memory requests follow the lazy-loading budget: at least budget + runtime overhead."""
+    out = dict(requests)
+    if not spec.model.lazy_loading.enabled:
+        return out
+    floor = spec.model.lazy_loading.memory_budget_bytes + RUNTIME_OVERHEAD_BYTES
+    current = parse_bytes(out["memory"]) if "memory" in out else 0
+    if current < floor:
+        out["memory"] = f"{-(-floor // 2**20)}Mi"
+    return out
+
+
+def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant) -> list[dict[str, Any]]:
+    lazy = spec.model.lazy_loading
+    sub = ",".join(f"{s.name}={s.uri}" for s in spec.model.sub_models)
+    env: list[dict[str, Any]] = [
+        {"name": "ELASTISERVE_MODELDEPLOYMENT", "value": name},
+        {"name": "ELASTISERVE_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "ELASTISERVE_VARIANT", "value": variant.name},
+        {"name": "ELASTISERVE_PRECISION", "value": variant.precision.value},
+        {"name": "ELASTISERVE_MODEL_NAME", "value": spec.model.name},
+        {"name": "ELASTISERVE_MODEL_URI", "value": variant_uri(spec, variant)},
+        {"name": "ELASTISERVE_MODEL_VERSION", "value": spec.model.version},
+        {"name": "ELASTISERVE_SUBMODELS", "value": sub},
+        {"name": "ELASTISERVE_LAZY", "value": "true" if lazy.enabled else "false"},
+        {"name": "ELASTISERVE_MEMORY_BUDGET", "value": lazy.memory_budget},
+        {"name": "ELASTISERVE_IDLE_UNLOAD_SECONDS", "value": str(lazy.idle_unload_seconds)},
+        {"name": "ELASTISERVE_PRELOAD", "value": ",".join(lazy.preload)},
+        {
+            "name": "ELASTISERVE_HOTSET",
+            "valueFrom": {"configMapKeyRef": {"name": hotset_name(name), "key": "preload", "optional": True}},
+        },
+    ]
+    return env + [e.to_api() for e in spec.template.env]
+
+
+def build_deployment(spec: ModelDeploymentSpec, name: str, namespace: str, uid: str, variant: Variant) -> dict[str, Any]:
+    """The Deployment of one variant, without ``spec.replicas`` (owned by the scaler)."""
+    t = spec.template
+    labels = common_labels(name) | {LABEL_VARIANT: variant.name, "elastiserve.dev/precision": variant.precision.value}
+    selector = {LABEL_MDEP: name, LABEL_VARIANT: variant.name}
+    resources = (variant.resources or t.resources).to_api()
+    resources["requests"] = _memory_request(spec, resources.get("requests", {}))
+    port = t.ports[0]
+    container = {
+        "name": CONTAINER,
+        "image": variant.image or t.image,
+        "args": list(variant.args if variant.args is not None else t.args),
+        "ports": [{"name": p.name, "containerPort": p.container_port, "protocol": "TCP"} for p in t.ports],
+        "env": server_env(spec, name, variant),
+        "resources": resources,
+        "readinessProbe": {
+            "httpGet": {"path": t.readiness_path, "port": port.name},
+            "periodSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": port.name},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(name, variant.name),
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "spec": {
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(port.container_port),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "containers": [container],
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+                    "terminationGracePeriodSeconds": 30,
+                },
+            },
+        },
+    }
+    body["metadata"]["annotations"] = {ANNOTATION_HASH: spec_hash(body["spec"])}
+    return body
+
+
+def build_replicas(name: str, namespace: str, variant: str, replicas: int) -> dict[str, Any]:
+    """The scaler's apply patch: only ``spec.replicas``, under the scaler's own field manager."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": deployment_name(name, variant), "namespace": namespace},
+        "spec": {"replicas": replicas},
+    }
+
+
+def build_service(spec: ModelDeploymentSpec, name: str, namespace: str, uid: str) -> dict[str, Any]:
+    """One Service selecting the pods of every variant."""
+    port = spec.template.ports[0]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": common_labels(name),
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "spec": {
+            "selector": {LABEL_MDEP: name},
+            "ports": [{"name": port.name, "port": 80, "targetPort": port.name, "protocol": "TCP"}],
+        },
+    }
+
+
+def build_hpa(spec: ModelDeploymentSpec, name: str, namespace: str, uid: str, floor: int) -> dict[str, Any]:
+    """In HPA mode: an HPA on the primary variant whose ``minReplicas`` the operator raises to pre-scale."""
+    primary = spec.primary
+    bounds = spec.bounds(primary)
+    floor = max(1, min(floor, bounds.max))
+    b = spec.behavior
+    behavior = {
+        direction: {
+            "stabilizationWindowSeconds": rules.stabilization_window_seconds,
+            "selectPolicy": rules.select_policy.value,
+            "policies": [
+                {"type": p.type, "value": p.value, "periodSeconds": p.period_seconds} for p in rules.policies
+            ],
+        }
+        for direction, rules in (("scaleUp", b.scale_up), ("scaleDown", b.scale_down))
+    }
+    cpu = spec.metrics.rules.cpu
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": deployment_name(name, primary.name),
+            "namespace": namespace,
+            "labels": common_labels(name),
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name(name, primary.name)},
+            "minReplicas": floor,
+            "maxReplicas": bounds.max,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": int(round(cpu.effective_target))},
+                    },
+                }
+            ],
+            "behavior": behavior,
+        },
+    }
+
+
+def build_hotset(name: str, namespace: str, uid: str, models: list[str]) -> dict[str, Any]:
+    """The hot set new replicas preload, published as a ConfigMap."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": hotset_name(name),
+            "namespace": namespace,
+            "labels": common_labels(name),
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "data": {"preload": ",".join(models)},
+    }
+
+
+def desired_objects(spec: ModelDeploymentSpec, name: str, namespace: str, uid: str) -> list[dict[str, Any]]:
+    """Everything the reconcile handler applies for a spec (the HPA floor starts at the minimum)."""
+    objs = [build_deployment(spec, name, namespace, uid, v) for v in spec.variants]
+    objs.append(build_service(spec, name, namespace, uid))
+    if spec.actuation == Actuation.HPA:
+        objs.append(build_hpa(spec, name, namespace, uid, spec.bounds(spec.primary).min))
+    return objs
+
+
+def initial_replicas(spec: ModelDeploymentSpec) -> dict[str, int]:
+    """Replicas of a new ModelDeployment before the first decision: each variant's minimum."""
+    return {v.name: spec.bounds(v).min for v in spec.variants}
+
+
+def spec_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]

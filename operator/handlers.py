@@ -1,0 +1,394 @@
+"""kopf handlers: reconcile owned objects, run the scaling loop, repair drift. I/O only; no arithmetic.
+
+- ``reconcile`` (create/resume/update of spec): validate, dry-run then apply the owned objects, prune
+  variants that left the spec, write ``Ready``.
+- ``scale`` (timer): read metrics (and history for the forecaster), call ``scaling.decide``, apply
+  replicas under the scaler's field manager, write status, conditions and Events.
+- ``owned_deployments`` (index) gives replicas and readiness per variant without listing.
+- ``deployment_event`` repairs template drift and reverts hand-edited replicas with an Event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+
+from ..api import GROUP, PLURAL, VERSION, SpecError, parse_spec
+from ..api.decision import Forecast, MetricSnapshot, Observation, ScalerState
+from ..api.spec import Actuation, ModelDeploymentSpec
+from ..metrics import MetricsError, PrometheusSource
+from ..scaling import decide
+from . import builders, telemetry
+from .kube import SCALER_MANAGER, Kube
+from .status import decision_conditions, forecast_status, iso, set_condition, variant_summary
+
+TICK_SECONDS = 5.0
+"""How often each object's timer wakes; a cycle runs when its spec's syncPeriodSeconds has passed."""
+
+MANAGED = {builders.LABEL_MANAGED: builders.MANAGER}
+
+
+def _now(memo: Any) -> datetime:
+    clock = getattr(memo, "clock", None)
+    return clock() if clock else datetime.now(timezone.utc)
+
+
+def _kube(memo: Any) -> Kube:
+    if getattr(memo, "kube", None) is None:
+        memo.kube = Kube()
+    return memo.kube
+
+
+def _invalid(body: Any, patch: kopf.Patch, status: Any, exc: SpecError, now: datetime, generation: int | None) -> None:
+    message = "; ".join(f"{p}: {m}" for p, m in exc.problems)
+    patch.status["phase"] = "Error"
+    patch.status["conditions"] = set_condition(
+        (status or {}).get("conditions"), "Ready", False, "InvalidSpec", message, now, generation
+    )
+    kopf.warn(body, reason="InvalidSpec", message=message[:1000])
+
+
+# --------------------------------------------------------------------------- indexes
+
+
+@kopf.index("apps", "v1", "deployments", labels=MANAGED)
+def owned_deployments(namespace: str, name: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status, **_: Any):
+    """(namespace, modeldeployment) → one entry per variant Deployment."""
+    mdep = labels.get(builders.LABEL_MDEP)
+    variant = labels.get(builders.LABEL_VARIANT)
+    if not mdep or not variant:
+        return None
+    return {
+        (namespace, mdep): {
+            "variant": variant,
+            "name": name,
+            "replicas": spec.get("replicas", 0) or 0,
+            "ready": (status or {}).get("readyReplicas", 0) or 0,
+        }
+    }
+
+
+def observed(index: kopf.Index, namespace: str, name: str) -> dict[str, dict[str, Any]]:
+    return {entry["variant"]: entry for entry in index.get((namespace, name), [])}
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def reconcile(
+    spec: kopf.Spec,
+    name: str,
+    namespace: str,
+    uid: str,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    memo: kopf.Memo,
+    owned_deployments: kopf.Index,
+    **_: Any,
+) -> None:
+    now = _now(memo)
+    generation = meta.get("generation")
+    try:
+        mspec = parse_spec(spec, f"{namespace}/{name}")
+    except SpecError as exc:
+        _invalid(body, patch, status, exc, now, generation)
+        raise kopf.PermanentError(str(exc)) from None
+    await apply_owned(mspec, name, namespace, uid, memo, owned_deployments, logger)
+    conds = set_condition(
+        (status or {}).get("conditions"), "Ready", True, "Reconciled",
+        f"{len(mspec.variants)} variant Deployment(s) and Service applied", now, generation,
+    )
+    patch.status["conditions"] = conds
+    patch.status["observedGeneration"] = generation
+    if (status or {}).get("phase") in (None, "Error", "Pending"):
+        patch.status["phase"] = "Ready"
+    logger.info(f"reconciled {len(mspec.variants)} variants (generation {generation})")
+
+
+async def apply_owned(
+    mspec: ModelDeploymentSpec,
+    name: str,
+    namespace: str,
+    uid: str,
+    memo: Any,
+    index: kopf.Index,
+    logger: Any,
+) -> list[str]:
+    """Apply every owned object; new Deployments start at their minimum. Returns variants created."""
+    kube = _kube(memo)
+    current = observed(index, namespace, name)
+    objs = builders.desired_objects(mspec, name, namespace, uid)
+    created = []
+    initial = builders.initial_replicas(mspec)
+    for obj in objs:
+        if obj["kind"] == "Deployment":
+            variant = obj["metadata"]["labels"][builders.LABEL_VARIANT]
+            if variant not in current:
+                # Only a new Deployment gets replicas in its template; afterwards the scaler owns them.
+                obj["spec"]["replicas"] = initial[variant]
+                created.append(variant)
+    await kube.apply_all(objs)
+    for variant in created:
+        await kube.apply(builders.build_replicas(name, namespace, variant, initial[variant]), SCALER_MANAGER)
+        memo_applied(memo)[(namespace, name, variant)] = initial[variant]
+    wanted = {v.name for v in mspec.variants}
+    for variant, entry in current.items():
+        if variant not in wanted:
+            await kube.delete("Deployment", namespace, entry["name"])
+            logger.info(f"deleted Deployment {entry['name']}: variant {variant} left the spec")
+    primary_key = (namespace, name, mspec.primary.name)
+    if mspec.actuation == Actuation.HPA:
+        hpa_managed(memo).add(primary_key)
+    else:
+        hpa_managed(memo).discard(primary_key)
+        await kube.delete("HorizontalPodAutoscaler", namespace, builders.deployment_name(name, mspec.primary.name))
+    return created
+
+
+def memo_applied(memo: Any) -> dict[tuple[str, str, str], int]:
+    """Replicas we last applied per (namespace, modeldeployment, variant)."""
+    if getattr(memo, "applied", None) is None:
+        memo.applied = {}
+    return memo.applied
+
+
+def hpa_managed(memo: Any) -> set[tuple[str, str, str]]:
+    """Deployments whose replicas an HPA owns (actuation: HPA)."""
+    if getattr(memo, "hpa_variants", None) is None:
+        memo.hpa_variants = set()
+    return memo.hpa_variants
+
+
+# --------------------------------------------------------------------------- scaling loop
+
+
+async def _source(memo: Any, mspec: ModelDeploymentSpec, namespace: str) -> PrometheusSource:
+    prom = mspec.metrics.prometheus
+    url = prom.url or getattr(memo, "prometheus_url", None)
+    if not url:
+        raise kopf.TemporaryError(
+            "no Prometheus URL: set spec.metrics.prometheus.url or run the operator with --prometheus-url", delay=60
+        )
+    token = None
+    if prom.bearer_token_secret:
+        token = await _kube(memo).read_secret_key(namespace, prom.bearer_token_secret.name, prom.bearer_token_secret.key)
+    key = (url, token, prom.tls_verify, prom.timeout_seconds)
+    sources = getattr(memo, "sources", None)
+    if sources is None:
+        sources = memo.sources = {}
+    if key not in sources:
+        sources[key] = PrometheusSource(url=url, token=token, tls_verify=prom.tls_verify, timeout=prom.timeout_seconds)
+    return sources[key]
+
+
+async def _forecast(
+    memo: Any, source: Any, mspec: ModelDeploymentSpec, namespace: str, name: str, now: datetime
+) -> Forecast | None:
+    """Feed the forecaster new history and return its forecast (None when forecasting is off)."""
+    fc = mspec.forecasting
+    if not fc.enabled:
+        return None
+    from ..forecasting import make_forecaster
+
+    cache = getattr(memo, "forecasters", None)
+    if cache is None:
+        cache = memo.forecasters = {}
+    key = (namespace, name, "qps")
+    fingerprint = fc.model_dump_json()
+    entry = cache.get(key)
+    if entry is None or entry[0] != fingerprint:
+        entry = cache[key] = (fingerprint, make_forecaster(fc), None)
+    _, forecaster, last_end = entry
+    # The first cycle reads the whole history window; later ones only what is new (plus overlap).
+    seconds = fc.history_seconds if last_end is None else min(
+        fc.history_seconds, int((now - last_end).total_seconds()) + 3 * fc.step_seconds
+    )
+    try:
+        window = await asyncio.to_thread(source.history, mspec, namespace, name, now, seconds, fc.step_seconds)
+    except MetricsError as exc:
+        return Forecast(origin=now, points=[], ready=False, reason=f"no history: {exc}", method=fc.method)
+    forecast = forecaster.update(window, now)
+    cache[key] = (fingerprint, forecaster, window.end)
+    return forecast
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS, initial_delay=1.0)
+async def scale(
+    spec: kopf.Spec,
+    name: str,
+    namespace: str,
+    uid: str,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    memo: kopf.Memo,
+    owned_deployments: kopf.Index,
+    **_: Any,
+) -> None:
+    try:
+        mspec = parse_spec(spec)
+    except SpecError:
+        return  # reconcile reported it; nothing to scale
+    key = (namespace, name)
+    last = getattr(memo, "last_cycle", None)
+    if last is None:
+        last = memo.last_cycle = {}
+    mono = time.monotonic()
+    if mono - last.get(key, -1e9) < mspec.sync_period_seconds - 0.5:
+        return
+    last[key] = mono
+    started = time.perf_counter()
+    now = _now(memo)
+    generation = meta.get("generation")
+    kube = _kube(memo)
+
+    current = observed(owned_deployments, namespace, name)
+    missing = [v.name for v in mspec.variants if v.name not in current]
+    if missing:
+        # Drift: an owned Deployment was deleted. Recreate it from the spec, then decide next cycle.
+        await apply_owned(mspec, name, namespace, uid, memo, owned_deployments, logger)
+        kopf.warn(body, reason="DriftRepaired", message=f"recreated Deployment(s) for variant(s) {', '.join(missing)}")
+        return
+
+    source = await _source(memo, mspec, namespace)
+    with telemetry.RECONCILE_SECONDS.labels("metrics").time():
+        try:
+            snapshot = await asyncio.to_thread(source.snapshot, mspec, namespace, name, None)
+        except MetricsError as exc:  # defensive: snapshot() already folds errors into the snapshot
+            snapshot = MetricSnapshot(errors={"all": str(exc)})
+    for signal in snapshot.errors:
+        telemetry.PROMETHEUS_ERRORS.labels(namespace, name, signal).inc()
+    with telemetry.RECONCILE_SECONDS.labels("forecast").time():
+        forecast = await _forecast(memo, source, mspec, namespace, name, now)
+
+    obs = Observation(
+        replicas={v: e["replicas"] for v, e in current.items()}, ready={v: e["ready"] for v, e in current.items()}
+    )
+    state = ScalerState.model_validate((status or {}).get("scaler") or {})
+    with telemetry.RECONCILE_SECONDS.labels("decide").time():
+        decision = decide(mspec, snapshot, forecast, state, now, obs)
+
+    await actuate(mspec, name, namespace, uid, decision.desired, obs, body, memo, logger)
+
+    # ---- status, Events, metrics
+    summary = decision.summary()
+    changed = decision.desired != obs.replicas
+    st = status or {}
+    patch.status["scaler"] = decision.state.to_api()
+    patch.status["variants"] = [
+        {"name": v, "replicas": obs.replicas.get(v, 0), "desired": d, "ready": obs.ready.get(v, 0)}
+        for v, d in decision.desired.items()
+    ]
+    patch.status["replicas"] = sum(obs.replicas.values())
+    patch.status["desired"] = sum(decision.desired.values())
+    patch.status["variantSummary"] = variant_summary(decision.desired)
+    patch.status["lastDecision"] = {"time": iso(now), "desired": decision.desired, "reasons": decision.reasons}
+    patch.status["forecast"] = forecast_status(forecast, mspec.forecasting.horizon_seconds)
+    patch.status["conditions"] = decision_conditions(
+        st.get("conditions"), decision, forecast, mspec.forecasting.enabled, now, generation
+    )
+    patch.status["phase"] = "ScaledToZero" if sum(decision.desired.values()) == 0 else (
+        "Scaling" if changed or obs.ready != obs.replicas else "Ready"
+    )
+    if changed:
+        patch.status["lastScaleTime"] = iso(now)
+        patch.status["lastScaleReason"] = summary[:1024]
+        kopf.info(body, reason="ScaledToZero" if decision.scale_to_zero else "Scaled", message=summary[:1000])
+        logger.info(f"scaled: {summary}")
+    else:
+        logger.debug(f"hold: {summary}")
+    was_available = next((c for c in st.get("conditions") or [] if c.get("type") == "MetricsAvailable"), None)
+    if not decision.metrics_available and (was_available is None or was_available.get("status") != "False"):
+        kopf.warn(body, reason="MetricsUnavailable", message=summary[:1000])
+
+    labels = (namespace, name)
+    telemetry.DECISIONS.labels(*labels).inc()
+    telemetry.METRICS_AVAILABLE.labels(*labels).set(1 if decision.metrics_available else 0)
+    telemetry.LAST_DECISION.labels(*labels).set(now.timestamp())
+    telemetry.SCALED_TO_ZERO.labels(*labels).set(1 if sum(decision.desired.values()) == 0 else 0)
+    if snapshot.qps is not None:
+        telemetry.OBSERVED_QPS.labels(*labels).set(snapshot.qps)
+    for v, d in decision.desired.items():
+        telemetry.DESIRED.labels(*labels, v).set(d)
+        telemetry.REPLICAS.labels(*labels, v).set(obs.replicas.get(v, 0))
+        telemetry.READY.labels(*labels, v).set(obs.ready.get(v, 0))
+        variant = next(x for x in mspec.variants if x.name == v)
+        telemetry.MAX_REPLICAS.labels(*labels, v).set(mspec.bounds(variant).max)
+        before = obs.replicas.get(v, 0)
+        if d != before:
+            telemetry.SCALE_EVENTS.labels(*labels, v, "up" if d > before else "down").inc()
+    if forecast is not None and forecast.ready:
+        telemetry.FORECAST_QPS.labels(*labels, "mean").set(forecast.peak_mean())
+        telemetry.FORECAST_QPS.labels(*labels, "upper").set(forecast.peak_upper())
+        if forecast.error is not None:
+            telemetry.FORECAST_ERROR.labels(*labels).set(forecast.error)
+    telemetry.RECONCILE_SECONDS.labels("cycle").observe(time.perf_counter() - started)
+
+
+async def actuate(
+    mspec: ModelDeploymentSpec,
+    name: str,
+    namespace: str,
+    uid: str,
+    desired: dict[str, int],
+    obs: Observation,
+    body: Any,
+    memo: Any,
+    logger: Any,
+) -> None:
+    """Apply replicas that differ from what the cluster has (HPA mode: move the HPA floor)."""
+    kube = _kube(memo)
+    applied = memo_applied(memo)
+    for variant, replicas in desired.items():
+        if mspec.actuation == Actuation.HPA and variant == mspec.primary.name:
+            floor_key = (namespace, name, f"{variant}@hpa-floor")
+            if applied.get(floor_key) != replicas:
+                await kube.apply(builders.build_hpa(mspec, name, namespace, uid, replicas))
+                applied[floor_key] = replicas
+            continue
+        if obs.replicas.get(variant) == replicas and applied.get((namespace, name, variant)) == replicas:
+            continue
+        applied[(namespace, name, variant)] = replicas
+        await kube.apply(builders.build_replicas(name, namespace, variant, replicas), SCALER_MANAGER)
+
+
+# --------------------------------------------------------------------------- drift
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+async def deployment_event(
+    type: str, body: kopf.Body, namespace: str, labels: kopf.Labels, spec: kopf.Spec, memo: kopf.Memo,
+    logger: kopf.Logger, **_: Any,
+) -> None:
+    """Someone else changed ``spec.replicas`` of an owned Deployment: put our value back and say why."""
+    if type not in ("MODIFIED",):
+        return
+    mdep = labels.get(builders.LABEL_MDEP)
+    variant = labels.get(builders.LABEL_VARIANT)
+    if not mdep or not variant or getattr(memo, "applied", None) is None:
+        return
+    ours = memo.applied.get((namespace, mdep, variant))
+    theirs = spec.get("replicas")
+    if ours is None or theirs is None or theirs == ours:
+        return
+    if (namespace, mdep, variant) in hpa_managed(memo):
+        return  # the HPA controller owns this Deployment's replicas
+    await _kube(memo).apply(builders.build_replicas(mdep, namespace, variant, ours), SCALER_MANAGER)
+    message = (
+        f"spec.replicas of {body['metadata']['name']} was set to {theirs} outside elastiserve; restored {ours}. "
+        f"Change spec.replicas.min/max of ModelDeployment {mdep} instead."
+    )
+    logger.warning(message)
+    kopf.warn(body, reason="ReplicasRestored", message=message)

@@ -1,0 +1,73 @@
+"""Start the operator: kopf settings, clients in ``memo``, the metrics endpoint, then kopf's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from . import handlers  # noqa: F401  (registers the handlers)
+from . import telemetry
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    # Watches: a server-side timeout well below common load-balancer idle timeouts (about 5 minutes)
+    # so that a silently dropped connection is noticed and re-established (kopf issues #232, #585).
+    settings.watching.server_timeout = 240
+    settings.watching.client_timeout = 270
+    # Requests: fail fast and retry instead of hanging a handler on a stuck API server.
+    settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10
+    # kopf's bookkeeping lives in annotations under our own prefix: the status schema is structural
+    # and would prune anything kopf wrote there.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="elastiserve.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="elastiserve.dev", key="last-handled")
+    settings.persistence.finalizer = "elastiserve.dev/finalizer"
+    # Events: post them (users read them with kubectl describe), but not for every debug line.
+    settings.posting.level = logging.INFO
+    # Invalid specs raise PermanentError; Temporary errors (Prometheus down, API hiccups) retry soon.
+    settings.execution.max_workers = 16
+    peering = getattr(memo, "peering", None)
+    if peering:
+        settings.peering.name = peering
+        settings.peering.mandatory = True
+        settings.peering.clusterwide = True
+    else:
+        settings.peering.standalone = True
+
+
+def run_operator(
+    *,
+    namespaces: list[str],
+    all_namespaces: bool,
+    prometheus_url: str | None,
+    metrics_port: int,
+    liveness: str | None,
+    peering: str | None,
+    verbose: bool,
+) -> None:
+    """Blocking: run kopf until SIGINT/SIGTERM."""
+    from kubernetes import config as k8s_config
+    from prometheus_client import start_http_server
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    if metrics_port:
+        start_http_server(metrics_port, registry=telemetry.REGISTRY)
+    memo = kopf.Memo(prometheus_url=prometheus_url, peering=peering)
+    asyncio.run(
+        kopf.operator(
+            clusterwide=all_namespaces,
+            namespaces=namespaces or None,
+            liveness_endpoint=liveness,
+            memo=memo,
+            standalone=peering is None,
+            peering_name=peering,
+        )
+    )

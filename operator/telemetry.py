@@ -1,0 +1,46 @@
+"""The operator's own Prometheus metrics (scraped from ``--metrics-port``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+_L = ("namespace", "modeldeployment")
+
+DECISIONS = Counter("elastiserve_operator_decisions_total", "Scaling decisions made.", _L, registry=REGISTRY)
+SCALE_EVENTS = Counter(
+    "elastiserve_operator_scale_events_total", "Replica changes applied.", _L + ("variant", "direction"), registry=REGISTRY
+)
+RECONCILE_SECONDS = Histogram(
+    "elastiserve_operator_reconcile_duration_seconds",
+    "Time of one scaling cycle (metrics, forecast, decision, actuation).",
+    ("phase",),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+PROMETHEUS_ERRORS = Counter(
+    "elastiserve_operator_prometheus_errors_total", "Failed Prometheus queries.", _L + ("signal",), registry=REGISTRY
+)
+FORECAST_ERROR = Gauge(
+    "elastiserve_operator_forecast_error", "Recent sMAPE of the request-rate forecast (0..2).", _L, registry=REGISTRY
+)
+FORECAST_QPS = Gauge(
+    "elastiserve_operator_forecast_qps",
+    "Peak forecast request rate over the horizon (bound: mean, upper).",
+    _L + ("bound",),
+    registry=REGISTRY,
+)
+DESIRED = Gauge("elastiserve_operator_desired_replicas", "Replicas the last decision asked for.", _L + ("variant",), registry=REGISTRY)
+REPLICAS = Gauge("elastiserve_operator_replicas", "spec.replicas of the variant's Deployment.", _L + ("variant",), registry=REGISTRY)
+READY = Gauge("elastiserve_operator_ready_replicas", "Ready replicas of the variant.", _L + ("variant",), registry=REGISTRY)
+METRICS_AVAILABLE = Gauge(
+    "elastiserve_operator_metrics_available", "1 when the last cycle could read its metrics.", _L, registry=REGISTRY
+)
+OBSERVED_QPS = Gauge("elastiserve_operator_observed_qps", "Request rate the last decision saw.", _L, registry=REGISTRY)
+LAST_DECISION = Gauge(
+    "elastiserve_operator_last_decision_timestamp_seconds", "When the last decision was made.", _L, registry=REGISTRY
+)
+SCALED_TO_ZERO = Gauge("elastiserve_operator_scaled_to_zero", "1 while the model is at zero.", _L, registry=REGISTRY)
+MAX_REPLICAS = Gauge(
+    "elastiserve_operator_max_replicas", "Upper replica bound of the variant.", _L + ("variant",), registry=REGISTRY
+)

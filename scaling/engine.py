@@ -1,0 +1,271 @@
+"""``decide()``: the pure decision engine shared by the operator and the simulator.
+
+No I/O, no clock: the caller passes ``now`` and everything else. The order of the steps:
+
+1. fail-static: metrics missing or stale → hold (never scale down), fallback after a while;
+2. reactive rules per signal → the highest recommendation wins; an unknown signal blocks scale-down;
+3. forecast → a floor sized for the upper quantile of the peak over the horizon (Active mode);
+4. scale to zero after the idle period, and wake up on the first request or a forecast of demand;
+5. bounds, stabilization windows and rate limits (HPA semantics) on the total;
+6. split the total into variants: primary first, burst variants (INT8) for the overflow and short peaks.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+from ..api.decision import SIGNALS, Decision, Forecast, MetricSnapshot, Observation, ScalerState, TimedValue
+from ..api.spec import FallbackBehavior, ForecastMode, ModelDeploymentSpec, Role
+from .limits import clamp, rate_limit, record_event, stabilize, within
+from .rules import RULES, RuleInput
+from .variants import equivalents, max_equivalents, split
+
+
+def _ceil(x: float) -> int:
+    return math.ceil(x - 1e-9)
+
+
+def _metrics_problem(spec: ModelDeploymentSpec, m: MetricSnapshot, now: datetime) -> str | None:
+    enabled = [s for s in SIGNALS if getattr(spec.metrics.rules, s).enabled]
+    # The activator's pending count is a signal too: at zero it may be the only one there is.
+    if m.observed_at is None or not any(m.value(s) is not None for s in [*enabled, "pending"]):
+        detail = "; ".join(f"{k}: {v}" for k, v in sorted(m.errors.items()))
+        return f"no metrics{f' ({detail})' if detail else ''}"
+    age = (now - m.observed_at).total_seconds()
+    if age > spec.metrics.stale_after_seconds:
+        return f"metrics stale {age:.0f} s"
+    return None
+
+
+def _hold(
+    spec: ModelDeploymentSpec, current: dict[str, int], state: ScalerState, now: datetime, problem: str
+) -> Decision:
+    """Fail-static: keep the current replicas; after ``fallback.afterSeconds`` apply the fallback."""
+    if state.metrics_missing_since is None:
+        state.metrics_missing_since = now
+    missing_for = (now - state.metrics_missing_since).total_seconds()
+    fb = spec.fallback
+    desired = dict(current)
+    reasons = [f"{problem} → hold"]
+    fallback_active = missing_for >= fb.after_seconds
+    cur_total = _ceil(equivalents(spec, current))
+    if fallback_active:
+        if fb.behavior == FallbackBehavior.static:
+            desired, _ = split(spec, fb.replicas)
+            reasons = [f"{problem} for {missing_for:.0f} s → fallback static {fb.replicas}"]
+        elif fb.behavior == FallbackBehavior.currentIfHigher and fb.replicas > cur_total:
+            desired, _ = split(spec, fb.replicas)
+            reasons = [f"{problem} for {missing_for:.0f} s → fallback {fb.replicas} (higher than {cur_total})"]
+        else:
+            reasons = [f"{problem} for {missing_for:.0f} s → fallback keep current {cur_total}"]
+    new_total = _ceil(equivalents(spec, desired))
+    if new_total != cur_total:
+        state.scale_up_events, state.scale_down_events = record_event(
+            cur_total, new_total, state.scale_up_events, state.scale_down_events, spec.behavior, now
+        )
+        state.last_scale_time = now
+    return Decision(
+        desired=desired,
+        reasons=reasons,
+        state=state,
+        metrics_available=False,
+        fallback_active=fallback_active,
+        reactive_total=cur_total,
+    )
+
+
+def _short_peak(forecast: Forecast, threshold_qps: float, limit_seconds: int) -> int | None:
+    """Length in seconds of a forecast peak above ``threshold_qps`` that ends within the horizon, else None."""
+    above = [p for p in forecast.points if p.upper > threshold_qps]
+    if not above or forecast.points[-1].upper > threshold_qps:
+        return None
+    step = forecast.points[1].offset_seconds - forecast.points[0].offset_seconds if len(forecast.points) > 1 else 0
+    length = above[-1].offset_seconds - above[0].offset_seconds + step
+    return length if length <= limit_seconds else None
+
+
+def decide(
+    spec: ModelDeploymentSpec,
+    metrics: MetricSnapshot,
+    forecast: Forecast | None,
+    state: ScalerState,
+    now: datetime,
+    observed: Observation,
+) -> Decision:
+    """Desired replicas per variant, the reasons, and the next state. Pure: same inputs, same output."""
+    state = state.model_copy(deep=True)
+    current = {v.name: max(0, observed.replicas.get(v.name, 0)) for v in spec.variants}
+    cur_eq = equivalents(spec, current)
+    cur_total = _ceil(cur_eq)
+    cap = spec.primary.capacity_qps
+    qps_target = spec.metrics.rules.qps.effective_target / 100
+
+    problem = _metrics_problem(spec, metrics, now)
+    if problem is not None:
+        return _hold(spec, current, state, now, problem)
+    state.metrics_missing_since = None
+    reasons: list[str] = []
+
+    # --- 2. reactive rules
+    best_eq, best_reason = None, ""
+    unknown = []
+    for signal in SIGNALS:
+        rule = getattr(spec.metrics.rules, signal)
+        if not rule.enabled:
+            continue
+        value = metrics.value(signal)
+        if value is None:
+            if signal in ("latency", "error_rate") and metrics.qps is not None and metrics.qps <= 0:
+                continue  # no requests: no latency or errors to speak of, which is not "unknown"
+            unknown.append(signal)
+            continue
+        if signal != "qps" and cur_eq <= 0:
+            continue  # per-replica signals mean nothing without replicas
+        res = RULES[signal](RuleInput(spec, rule, value, cur_eq, spec.behavior.tolerance))
+        if best_eq is None or res.desired > best_eq:
+            best_eq, best_reason = res.desired, res.reason
+    if best_eq is None:
+        best_eq, best_reason = cur_eq, "no rule has data → hold"
+    if unknown and best_eq < cur_eq:
+        best_eq = cur_eq
+        best_reason += f"; {', '.join(unknown)} unknown → no scale-down"
+    reactive = _ceil(best_eq)
+    reasons.append(best_reason)
+
+    # --- 3. forecast
+    forecast_total: int | None = None
+    forecast_used = False
+    primary_cap: int | None = None
+    fc_spec = spec.forecasting
+    expects_demand = False
+    if fc_spec.enabled and forecast is not None:
+        if not forecast.ready:
+            reasons.append(f"forecast not ready ({forecast.reason}) → reactive only")
+        elif forecast.error is not None and forecast.error > fc_spec.max_error:
+            reasons.append(
+                f"forecast error sMAPE {forecast.error:.2f} > {fc_spec.max_error:.2f} → reactive only"
+            )
+        else:
+            peak = forecast.peak_upper()
+            forecast_total = _ceil(peak / (cap * qps_target))
+            expects_demand = forecast.peak_mean() >= 0.1 * cap * qps_target
+            q = round(forecast.quantile * 100)
+            horizon = fc_spec.horizon_seconds
+            if fc_spec.mode == ForecastMode.Preview:
+                reasons.append(f"forecast p{q} {peak:.3g} qps in {horizon} s would floor at {forecast_total} (preview)")
+                expects_demand = False
+            elif forecast_total > reactive:
+                forecast_used = True
+                reasons.append(f"forecast p{q} {peak:.3g} qps in {horizon} s → floor {forecast_total}")
+                if spec.burst.enabled and spec.bursts:
+                    length = _short_peak(forecast, reactive * cap * qps_target, spec.burst.short_peak_seconds)
+                    if length is not None:
+                        primary_cap = max(reactive, current[spec.primary.name])
+                        reasons.append(f"short peak ≈{length} s → burst variants take it")
+    proposal = max(reactive, forecast_total if forecast_used else 0)
+
+    # --- 4. scale to zero / from zero
+    stz = spec.scale_to_zero
+    active = (metrics.qps or 0) > 0 or (metrics.pending or 0) > 0
+    if active or state.last_active_time is None:
+        state.last_active_time = now
+    if stz.enabled:
+        if cur_total == 0:
+            if active or expects_demand:
+                cold = spec.cold_start_variant()
+                need = max(1, proposal)
+                desired = {v.name: 0 for v in spec.variants}
+                if cold.role == Role.primary:
+                    desired, _ = split(spec, need)
+                else:
+                    desired[cold.name] = clamp(need * cap / cold.capacity_qps, 1, spec.bounds(cold).max)
+                why = "request while at zero" if active else "forecast of demand while at zero"
+                reasons.append(f"{why} → wake {cold.name}×{desired[cold.name]}")
+                return _finish(spec, current, desired, reasons, state, now, reactive, forecast_total,
+                               forecast_used, proposal_for_history=need)
+            reasons.append("idle at zero")
+            return _finish(spec, current, dict(current), reasons, state, now, reactive, forecast_total,
+                           forecast_used, proposal_for_history=0, zero=True)
+        idle_for = (now - state.last_active_time).total_seconds()
+        if metrics.qps is not None and not active and idle_for >= stz.idle_seconds and not expects_demand:
+            reasons.append(f"no requests for {idle_for:.0f} s ≥ {stz.idle_seconds} s → scale to zero")
+            desired = {v.name: 0 for v in spec.variants}
+            return _finish(spec, current, desired, reasons, state, now, reactive, forecast_total, forecast_used,
+                           proposal_for_history=0, zero=True)
+
+    # --- 5. bounds, stabilization, rate limits
+    min_total = spec.bounds(spec.primary).min
+    max_total = max_equivalents(spec)
+    bounded = clamp(proposal, min_total, max_total)
+    if bounded != proposal:
+        reasons.append(f"bounded to {bounded} by replicas [{min_total}, {max_total}]")
+    stabilized, state.recommendations = stabilize(bounded, cur_total, state.recommendations, spec.behavior, now)
+    if stabilized != bounded:
+        direction = "down" if bounded < cur_total else "up"
+        reasons.append(f"scale-{direction} stabilized at {stabilized}")
+    limited, why = rate_limit(
+        stabilized, cur_total, state.scale_up_events, state.scale_down_events, spec.behavior, now
+    )
+    if why:
+        reasons.append(why)
+
+    # --- 6. split across variants
+    if limited == cur_total and primary_cap is None:
+        desired = dict(current)  # no change in total: keep the mix as it is (no rounding drift)
+    else:
+        desired, split_reasons = split(spec, limited, primary_total=primary_cap)
+        reasons += split_reasons
+    return _finish(spec, current, desired, reasons, state, now, reactive, forecast_total, forecast_used,
+                   ready=observed.ready)
+
+
+def _finish(
+    spec: ModelDeploymentSpec,
+    current: dict[str, int],
+    desired: dict[str, int],
+    reasons: list[str],
+    state: ScalerState,
+    now: datetime,
+    reactive: int,
+    forecast_total: int | None,
+    forecast_used: bool,
+    *,
+    ready: dict[str, int] | None = None,
+    proposal_for_history: int | None = None,
+    zero: bool = False,
+) -> Decision:
+    if ready is not None:
+        # Hand-over: burst replicas leave only once the primary has the replicas it was asked for ready,
+        # so capacity is never lost while primary pods start (e.g. after a wake-up on INT8).
+        primary = spec.primary.name
+        if ready.get(primary, 0) < desired[primary]:
+            for b in spec.bursts:
+                if desired[b.name] < current[b.name]:
+                    desired[b.name] = current[b.name]
+                    reasons.append(f"{b.name} kept at {current[b.name]} until {primary} is ready")
+    if proposal_for_history is not None:
+        keep = max(spec.behavior.scale_up.stabilization_window_seconds,
+                   spec.behavior.scale_down.stabilization_window_seconds)
+        state.recommendations = within(state.recommendations, now, keep) + [
+            TimedValue(time=now, value=proposal_for_history)
+        ]
+    cur_total = _ceil(equivalents(spec, current))
+    new_total = _ceil(equivalents(spec, desired))
+    if desired != current:
+        state.last_scale_time = now
+        state.scale_up_events, state.scale_down_events = record_event(
+            cur_total, new_total, state.scale_up_events, state.scale_down_events, spec.behavior, now
+        )
+        moves = ", ".join(f"{n} {current[n]}→{desired[n]}" for n in desired if desired[n] != current[n])
+        reasons.append(f"scale {moves}")
+    state.scaled_to_zero = new_total == 0
+    return Decision(
+        desired=desired,
+        reasons=reasons,
+        state=state,
+        scale_to_zero=zero and new_total == 0,
+        forecast_used=forecast_used,
+        reactive_total=reactive,
+        forecast_total=forecast_total,
+    )

@@ -1,0 +1,81 @@
+"""Pure builders of the owned objects, checked against golden YAML (pytest --update-golden rewrites)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from elastiserve.api import parse_manifest
+from elastiserve.operator import builders
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def manifest(name: str):
+    return parse_manifest(yaml.safe_load((ROOT / "examples" / name).read_text()))
+
+
+@pytest.mark.parametrize("example", ["minimal.yaml", "full.yaml", "hpa.yaml"])
+def test_owned_objects_golden(example, golden):
+    md = manifest(example)
+    objs = builders.desired_objects(md.spec, md.metadata.name, "demo", "uid-1234")
+    golden(f"owned-{example}", yaml.safe_dump_all(objs, sort_keys=True))
+
+
+def test_every_object_is_owned_and_labelled():
+    md = manifest("full.yaml")
+    for obj in builders.desired_objects(md.spec, "embeddings", "demo", "uid-1"):
+        ref = obj["metadata"]["ownerReferences"][0]
+        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == ("ModelDeployment", "embeddings", "uid-1", True)
+        assert obj["metadata"]["labels"][builders.LABEL_MDEP] == "embeddings"
+        assert obj["metadata"]["labels"][builders.LABEL_MANAGED] == "elastiserve"
+
+
+def test_templates_leave_replicas_to_the_scaler():
+    md = manifest("full.yaml")
+    deployments = [o for o in builders.desired_objects(md.spec, "e", "ns", "u") if o["kind"] == "Deployment"]
+    assert [d["metadata"]["name"] for d in deployments] == ["e-fp32", "e-int8"]
+    assert all("replicas" not in d["spec"] for d in deployments)
+    assert builders.build_replicas("e", "ns", "int8", 3)["spec"] == {"replicas": 3}
+
+
+def test_int8_variant_runs_the_quantized_artifact_with_its_own_resources():
+    md = manifest("full.yaml")
+    int8 = builders.build_deployment(md.spec, "e", "ns", "u", md.spec.variants[1])
+    container = int8["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ELASTISERVE_MODEL_URI"] == "file:///models/minilm/model.int8.onnx"
+    assert env["ELASTISERVE_VARIANT"] == "int8" and env["ELASTISERVE_PRECISION"] == "int8"
+    assert container["resources"]["requests"]["cpu"] == "500m"
+
+
+@pytest.mark.parametrize(
+    "budget,request_,want",
+    [("512Mi", "1Gi", "1Gi"), ("2Gi", "1Gi", "2304Mi"), ("1Gi", None, "1280Mi")],
+    ids=["request-covers-budget", "raised-to-budget", "no-request"],
+)
+def test_memory_request_follows_the_budget(budget, request_, want):
+    spec = {"model": {"name": "m", "uri": "/m.onnx", "lazyLoading": {"memoryBudget": budget}}}
+    spec["template"] = {"resources": {"requests": {"cpu": "1", **({"memory": request_} if request_ else {})}}}
+    md = parse_manifest({"apiVersion": "elastiserve.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "m"}, "spec": spec})
+    dep = builders.build_deployment(md.spec, "m", "ns", "u", md.spec.primary)
+    assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"] == want
+
+
+def test_hpa_floor_is_clamped_to_bounds():
+    md = manifest("hpa.yaml")
+    assert builders.build_hpa(md.spec, "m", "ns", "u", 0)["spec"]["minReplicas"] == 1
+    assert builders.build_hpa(md.spec, "m", "ns", "u", 50)["spec"]["minReplicas"] == 8
+    hpa = builders.build_hpa(md.spec, "m", "ns", "u", 4)
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+
+
+def test_containers_are_hardened():
+    md = manifest("minimal.yaml")
+    dep = builders.build_deployment(md.spec, "m", "ns", "u", md.spec.primary)
+    pod = dep["spec"]["template"]["spec"]
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and sc["runAsNonRoot"] and sc["capabilities"] == {"drop": ["ALL"]}
+    assert not sc["allowPrivilegeEscalation"]
