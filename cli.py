@@ -99,6 +99,13 @@ def run(
     peering: Optional[str] = typer.Option(
         None, envvar="ELASTISERVE_PEERING", help="kopf peering name for HA (several replicas, one active)."
     ),
+    activator_service: Optional[str] = typer.Option(
+        None, envvar="ELASTISERVE_ACTIVATOR_SERVICE",
+        help="NAMESPACE/NAME of the activator Service; zero-scaled models route to it.",
+    ),
+    activator_address: list[str] = typer.Option(
+        [], "--activator-address", help="IP:PORT of the activator, instead of --activator-service (repeatable)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the operator (kopf) until interrupted."""
@@ -114,6 +121,8 @@ def run(
         liveness=liveness,
         peering=peering,
         verbose=verbose,
+        activator_service=activator_service,
+        activator_address=activator_address,
     )
 
 

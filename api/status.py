@@ -73,6 +73,8 @@ class ModelDeploymentStatus(ApiModel):
     last_scale_reason: str | None = None
     last_decision: LastDecision | None = None
     forecast: ForecastStatus | None = None
+    routing: Literal["pods", "activator"] | None = None
+    """Where the public Service sends traffic: the pods, or the activator while at zero."""
     hot_set: list[str] = Field(default_factory=list)
     """Sub-models new replicas preload."""
     scaler: ScalerState | None = None

@@ -197,6 +197,45 @@ def build_service(spec: ModelDeploymentSpec, name: str, namespace: str, uid: str
     }
 
 
+def build_pods_service(spec: ModelDeploymentSpec, name: str, namespace: str, uid: str) -> dict[str, Any]:
+    """The private Service ``<name>-pods``: always selects the pods; the activator forwards through it."""
+    svc = build_service(spec, name, namespace, uid)
+    svc["metadata"]["name"] = f"{name}-pods"
+    svc["spec"]["ports"][0]["port"] = spec.template.ports[0].container_port
+    return svc
+
+
+def build_service_to_activator(spec: ModelDeploymentSpec, name: str, namespace: str, uid: str) -> dict[str, Any]:
+    """The public Service while the model is at zero: no selector; our EndpointSlice points at the activator."""
+    svc = build_service(spec, name, namespace, uid)
+    del svc["spec"]["selector"]
+    svc["metadata"]["annotations"] = {"elastiserve.dev/routing": "activator"}
+    return svc
+
+
+def build_activator_slice(
+    name: str, namespace: str, uid: str, addresses: list[str], port: int, port_name: str = "http"
+) -> dict[str, Any]:
+    """EndpointSlice of the public Service listing the activator's addresses (Knative's approach)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{name}-activator",
+            "namespace": namespace,
+            "labels": common_labels(name)
+            | {
+                "kubernetes.io/service-name": name,
+                "endpointslice.kubernetes.io/managed-by": "elastiserve.dev",
+            },
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in addresses],
+    }
+
+
 def build_hpa(spec: ModelDeploymentSpec, name: str, namespace: str, uid: str, floor: int) -> dict[str, Any]:
     """In HPA mode: an HPA on the primary variant whose ``minReplicas`` the operator raises to pre-scale."""
     primary = spec.primary
@@ -260,6 +299,7 @@ def desired_objects(spec: ModelDeploymentSpec, name: str, namespace: str, uid: s
     """Everything the reconcile handler applies for a spec (the HPA floor starts at the minimum)."""
     objs = [build_deployment(spec, name, namespace, uid, v) for v in spec.variants]
     objs.append(build_service(spec, name, namespace, uid))
+    objs.append(build_pods_service(spec, name, namespace, uid))
     if spec.actuation == Actuation.HPA:
         objs.append(build_hpa(spec, name, namespace, uid, spec.bounds(spec.primary).min))
     return objs

@@ -24,6 +24,9 @@ from ..metrics import MetricsError, PrometheusSource
 from ..scaling import decide
 from . import builders, telemetry
 from .kube import SCALER_MANAGER, Kube
+
+WAKE_ANNOTATION = "elastiserve.dev/activate"
+"""Set by the activator (``<unix time>:<pending requests>``) to wake a model at zero."""
 from .status import decision_conditions, forecast_status, iso, set_condition, variant_summary
 
 TICK_SECONDS = 5.0
@@ -103,7 +106,7 @@ async def reconcile(
     except SpecError as exc:
         _invalid(body, patch, status, exc, now, generation)
         raise kopf.PermanentError(str(exc)) from None
-    await apply_owned(mspec, name, namespace, uid, memo, owned_deployments, logger)
+    await apply_owned(mspec, name, namespace, uid, memo, owned_deployments, logger, (status or {}).get("routing"))
     conds = set_condition(
         (status or {}).get("conditions"), "Ready", True, "Reconciled",
         f"{len(mspec.variants)} variant Deployment(s) and Service applied", now, generation,
@@ -123,11 +126,16 @@ async def apply_owned(
     memo: Any,
     index: kopf.Index,
     logger: Any,
+    routing: str | None = None,
 ) -> list[str]:
     """Apply every owned object; new Deployments start at their minimum. Returns variants created."""
     kube = _kube(memo)
     current = observed(index, namespace, name)
     objs = builders.desired_objects(mspec, name, namespace, uid)
+    if routing == "activator" and getattr(memo, "activator", None) is not None:
+        # At zero the public Service stays pointed at the activator; a spec change must not flip it.
+        objs = [builders.build_service_to_activator(mspec, name, namespace, uid) if o["kind"] == "Service"
+                and o["metadata"]["name"] == name else o for o in objs]
     created = []
     initial = builders.initial_replicas(mspec)
     for obj in objs:
@@ -237,37 +245,110 @@ async def scale(
     owned_deployments: kopf.Index,
     **_: Any,
 ) -> None:
+    """The scaling loop: one cycle per ``syncPeriodSeconds``."""
     try:
         mspec = parse_spec(spec)
     except SpecError:
         return  # reconcile reported it; nothing to scale
-    key = (namespace, name)
-    last = getattr(memo, "last_cycle", None)
-    if last is None:
-        last = memo.last_cycle = {}
-    mono = time.monotonic()
-    if mono - last.get(key, -1e9) < mspec.sync_period_seconds - 0.5:
+    last = _memo_dict(memo, "last_cycle")
+    if time.monotonic() - last.get((namespace, name), -1e9) < mspec.sync_period_seconds - 0.5:
         return
-    last[key] = mono
+    await cycle(mspec, name, namespace, uid, meta, status, body, patch, logger, memo, owned_deployments)
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL, field=("metadata", "annotations", WAKE_ANNOTATION))
+async def wake(
+    new: Any,
+    spec: kopf.Spec,
+    name: str,
+    namespace: str,
+    uid: str,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    memo: kopf.Memo,
+    owned_deployments: kopf.Index,
+    **_: Any,
+) -> None:
+    """The activator holds requests for this model: decide now instead of at the next sync."""
+    if not new:
+        return
+    try:
+        mspec = parse_spec(spec)
+        pending = max(1, int(str(new).rsplit(":", 1)[-1]))
+    except (SpecError, ValueError):
+        return
+    logger.info(f"activator reports {pending} waiting request(s): deciding now")
+    await cycle(mspec, name, namespace, uid, meta, status, body, patch, logger, memo, owned_deployments, pending=pending)
+
+
+def _memo_dict(memo: Any, attr: str) -> dict:
+    value = getattr(memo, attr, None)
+    if value is None:
+        value = {}
+        setattr(memo, attr, value)
+    return value
+
+
+async def cycle(
+    mspec: ModelDeploymentSpec,
+    name: str,
+    namespace: str,
+    uid: str,
+    meta: Any,
+    status: Any,
+    body: Any,
+    patch: kopf.Patch,
+    logger: Any,
+    memo: Any,
+    owned_deployments: kopf.Index,
+    *,
+    pending: int | None = None,
+) -> None:
+    """Gather, decide, actuate, report — one object, one cycle (serialized per object)."""
+    key = (namespace, name)
+    lock = _memo_dict(memo, "locks").setdefault(key, asyncio.Lock())
+    async with lock:
+        _memo_dict(memo, "last_cycle")[key] = time.monotonic()
+        await _cycle(mspec, name, namespace, uid, meta, status, body, patch, logger, memo, owned_deployments, pending)
+
+
+async def _cycle(
+    mspec: ModelDeploymentSpec,
+    name: str,
+    namespace: str,
+    uid: str,
+    meta: Any,
+    status: Any,
+    body: Any,
+    patch: kopf.Patch,
+    logger: Any,
+    memo: Any,
+    owned_deployments: kopf.Index,
+    pending: int | None,
+) -> None:
     started = time.perf_counter()
     now = _now(memo)
     generation = meta.get("generation")
-    kube = _kube(memo)
+    st = status or {}
 
     current = observed(owned_deployments, namespace, name)
     missing = [v.name for v in mspec.variants if v.name not in current]
     if missing:
         # Drift: an owned Deployment was deleted. Recreate it from the spec, then decide next cycle.
-        await apply_owned(mspec, name, namespace, uid, memo, owned_deployments, logger)
+        await apply_owned(mspec, name, namespace, uid, memo, owned_deployments, logger, st.get("routing"))
         kopf.warn(body, reason="DriftRepaired", message=f"recreated Deployment(s) for variant(s) {', '.join(missing)}")
         return
 
     source = await _source(memo, mspec, namespace)
     with telemetry.RECONCILE_SECONDS.labels("metrics").time():
-        try:
-            snapshot = await asyncio.to_thread(source.snapshot, mspec, namespace, name, None)
-        except MetricsError as exc:  # defensive: snapshot() already folds errors into the snapshot
-            snapshot = MetricSnapshot(errors={"all": str(exc)})
+        snapshot = await asyncio.to_thread(source.snapshot, mspec, namespace, name, None)
+    if pending:
+        snapshot = snapshot.model_copy(
+            update={"pending": max(snapshot.pending or 0, pending), "observed_at": snapshot.observed_at or now}
+        )
     for signal in snapshot.errors:
         telemetry.PROMETHEUS_ERRORS.labels(namespace, name, signal).inc()
     with telemetry.RECONCILE_SECONDS.labels("forecast").time():
@@ -276,16 +357,17 @@ async def scale(
     obs = Observation(
         replicas={v: e["replicas"] for v, e in current.items()}, ready={v: e["ready"] for v, e in current.items()}
     )
-    state = ScalerState.model_validate((status or {}).get("scaler") or {})
+    state = ScalerState.model_validate(st.get("scaler") or {})
     with telemetry.RECONCILE_SECONDS.labels("decide").time():
         decision = decide(mspec, snapshot, forecast, state, now, obs)
 
     await actuate(mspec, name, namespace, uid, decision.desired, obs, body, memo, logger)
+    routing = await route(mspec, name, namespace, uid, decision.desired, obs, st.get("routing"), body, memo)
 
     # ---- status, Events, metrics
     summary = decision.summary()
     changed = decision.desired != obs.replicas
-    st = status or {}
+    patch.status["routing"] = routing
     patch.status["scaler"] = decision.state.to_api()
     patch.status["variants"] = [
         {"name": v, "replicas": obs.replicas.get(v, 0), "desired": d, "ready": obs.ready.get(v, 0)}
@@ -309,10 +391,16 @@ async def scale(
         logger.info(f"scaled: {summary}")
     else:
         logger.debug(f"hold: {summary}")
-    was_available = next((c for c in st.get("conditions") or [] if c.get("type") == "MetricsAvailable"), None)
-    if not decision.metrics_available and (was_available is None or was_available.get("status") != "False"):
+    was = next((c for c in st.get("conditions") or [] if c.get("type") == "MetricsAvailable"), None)
+    if not decision.metrics_available and (was is None or was.get("status") != "False"):
         kopf.warn(body, reason="MetricsUnavailable", message=summary[:1000])
+    if decision.metrics_available and was is not None and was.get("status") == "False":
+        kopf.info(body, reason="MetricsRecovered", message="metrics are back; scaling resumed")
+    _export(namespace, name, mspec, decision, obs, snapshot, forecast, now)
+    telemetry.RECONCILE_SECONDS.labels("cycle").observe(time.perf_counter() - started)
 
+
+def _export(namespace, name, mspec, decision, obs, snapshot, forecast, now) -> None:
     labels = (namespace, name)
     telemetry.DECISIONS.labels(*labels).inc()
     telemetry.METRICS_AVAILABLE.labels(*labels).set(1 if decision.metrics_available else 0)
@@ -334,7 +422,38 @@ async def scale(
         telemetry.FORECAST_QPS.labels(*labels, "upper").set(forecast.peak_upper())
         if forecast.error is not None:
             telemetry.FORECAST_ERROR.labels(*labels).set(forecast.error)
-    telemetry.RECONCILE_SECONDS.labels("cycle").observe(time.perf_counter() - started)
+
+
+async def route(
+    mspec: ModelDeploymentSpec,
+    name: str,
+    namespace: str,
+    uid: str,
+    desired: dict[str, int],
+    obs: Observation,
+    routing: str | None,
+    body: Any,
+    memo: Any,
+) -> str:
+    """Point the public Service at the activator while at zero, and back at the pods once one is ready."""
+    activator = getattr(memo, "activator", None)  # (addresses, port) from --activator-service
+    if not mspec.scale_to_zero.enabled or activator is None:
+        return routing or "pods"
+    kube = _kube(memo)
+    addresses, port = activator
+    at_zero = sum(desired.values()) == 0 and sum(obs.ready.values()) == 0
+    has_ready = sum(obs.ready.values()) > 0
+    if routing != "activator" and at_zero:
+        await kube.apply(builders.build_service_to_activator(mspec, name, namespace, uid))
+        await kube.apply(builders.build_activator_slice(name, namespace, uid, addresses, port))
+        kopf.info(body, reason="RoutedToActivator", message="no replicas: Service now points at the activator")
+        return "activator"
+    if routing == "activator" and has_ready:
+        await kube.apply(builders.build_service(mspec, name, namespace, uid))
+        await kube.delete("EndpointSlice", namespace, f"{name}-activator")
+        kopf.info(body, reason="RoutedToPods", message="a replica is ready: Service points at the pods again")
+        return "pods"
+    return routing or "pods"
 
 
 async def actuate(

@@ -48,6 +48,8 @@ def run_operator(
     liveness: str | None,
     peering: str | None,
     verbose: bool,
+    activator_service: str | None = None,
+    activator_address: list[str] | None = None,
 ) -> None:
     """Blocking: run kopf until SIGINT/SIGTERM."""
     from kubernetes import config as k8s_config
@@ -60,7 +62,7 @@ def run_operator(
         k8s_config.load_kube_config()
     if metrics_port:
         start_http_server(metrics_port, registry=telemetry.REGISTRY)
-    memo = kopf.Memo(prometheus_url=prometheus_url, peering=peering)
+    memo = kopf.Memo(prometheus_url=prometheus_url, peering=peering, activator=_activator(activator_service, activator_address))
     asyncio.run(
         kopf.operator(
             clusterwide=all_namespaces,
@@ -71,3 +73,21 @@ def run_operator(
             peering_name=peering,
         )
     )
+
+
+def _activator(service: str | None, addresses: list[str] | None) -> tuple[list[str], int] | None:
+    """Where zero-scaled models' Services point: the activator Service's ClusterIP, or given addresses."""
+    if addresses:
+        ips, ports = zip(*(a.rsplit(":", 1) for a in addresses))
+        if len(set(ports)) != 1:
+            raise SystemExit("error: every --activator-address must use the same port")
+        return list(ips), int(ports[0])
+    if not service:
+        return None
+    if service.count("/") != 1:
+        raise SystemExit(f"error: --activator-service must be NAMESPACE/NAME (got {service!r})")
+    from kubernetes import client as k8s
+
+    namespace, name = service.split("/")
+    svc = k8s.CoreV1Api().read_namespaced_service(name, namespace)
+    return [svc.spec.cluster_ip], svc.spec.ports[0].port

