@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 import requests
+from urllib3.util.retry import Retry
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 
 from ..api.decision import SIGNALS, MetricSnapshot
@@ -52,8 +53,11 @@ class PrometheusSource:
 
     def __post_init__(self) -> None:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        # One quick retry for a refused connection, none for a read timeout: a slow Prometheus must not
+        # stretch one query to several timeouts and the cycle past its period.
+        retry = Retry(total=1, connect=1, read=False, status=0, backoff_factor=0)
         self._client = PrometheusConnect(
-            url=self.url.rstrip("/"), headers=headers, disable_ssl=not self.tls_verify, timeout=self.timeout
+            url=self.url.rstrip("/"), headers=headers, disable_ssl=not self.tls_verify, timeout=self.timeout, retry=retry
         )
 
     def __repr__(self) -> str:  # never print the token
@@ -70,8 +74,9 @@ class PrometheusSource:
             raise QueryFailed(f"Prometheus at {self.url} unreachable: {type(exc).__name__}") from None
         except PrometheusApiClientException as exc:
             raise QueryFailed(f"Prometheus rejected the query: {_short(str(exc))}") from None
-        except ValueError as exc:  # malformed JSON
-            raise QueryFailed(f"Prometheus sent a malformed response: {_short(str(exc))}") from None
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            # Malformed JSON, or JSON without data.result: prometheus-api-client indexes it blindly.
+            raise QueryFailed(f"Prometheus sent a malformed response ({type(exc).__name__}: {_short(str(exc))})") from None
 
     def instant(self, query: str, at: datetime | None = None) -> tuple[float, datetime]:
         """One scalar: the value and its timestamp. Raises NoData / AmbiguousSeries / QueryFailed."""
@@ -85,12 +90,15 @@ class PrometheusSource:
             raise AmbiguousSeries(f"{len(result)} series; aggregate the query with sum() or avg()")
         try:
             ts, raw = result[0]["value"]
-        except (KeyError, TypeError, ValueError):
+            ts = float(ts)
+        except (KeyError, TypeError, ValueError, IndexError):
             raise QueryFailed("Prometheus sent a malformed response: sample without value") from None
         value = clean(raw)
         if value is None:
             raise NoData(f"value {raw}")
-        return value, datetime.fromtimestamp(float(ts), tz=timezone.utc)
+        if not math.isfinite(ts) or not 0 <= ts < 1e11:
+            raise QueryFailed(f"Prometheus sent a malformed response: timestamp {ts}")
+        return value, datetime.fromtimestamp(ts, tz=timezone.utc)
 
     def range(self, query: str, start: datetime, end: datetime, step: int, signal: str = "qps") -> MetricWindow:
         """A history window on an even grid. Short gaps are interpolated; leading gaps are dropped."""
@@ -104,11 +112,12 @@ class PrometheusSource:
         n = int((end - start).total_seconds() // step) + 1
         grid = np.full(n, np.nan)
         t0 = start.timestamp()
-        for pair in result[0].get("values", []):
+        series = result[0] if isinstance(result[0], dict) else {}
+        for pair in series.get("values", []) if isinstance(series.get("values"), list) else []:
             try:
                 ts, raw = pair
                 i = int(round((float(ts) - t0) / step))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 continue
             v = clean(raw)
             if 0 <= i < n and v is not None:
