@@ -99,6 +99,10 @@ def run(
     peering: Optional[str] = typer.Option(
         None, envvar="ELASTISERVE_PEERING", help="kopf peering name for HA (several replicas, one active)."
     ),
+    priority: int = typer.Option(0, envvar="ELASTISERVE_PRIORITY", help="Peering priority: the highest acts."),
+    peering_lifetime: int = typer.Option(
+        60, envvar="ELASTISERVE_PEERING_LIFETIME", help="Seconds before a silent peer counts as gone (takeover bound)."
+    ),
     activator_service: Optional[str] = typer.Option(
         None, envvar="ELASTISERVE_ACTIVATOR_SERVICE",
         help="NAMESPACE/NAME of the activator Service; zero-scaled models route to it.",
@@ -123,6 +127,8 @@ def run(
         verbose=verbose,
         activator_service=activator_service,
         activator_address=activator_address,
+        priority=priority,
+        peering_lifetime=peering_lifetime,
     )
 
 

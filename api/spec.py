@@ -114,8 +114,8 @@ class ModelSpec(ApiModel):
     """Where the main model's artifact lives."""
     format: Literal["onnx"] = "onnx"
     """Artifact format. Only ONNX is served today."""
-    version: Annotated[str, StringConstraints(max_length=63)] = "v1"
-    """Model version label; changing it is a new rollout."""
+    version: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=20)] = "v1"
+    """Model version; changing it starts a rollout. ``$version`` in any URI is replaced by it."""
     sub_models: list[SubModel] = Field(default_factory=list, max_length=256)
     """Further models served by the same replicas, loaded lazily."""
     lazy_loading: LazyLoading = Field(default_factory=LazyLoading)
@@ -469,6 +469,41 @@ class FallbackSpec(ApiModel):
     """Replicas used by the ``static`` and ``currentIfHigher`` behaviours."""
 
 
+class RolloutSpec(ApiModel):
+    """How a new model version replaces the old one: traffic steps, each gated on errors and latency."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("self.steps.isSorted() && self.steps.all(s, self.steps.exists_one(t, t == s))",
+                    "rollout.steps must be strictly increasing"),
+                cel("self.steps[size(self.steps) - 1] == 100", "rollout.steps must end at 100"),
+            ]
+        }
+    }
+
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(default_factory=lambda: [10, 50, 100], min_length=1, max_length=10)
+    """Percent of each variant's replicas on the new version, step by step (by replica ratio)."""
+    step_seconds: int = Field(default=60, ge=10, le=86400)
+    """Least time on a step; the gate is evaluated over it."""
+    min_requests: int = Field(default=20, ge=0, le=10**7)
+    """Requests the new version must serve on a step before the gate can pass."""
+    max_error_rate_increase: float = Field(default=1.0, ge=0, le=100)
+    """Roll back when the new version's 5xx share exceeds the old one's by more (percentage points)."""
+    max_latency_ratio: float = Field(default=1.5, ge=1, le=100)
+    """Roll back when the new version's p95 latency exceeds the old one's by this factor."""
+    ready_timeout_seconds: int = Field(default=300, ge=10, le=86400)
+    """Roll back when the new version has no ready replica after this long (e.g. the artifact is missing)."""
+
+    @model_validator(mode="after")
+    def _steps(self) -> "RolloutSpec":
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:])):
+            raise ValueError(f"rollout.steps must be strictly increasing (got {self.steps})")
+        if self.steps[-1] != 100:
+            raise ValueError(f"rollout.steps must end at 100 (got {self.steps})")
+        return self
+
+
 # --------------------------------------------------------------------------- the spec
 
 
@@ -532,6 +567,7 @@ class ModelDeploymentSpec(ApiModel):
     burst: BurstSpec = Field(default_factory=BurstSpec)
     scale_to_zero: ScaleToZeroSpec = Field(default_factory=ScaleToZeroSpec)
     fallback: FallbackSpec = Field(default_factory=FallbackSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     actuation: Actuation = Actuation.Deployment
     sync_period_seconds: int = Field(default=15, ge=5, le=600)
     """How often the operator reads metrics and decides."""

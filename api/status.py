@@ -57,6 +57,25 @@ class LastDecision(ApiModel):
     reasons: list[str]
 
 
+class RolloutStatus(ApiModel):
+    """Where a version rollout stands. Persisted so a restarted operator carries on."""
+
+    stable_version: str
+    """The version serving most traffic (all of it outside a rollout)."""
+    canary_version: str | None = None
+    """The version being rolled out."""
+    phase: Literal["Idle", "Progressing", "Promoting", "RolledBack"] = "Idle"
+    step: int = 0
+    """Index into spec.rollout.steps."""
+    step_started_at: datetime | None = None
+    started_at: datetime | None = None
+    queued_version: str | None = None
+    """A version asked for while another rollout ran; it starts when that one ends."""
+    failed_versions: list[str] = Field(default_factory=list)
+    """Versions rolled back; set model.version to one again only after fixing it (the operator will not retry)."""
+    message: str = ""
+
+
 class ModelDeploymentStatus(ApiModel):
     """Observed state of a ModelDeployment."""
 
@@ -78,4 +97,5 @@ class ModelDeploymentStatus(ApiModel):
     hot_set: list[str] = Field(default_factory=list)
     """Sub-models new replicas preload."""
     scaler: ScalerState | None = None
+    rollout: RolloutStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)

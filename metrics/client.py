@@ -20,7 +20,7 @@ from ..api.decision import SIGNALS, MetricSnapshot
 from ..api.spec import ModelDeploymentSpec
 from ..api.window import MetricWindow
 from .errors import AmbiguousSeries, MetricsError, NoData, QueryFailed
-from .queries import render
+from .queries import render, render_version
 
 
 def clean(value: float | str | None) -> float | None:
@@ -152,6 +152,18 @@ class PrometheusSource:
             values[signal] = value
             newest = ts if newest is None or ts > newest else newest
         return MetricSnapshot(**values, observed_at=newest, errors=errors)
+
+    def version_health(
+        self, spec: ModelDeploymentSpec, namespace: str, name: str, canary: bool, window_seconds: int
+    ) -> dict[str, float | None]:
+        """Requests, error rate and p95 latency of one track (stable or canary) over the rollout step."""
+        out: dict[str, float | None] = {}
+        for signal in ("requests", "error_rate", "latency"):
+            try:
+                out[signal], _ = self.instant(render_version(signal, spec, namespace, name, canary, window_seconds))
+            except MetricsError:
+                out[signal] = None
+        return out
 
     def history(
         self, spec: ModelDeploymentSpec, namespace: str, name: str, end: datetime, seconds: int, step: int

@@ -63,6 +63,34 @@ def pods_regex(spec: ModelDeploymentSpec, name: str) -> str:
     return f"{name}-({variants})-.*"
 
 
+VERSION_QUERIES: dict[str, str] = {
+    # Over the current rollout step ($window = the time spent on it), for one track's pods.
+    "requests": 'sum(increase(elastiserve_requests_total{namespace="$namespace",modeldeployment="$name",pod=~"$pods"}[$window]))',
+    "error_rate": (
+        '100 * (sum(increase(elastiserve_requests_total{namespace="$namespace",modeldeployment="$name",'
+        'pod=~"$pods",code=~"5.."}[$window])) or vector(0))'
+        ' / sum(increase(elastiserve_requests_total{namespace="$namespace",modeldeployment="$name",pod=~"$pods"}[$window]))'
+    ),
+    "latency": (
+        "1000 * histogram_quantile(0.95, sum by (le) (rate(elastiserve_request_duration_seconds_bucket{"
+        'namespace="$namespace",modeldeployment="$name",pod=~"$pods"}[$window])))'
+    ),
+}
+
+
+def track_pods_regex(spec: ModelDeploymentSpec, name: str, canary: bool) -> str:
+    """Pods of the stable or the canary Deployments: ``<name>-<variant>[-canary]-<hash>-<id>``."""
+    variants = "|".join(v.name for v in spec.variants)
+    return f"{name}-({variants})-canary-[a-z0-9]+-[a-z0-9]+" if canary else f"{name}-({variants})-[a-z0-9]+-[a-z0-9]+"
+
+
+def render_version(signal: str, spec: ModelDeploymentSpec, namespace: str, name: str, canary: bool, window_seconds: int) -> str:
+    """PromQL for one version's health during a rollout step."""
+    return Template(VERSION_QUERIES[signal]).safe_substitute(
+        namespace=namespace, name=name, pods=track_pods_regex(spec, name, canary), window=f"{max(window_seconds, 10)}s"
+    )
+
+
 def render(signal: str, spec: ModelDeploymentSpec, namespace: str, name: str) -> str:
     """The PromQL for one signal of one ModelDeployment (the spec's override, else the default)."""
     from ..api.base import parse_bytes

@@ -17,6 +17,9 @@ from ..api.spec import Actuation, ModelDeploymentSpec, Precision, Variant
 
 LABEL_MDEP = "elastiserve.dev/modeldeployment"
 LABEL_VARIANT = "elastiserve.dev/variant"
+LABEL_TRACK = "elastiserve.dev/track"
+"""``stable`` or ``canary``: part of every selector, so a canary Deployment never overlaps a stable one."""
+LABEL_VERSION = "elastiserve.dev/version"
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
 MANAGER = "elastiserve"
 ANNOTATION_HASH = "elastiserve.dev/spec-hash"
@@ -46,19 +49,25 @@ def common_labels(name: str) -> dict[str, str]:
     }
 
 
-def deployment_name(name: str, variant: str) -> str:
-    return f"{name}-{variant}"
+def deployment_name(name: str, variant: str, canary: bool = False) -> str:
+    return f"{name}-{variant}-canary" if canary else f"{name}-{variant}"
 
 
 def hotset_name(name: str) -> str:
     return f"{name}-hotset"
 
 
-def variant_uri(spec: ModelDeploymentSpec, variant: Variant) -> str:
-    """The artifact a variant serves: its own URI, else the model's with ``.<precision>`` before the suffix."""
+def with_version(uri: str, version: str) -> str:
+    return uri.replace("$version", version)
+
+
+def variant_uri(spec: ModelDeploymentSpec, variant: Variant, version: str | None = None) -> str:
+    """The artifact a variant serves: its own URI, else the model's with ``.<precision>`` before the suffix.
+    ``$version`` in the URI becomes the version served (the spec's, or a rollout's stable one)."""
+    version = version or spec.model.version
     if variant.model_uri:
-        return variant.model_uri
-    uri = spec.model.uri
+        return with_version(variant.model_uri, version)
+    uri = with_version(spec.model.uri, version)
     if variant.precision == Precision.fp32:
         return uri
     head, dot, ext = uri.rpartition(".")
@@ -79,17 +88,18 @@ def _memory_request(spec: ModelDeploymentSpec, requests: dict[str, str]) -> dict
     return out
 
 
-def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant) -> list[dict[str, Any]]:
+def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: str | None = None) -> list[dict[str, Any]]:
+    version = version or spec.model.version
     lazy = spec.model.lazy_loading
-    sub = ",".join(f"{s.name}={s.uri}" for s in spec.model.sub_models)
+    sub = ",".join(f"{s.name}={with_version(s.uri, version)}" for s in spec.model.sub_models)
     env: list[dict[str, Any]] = [
         {"name": "ELASTISERVE_MODELDEPLOYMENT", "value": name},
         {"name": "ELASTISERVE_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "ELASTISERVE_VARIANT", "value": variant.name},
         {"name": "ELASTISERVE_PRECISION", "value": variant.precision.value},
         {"name": "ELASTISERVE_MODEL_NAME", "value": spec.model.name},
-        {"name": "ELASTISERVE_MODEL_URI", "value": variant_uri(spec, variant)},
-        {"name": "ELASTISERVE_MODEL_VERSION", "value": spec.model.version},
+        {"name": "ELASTISERVE_MODEL_URI", "value": variant_uri(spec, variant, version)},
+        {"name": "ELASTISERVE_MODEL_VERSION", "value": version},
         {"name": "ELASTISERVE_SUBMODELS", "value": sub},
         {"name": "ELASTISERVE_LAZY", "value": "true" if lazy.enabled else "false"},
         {"name": "ELASTISERVE_MEMORY_BUDGET", "value": lazy.memory_budget},
@@ -103,11 +113,27 @@ def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant) -> list[d
     return env + [e.to_api() for e in spec.template.env]
 
 
-def build_deployment(spec: ModelDeploymentSpec, name: str, namespace: str, uid: str, variant: Variant) -> dict[str, Any]:
-    """The Deployment of one variant, without ``spec.replicas`` (owned by the scaler)."""
+def build_deployment(
+    spec: ModelDeploymentSpec,
+    name: str,
+    namespace: str,
+    uid: str,
+    variant: Variant,
+    *,
+    version: str | None = None,
+    canary: bool = False,
+) -> dict[str, Any]:
+    """The Deployment of one variant (stable, or the canary of a rollout), without ``spec.replicas``."""
     t = spec.template
-    labels = common_labels(name) | {LABEL_VARIANT: variant.name, "elastiserve.dev/precision": variant.precision.value}
-    selector = {LABEL_MDEP: name, LABEL_VARIANT: variant.name}
+    version = version or spec.model.version
+    track = "canary" if canary else "stable"
+    labels = common_labels(name) | {
+        LABEL_VARIANT: variant.name,
+        "elastiserve.dev/precision": variant.precision.value,
+        LABEL_TRACK: track,
+        LABEL_VERSION: version,
+    }
+    selector = {LABEL_MDEP: name, LABEL_VARIANT: variant.name, LABEL_TRACK: track}
     resources = (variant.resources or t.resources).to_api()
     resources["requests"] = _memory_request(spec, resources.get("requests", {}))
     port = t.ports[0]
@@ -116,7 +142,7 @@ def build_deployment(spec: ModelDeploymentSpec, name: str, namespace: str, uid: 
         "image": variant.image or t.image,
         "args": list(variant.args if variant.args is not None else t.args),
         "ports": [{"name": p.name, "containerPort": p.container_port, "protocol": "TCP"} for p in t.ports],
-        "env": server_env(spec, name, variant),
+        "env": server_env(spec, name, variant, version),
         "resources": resources,
         "readinessProbe": {
             "httpGet": {"path": t.readiness_path, "port": port.name},
@@ -139,7 +165,7 @@ def build_deployment(spec: ModelDeploymentSpec, name: str, namespace: str, uid: 
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": deployment_name(name, variant.name),
+            "name": deployment_name(name, variant.name, canary),
             "namespace": namespace,
             "labels": labels,
             "ownerReferences": [owner_reference(name, uid)],
@@ -168,12 +194,12 @@ def build_deployment(spec: ModelDeploymentSpec, name: str, namespace: str, uid: 
     return body
 
 
-def build_replicas(name: str, namespace: str, variant: str, replicas: int) -> dict[str, Any]:
+def build_replicas(name: str, namespace: str, variant: str, replicas: int, canary: bool = False) -> dict[str, Any]:
     """The scaler's apply patch: only ``spec.replicas``, under the scaler's own field manager."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": deployment_name(name, variant), "namespace": namespace},
+        "metadata": {"name": deployment_name(name, variant, canary), "namespace": namespace},
         "spec": {"replicas": replicas},
     }
 
@@ -295,9 +321,13 @@ def build_hotset(name: str, namespace: str, uid: str, models: list[str]) -> dict
     }
 
 
-def desired_objects(spec: ModelDeploymentSpec, name: str, namespace: str, uid: str) -> list[dict[str, Any]]:
-    """Everything the reconcile handler applies for a spec (the HPA floor starts at the minimum)."""
-    objs = [build_deployment(spec, name, namespace, uid, v) for v in spec.variants]
+def desired_objects(
+    spec: ModelDeploymentSpec, name: str, namespace: str, uid: str, stable_version: str | None = None
+) -> list[dict[str, Any]]:
+    """Everything the reconcile handler applies for a spec (the HPA floor starts at the minimum).
+
+    ``stable_version``: during a rollout the stable Deployments keep serving the old version."""
+    objs = [build_deployment(spec, name, namespace, uid, v, version=stable_version) for v in spec.variants]
     objs.append(build_service(spec, name, namespace, uid))
     objs.append(build_pods_service(spec, name, namespace, uid))
     if spec.actuation == Actuation.HPA:

@@ -21,8 +21,11 @@ from ..api import GROUP, PLURAL, VERSION, SpecError, parse_spec
 from ..api.decision import Forecast, MetricSnapshot, Observation, ScalerState
 from ..api.spec import Actuation, ModelDeploymentSpec
 from ..metrics import MetricsError, PrometheusSource
+from ..api.status import RolloutStatus
 from ..scaling import decide
+from ..scaling.rollout import RolloutPlan, VersionHealth, advance, split_versions
 from . import builders, telemetry
+from .failpoints import failpoint
 from .kube import SCALER_MANAGER, Kube
 
 WAKE_ANNOTATION = "elastiserve.dev/activate"
@@ -59,24 +62,34 @@ def _invalid(body: Any, patch: kopf.Patch, status: Any, exc: SpecError, now: dat
 
 
 @kopf.index("apps", "v1", "deployments", labels=MANAGED)
-def owned_deployments(namespace: str, name: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status, **_: Any):
+def owned_deployments(
+    namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, **_: Any
+):
     """(namespace, modeldeployment) → one entry per variant Deployment."""
     mdep = labels.get(builders.LABEL_MDEP)
     variant = labels.get(builders.LABEL_VARIANT)
     if not mdep or not variant:
         return None
+    st = status or {}
+    replicas = spec.get("replicas", 0) or 0
     return {
         (namespace, mdep): {
             "variant": variant,
             "name": name,
-            "replicas": spec.get("replicas", 0) or 0,
-            "ready": (status or {}).get("readyReplicas", 0) or 0,
+            "canary": labels.get(builders.LABEL_TRACK) == "canary",
+            "version": labels.get(builders.LABEL_VERSION),
+            "replicas": replicas,
+            "ready": st.get("readyReplicas", 0) or 0,
+            # A rolling update is done when every replica runs the newest template and is ready.
+            "rolled_out": (st.get("updatedReplicas", 0) or 0) >= replicas and (st.get("readyReplicas", 0) or 0) >= replicas
+            and st.get("observedGeneration", 0) >= (meta.get("generation") or 0),
         }
     }
 
 
-def observed(index: kopf.Index, namespace: str, name: str) -> dict[str, dict[str, Any]]:
-    return {entry["variant"]: entry for entry in index.get((namespace, name), [])}
+def observed(index: kopf.Index, namespace: str, name: str, canary: bool = False) -> dict[str, dict[str, Any]]:
+    """Owned Deployments of one ModelDeployment by variant: the stable ones, or the canaries of a rollout."""
+    return {e["variant"]: e for e in index.get((namespace, name), []) if e.get("canary", False) == canary}
 
 
 # --------------------------------------------------------------------------- reconcile
@@ -106,7 +119,9 @@ async def reconcile(
     except SpecError as exc:
         _invalid(body, patch, status, exc, now, generation)
         raise kopf.PermanentError(str(exc)) from None
-    await apply_owned(mspec, name, namespace, uid, memo, owned_deployments, logger, (status or {}).get("routing"))
+    st = status or {}
+    await apply_owned(mspec, name, namespace, uid, memo, owned_deployments, logger, st.get("routing"),
+                      (st.get("rollout") or {}).get("stableVersion"))
     conds = set_condition(
         (status or {}).get("conditions"), "Ready", True, "Reconciled",
         f"{len(mspec.variants)} variant Deployment(s) and Service applied", now, generation,
@@ -127,11 +142,15 @@ async def apply_owned(
     index: kopf.Index,
     logger: Any,
     routing: str | None = None,
+    stable_version: str | None = None,
 ) -> list[str]:
-    """Apply every owned object; new Deployments start at their minimum. Returns variants created."""
+    """Apply every owned object; new Deployments start at their minimum. Returns variants created.
+
+    ``stable_version``: during a rollout the stable Deployments keep the old version (the canary path
+    changes versions, not this one)."""
     kube = _kube(memo)
     current = observed(index, namespace, name)
-    objs = builders.desired_objects(mspec, name, namespace, uid)
+    objs = builders.desired_objects(mspec, name, namespace, uid, stable_version)
     if routing == "activator" and getattr(memo, "activator", None) is not None:
         # At zero the public Service stays pointed at the activator; a spec change must not flip it.
         objs = [builders.build_service_to_activator(mspec, name, namespace, uid) if o["kind"] == "Service"
@@ -338,7 +357,8 @@ async def _cycle(
     missing = [v.name for v in mspec.variants if v.name not in current]
     if missing:
         # Drift: an owned Deployment was deleted. Recreate it from the spec, then decide next cycle.
-        await apply_owned(mspec, name, namespace, uid, memo, owned_deployments, logger, st.get("routing"))
+        await apply_owned(mspec, name, namespace, uid, memo, owned_deployments, logger, st.get("routing"),
+                          (st.get("rollout") or {}).get("stableVersion"))
         kopf.warn(body, reason="DriftRepaired", message=f"recreated Deployment(s) for variant(s) {', '.join(missing)}")
         return
 
@@ -354,14 +374,30 @@ async def _cycle(
     with telemetry.RECONCILE_SECONDS.labels("forecast").time():
         forecast = await _forecast(memo, source, mspec, namespace, name, now)
 
+    canaries = observed(owned_deployments, namespace, name, canary=True)
+    plan = await _rollout_plan(mspec, name, namespace, st, current, canaries, source, now)
+    counting_canary = plan.status.phase == "Progressing"  # while promoting the canary is a temporary duplicate
     obs = Observation(
-        replicas={v: e["replicas"] for v, e in current.items()}, ready={v: e["ready"] for v, e in current.items()}
+        replicas={v: e["replicas"] + (canaries.get(v, {}).get("replicas", 0) if counting_canary else 0)
+                  for v, e in current.items()},
+        ready={v: e["ready"] + (canaries.get(v, {}).get("ready", 0) if counting_canary else 0) for v, e in current.items()},
     )
     state = ScalerState.model_validate(st.get("scaler") or {})
     with telemetry.RECONCILE_SECONDS.labels("decide").time():
         decision = decide(mspec, snapshot, forecast, state, now, obs)
+    if plan.reasons:
+        decision = decision.model_copy(update={"reasons": decision.reasons + list(plan.reasons)})
 
-    await actuate(mspec, name, namespace, uid, decision.desired, obs, body, memo, logger)
+    failpoint("after-decide")
+    stable_desired, canary_desired = await rollout_apply(
+        mspec, name, namespace, uid, plan, decision.desired, current, canaries, body, memo, logger
+    )
+    stable_obs = Observation(replicas={v: e["replicas"] for v, e in current.items()},
+                             ready={v: e["ready"] for v, e in current.items()})
+    await actuate(mspec, name, namespace, uid, stable_desired, stable_obs, body, memo, logger)
+    await actuate(mspec, name, namespace, uid, canary_desired, Observation(
+        replicas={v: e["replicas"] for v, e in canaries.items()}), body, memo, logger, canary=True)
+    failpoint("after-actuate")  # replicas patched, status not yet written
     routing = await route(mspec, name, namespace, uid, decision.desired, obs, st.get("routing"), body, memo)
 
     # ---- status, Events, metrics
@@ -369,6 +405,7 @@ async def _cycle(
     changed = decision.desired != obs.replicas
     patch.status["routing"] = routing
     patch.status["scaler"] = decision.state.to_api()
+    patch.status["rollout"] = plan.status.to_api()
     patch.status["variants"] = [
         {"name": v, "replicas": obs.replicas.get(v, 0), "desired": d, "ready": obs.ready.get(v, 0)}
         for v, d in decision.desired.items()
@@ -378,9 +415,15 @@ async def _cycle(
     patch.status["variantSummary"] = variant_summary(decision.desired)
     patch.status["lastDecision"] = {"time": iso(now), "desired": decision.desired, "reasons": decision.reasons}
     patch.status["forecast"] = forecast_status(forecast, mspec.forecasting.horizon_seconds)
-    patch.status["conditions"] = decision_conditions(
-        st.get("conditions"), decision, forecast, mspec.forecasting.enabled, now, generation
-    )
+    conds = decision_conditions(st.get("conditions"), decision, forecast, mspec.forecasting.enabled, now, generation)
+    active = plan.status.phase in ("Progressing", "Promoting")
+    rollout_reason = {"Progressing": "Progressing", "Promoting": "Promoting", "RolledBack": "RolledBack"}.get(
+        plan.status.phase, "Idle")
+    patch.status["conditions"] = set_condition(conds, "Rollout", active, rollout_reason,
+                                               plan.status.message or "no rollout", now, generation)
+    if plan.event:
+        reason, message = plan.event
+        (kopf.warn if reason == "RolloutRolledBack" else kopf.info)(body, reason=reason, message=message[:1000])
     patch.status["phase"] = "ScaledToZero" if sum(decision.desired.values()) == 0 else (
         "Scaling" if changed or obs.ready != obs.replicas else "Ready"
     )
@@ -456,6 +499,55 @@ async def route(
     return routing or "pods"
 
 
+async def _rollout_plan(mspec, name, namespace, st, current, canaries, source, now) -> RolloutPlan:
+    """Health of both versions (only while a rollout runs) and the next rollout state."""
+    status = RolloutStatus.model_validate(st["rollout"]) if st.get("rollout") else None
+    stable_h = canary_h = VersionHealth()
+    running = status is not None and (status.canary_version is not None or mspec.model.version != status.stable_version)
+    if running and status.phase == "Progressing" and isinstance(source, PrometheusSource):
+        on_step = (now - (status.step_started_at or now)).total_seconds()
+        window = int(min(max(on_step, 10), mspec.rollout.step_seconds))
+        stable_raw, canary_raw = await asyncio.gather(
+            asyncio.to_thread(source.version_health, mspec, namespace, name, False, window),
+            asyncio.to_thread(source.version_health, mspec, namespace, name, True, window),
+        )
+        stable_h = VersionHealth(**stable_raw, ready=sum(e["ready"] for e in current.values()))
+        canary_h = VersionHealth(**canary_raw, ready=sum(e["ready"] for e in canaries.values()))
+    elif running and status.phase == "Progressing":
+        canary_h = VersionHealth(ready=sum(e["ready"] for e in canaries.values()))
+    stable_updated = bool(status and status.canary_version) and all(
+        e.get("version") == status.canary_version and e.get("rolled_out") for e in current.values()
+    )
+    return advance(mspec, status, stable_h, canary_h, now, stable_updated=stable_updated)
+
+
+async def rollout_apply(
+    mspec, name, namespace, uid, plan: RolloutPlan, desired: dict[str, int], current, canaries, body, memo, logger
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Create/remove canary Deployments and move the stable ones; returns (stable, canary) replicas."""
+    kube = _kube(memo)
+    status = plan.status
+    if not plan.active:
+        for variant, entry in canaries.items():
+            await kube.delete("Deployment", namespace, entry["name"])
+            memo_applied(memo).pop((namespace, name, f"{variant}@canary"), None)
+        return desired, {}
+    canary_version = status.canary_version
+    stable, canary = {}, {}
+    for v in mspec.variants:
+        stable[v.name], canary[v.name] = split_versions(desired[v.name], plan.canary_share)
+        entry = canaries.get(v.name)
+        if entry is None or entry.get("version") != canary_version:
+            obj = builders.build_deployment(mspec, name, namespace, uid, v, version=canary_version, canary=True)
+            obj["spec"]["replicas"] = canary[v.name]
+            await kube.apply(obj)
+        if status.phase == "Promoting" and current.get(v.name, {}).get("version") != canary_version:
+            # Rolling update of the stable Deployment to the new version (maxUnavailable 0).
+            await kube.apply(builders.build_deployment(mspec, name, namespace, uid, v, version=canary_version))
+            logger.info(f"promoting {canary_version}: stable Deployment of {v.name} updated")
+    return stable, canary
+
+
 async def actuate(
     mspec: ModelDeploymentSpec,
     name: str,
@@ -466,11 +558,18 @@ async def actuate(
     body: Any,
     memo: Any,
     logger: Any,
+    canary: bool = False,
 ) -> None:
     """Apply replicas that differ from what the cluster has (HPA mode: move the HPA floor)."""
     kube = _kube(memo)
     applied = memo_applied(memo)
     for variant, replicas in desired.items():
+        if canary:
+            key = (namespace, name, f"{variant}@canary")
+            if obs.replicas.get(variant) != replicas or applied.get(key) != replicas:
+                applied[key] = replicas
+                await kube.apply(builders.build_replicas(name, namespace, variant, replicas, canary=True), SCALER_MANAGER)
+            continue
         if mspec.actuation == Actuation.HPA and variant == mspec.primary.name:
             floor_key = (namespace, name, f"{variant}@hpa-floor")
             if applied.get(floor_key) != replicas:

@@ -32,9 +32,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     settings.execution.max_workers = 16
     peering = getattr(memo, "peering", None)
     if peering:
+        # HA: replicas share a peering object; the highest priority acts, the others stand by. A dead
+        # active replica is noticed when its peering record expires (lifetime), so takeover takes
+        # at most about `lifetime` seconds.
         settings.peering.name = peering
         settings.peering.mandatory = True
-        settings.peering.clusterwide = True
+        settings.peering.clusterwide = getattr(memo, "all_namespaces", True)
+        settings.peering.priority = getattr(memo, "priority", 0)
+        settings.peering.lifetime = getattr(memo, "peering_lifetime", 60)
     else:
         settings.peering.standalone = True
 
@@ -50,6 +55,8 @@ def run_operator(
     verbose: bool,
     activator_service: str | None = None,
     activator_address: list[str] | None = None,
+    priority: int = 0,
+    peering_lifetime: int = 60,
 ) -> None:
     """Blocking: run kopf until SIGINT/SIGTERM."""
     from kubernetes import config as k8s_config
@@ -62,7 +69,14 @@ def run_operator(
         k8s_config.load_kube_config()
     if metrics_port:
         start_http_server(metrics_port, registry=telemetry.REGISTRY)
-    memo = kopf.Memo(prometheus_url=prometheus_url, peering=peering, activator=_activator(activator_service, activator_address))
+    memo = kopf.Memo(
+        prometheus_url=prometheus_url,
+        peering=peering,
+        priority=priority,
+        peering_lifetime=peering_lifetime,
+        all_namespaces=all_namespaces,
+        activator=_activator(activator_service, activator_address),
+    )
     asyncio.run(
         kopf.operator(
             clusterwide=all_namespaces,

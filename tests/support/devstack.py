@@ -133,6 +133,8 @@ class RateExporter:
     _last: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
+    hide: bool = False
+    """True: export nothing (the series vanish, as when every replica is gone)."""
 
     def set_rate(self, rate: float) -> None:
         with self._lock:
@@ -145,6 +147,8 @@ class RateExporter:
         self._last = now
 
     def collect(self):
+        if self.hide:
+            return
         with self._lock:
             self._advance()
             total = self._total
