@@ -208,12 +208,12 @@ def demo_manifest(models: dict[str, Path], prometheus_url: str, period: int) -> 
         "kind": "ModelDeployment",
         "metadata": {"name": MDEP, "namespace": NAMESPACE},
         "spec": {
-            "model": {"name": "minilm", "uri": f"file://{models['fp32']}", "lazyLoading": {"preload": ["minilm"]}},
+            "model": {"name": "minilm", "uri": f"file://{models['fp32'].parent}", "lazyLoading": {"preload": ["minilm"]}},
             "variants": [
                 {"name": "fp32", "precision": "fp32", "role": "primary", "capacityQps": 12,
                  "replicas": {"min": 0, "max": 3}},
                 {"name": "int8", "precision": "int8", "role": "burst", "capacityQps": 20,
-                 "modelUri": f"file://{models['int8']}", "replicas": {"min": 0, "max": 3}},
+                 "replicas": {"min": 0, "max": 3}},
             ],
             "replicas": {"min": 0, "max": 3},
             "syncPeriodSeconds": 5,

@@ -137,7 +137,7 @@ def run_live(stack: Stack) -> None:
     from kubernetes import config as k8s_config
 
     k8s_config.load_kube_config(str(cluster.kubeconfig))
-    twins = PodTwins(NAMESPACE, twins_dir, extra_env={"ELASTISERVE_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    twins = PodTwins(NAMESPACE, twins_dir, extra_env={"ELASTISERVE_INTRA_OP_THREADS": "1", "ELASTISERVE_INFER_WORKERS": "1"})
     twins.serve_metrics(ports["cadvisor"])
     stop_twins = threading.Event()
     thread = threading.Thread(target=twins.run, args=(stop_twins,), daemon=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -82,8 +83,6 @@ class PodTwins:
     workdir: Path
     serve_cmd: list[str] = field(default_factory=lambda: [sys.executable, "-m", "elastiserve.cli", "serve"])
     extra_env: dict[str, str] = field(default_factory=dict)
-    uri_map: dict[str, str] = field(default_factory=dict)
-    """Rewrites model URIs from the spec (e.g. file:///models/...) to local paths."""
     twins: dict[str, Twin] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -114,15 +113,10 @@ class PodTwins:
                     env[e.name] = (cm.data or {}).get(ref.key, "")
                 except Exception:
                     env[e.name] = ""
-        for key in ("ELASTISERVE_MODEL_URI",):
-            if env.get(key) in self.uri_map:
-                env[key] = self.uri_map[env[key]]
-        if env.get("ELASTISERVE_SUBMODELS"):
-            parts = []
-            for item in env["ELASTISERVE_SUBMODELS"].split(","):
-                name, _, uri = item.partition("=")
-                parts.append(f"{name}={self.uri_map.get(uri, uri)}")
-            env["ELASTISERVE_SUBMODELS"] = ",".join(parts)
+        # The kubelet expands $(VAR) references to variables defined earlier in the list; so do we.
+        for e in container.env or []:
+            if e.value and "$(" in e.value:
+                env[e.name] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), ""), e.value)
         return env
 
     def _start(self, pod) -> Twin:
@@ -253,10 +247,9 @@ def main() -> None:
     ap.add_argument("--namespace", "-n", required=True)
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--metrics-port", type=int, default=0)
-    ap.add_argument("--uri-map", action="append", default=[], help="FROM=TO model URI rewrite (repeatable)")
     args = ap.parse_args()
     k8s_config.load_kube_config()
-    twins = PodTwins(args.namespace, args.workdir, uri_map=dict(m.split("=", 1) for m in args.uri_map))
+    twins = PodTwins(args.namespace, args.workdir)
     if args.metrics_port:
         twins.serve_metrics(args.metrics_port)
     stop = threading.Event()

@@ -70,10 +70,9 @@ def variant_uri(spec: ModelDeploymentSpec, variant: Variant, version: str | None
     uri = with_version(spec.model.uri, version)
     if variant.precision == Precision.fp32:
         return uri
-    head, dot, ext = uri.rpartition(".")
-    if dot and "/" not in ext:
-        return f"{head}.{variant.precision.value}.{ext}"
-    return f"{uri}.{variant.precision.value}"
+    if uri.endswith(".onnx"):
+        return f"{uri[: -len('.onnx')]}.{variant.precision.value}.onnx"
+    return uri  # a model folder: the server picks the variant's file (ELASTISERVE_MODEL_VARIANT)
 
 
 def _memory_request(spec: ModelDeploymentSpec, requests: dict[str, str]) -> dict[str, str]:
@@ -88,28 +87,44 @@ def _memory_request(spec: ModelDeploymentSpec, requests: dict[str, str]) -> dict
     return out
 
 
+def store_root(uri: str) -> str:
+    """The store root a URI lives in: the folder of an ``.onnx`` file, or the model folder itself."""
+    trimmed = uri.rstrip("/")
+    return trimmed.rsplit("/", 1)[0] if trimmed.endswith(".onnx") else trimmed
+
+
 def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: str | None = None) -> list[dict[str, Any]]:
+    """The model server's configuration (``elastiserve serve`` reads these variables).
+
+    The store roots are exactly the folders of the declared artifacts, so the server refuses any other
+    path. The hot set (a ConfigMap the operator maintains) is appended to the preload list with the
+    kubelet's ``$(VAR)`` expansion, so a new replica preloads whatever is hot when it starts.
+    """
     version = version or spec.model.version
     lazy = spec.model.lazy_loading
-    sub = ",".join(f"{s.name}={with_version(s.uri, version)}" for s in spec.model.sub_models)
+    main_uri = variant_uri(spec, variant, version)
+    models = [(spec.model.name, main_uri)] + [(s.name, with_version(s.uri, version)) for s in spec.model.sub_models]
+    roots = list(dict.fromkeys(store_root(u) for _, u in models))
+    preload = ",".join(lazy.preload)
     env: list[dict[str, Any]] = [
         {"name": "ELASTISERVE_MODELDEPLOYMENT", "value": name},
         {"name": "ELASTISERVE_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "ELASTISERVE_VARIANT", "value": variant.name},
         {"name": "ELASTISERVE_PRECISION", "value": variant.precision.value},
-        {"name": "ELASTISERVE_MODEL_NAME", "value": spec.model.name},
-        {"name": "ELASTISERVE_MODEL_URI", "value": variant_uri(spec, variant, version)},
+        {"name": "ELASTISERVE_MODEL_VARIANT", "value": "int8" if variant.precision == Precision.int8 else "fp32"},
         {"name": "ELASTISERVE_MODEL_VERSION", "value": version},
-        {"name": "ELASTISERVE_SUBMODELS", "value": sub},
-        {"name": "ELASTISERVE_LAZY", "value": "true" if lazy.enabled else "false"},
+        {"name": "ELASTISERVE_MODEL_STORE", "value": ",".join(roots)},
+        {"name": "ELASTISERVE_MODELS", "value": ",".join(f"{n}={u}" for n, u in models)},
         {"name": "ELASTISERVE_MEMORY_BUDGET", "value": lazy.memory_budget},
         {"name": "ELASTISERVE_IDLE_UNLOAD_SECONDS", "value": str(lazy.idle_unload_seconds)},
-        {"name": "ELASTISERVE_PRELOAD", "value": ",".join(lazy.preload)},
         {
             "name": "ELASTISERVE_HOTSET",
             "valueFrom": {"configMapKeyRef": {"name": hotset_name(name), "key": "preload", "optional": True}},
         },
+        {"name": "ELASTISERVE_PRELOAD", "value": f"{preload},$(ELASTISERVE_HOTSET)" if preload else "$(ELASTISERVE_HOTSET)"},
     ]
+    if not lazy.enabled:
+        env[-2] = {"name": "ELASTISERVE_PRELOAD", "value": "all"}
     return env + [e.to_api() for e in spec.template.env]
 
 

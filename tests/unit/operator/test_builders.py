@@ -46,8 +46,10 @@ def test_int8_variant_runs_the_quantized_artifact_with_its_own_resources():
     int8 = builders.build_deployment(md.spec, "e", "ns", "u", md.spec.variants[1])
     container = int8["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["ELASTISERVE_MODEL_URI"] == "file:///models/minilm/model.int8.onnx"
-    assert env["ELASTISERVE_VARIANT"] == "int8" and env["ELASTISERVE_PRECISION"] == "int8"
+    assert env["ELASTISERVE_MODELS"].startswith("minilm=file:///models/minilm/model.int8.onnx,")
+    assert env["ELASTISERVE_VARIANT"] == "int8" and env["ELASTISERVE_MODEL_VARIANT"] == "int8"
+    # The server may read only the folders of the declared artifacts.
+    assert env["ELASTISERVE_MODEL_STORE"] == "file:///models/minilm,file:///models/legal,s3://models/medical"
     assert container["resources"]["requests"]["cpu"] == "500m"
 
 
@@ -79,3 +81,18 @@ def test_containers_are_hardened():
     sc = pod["containers"][0]["securityContext"]
     assert sc["readOnlyRootFilesystem"] and sc["runAsNonRoot"] and sc["capabilities"] == {"drop": ["ALL"]}
     assert not sc["allowPrivilegeEscalation"]
+
+
+def test_version_placeholder_and_model_folders():
+    spec = {"model": {"name": "m", "uri": "file:///store/$version/m", "version": "v7"},
+            "variants": [{"name": "fp32"}, {"name": "int8", "precision": "int8", "role": "burst"}]}
+    md = parse_manifest({"apiVersion": "elastiserve.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "m"}, "spec": spec})
+    for v in md.spec.variants:
+        env = {e["name"]: e.get("value") for e in builders.server_env(md.spec, "m", v)}
+        assert env["ELASTISERVE_MODELS"] == "m=file:///store/v7/m"  # a folder: the server picks the variant file
+        assert env["ELASTISERVE_MODEL_VERSION"] == "v7"
+    canary = builders.build_deployment(md.spec, "m", "ns", "u", md.spec.primary, version="v8", canary=True)
+    assert canary["metadata"]["name"] == "m-fp32-canary"
+    assert canary["spec"]["selector"]["matchLabels"][builders.LABEL_TRACK] == "canary"
+    env = {e["name"]: e.get("value") for e in canary["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ELASTISERVE_MODELS"] == "m=file:///store/v8/m"
