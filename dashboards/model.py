@@ -1,0 +1,266 @@
+"""Per-model detail: traffic vs forecast, latency vs SLO, errors, resources, replicas, INT8, sub-models, cold starts."""
+
+from __future__ import annotations
+
+from .queries import MODEL, MODEL_VARIANTS, SLO_BUCKETS, SLO_TARGET_PERCENT, operator_query
+from .spec import Dashboard, Panel, Row, Target, Variable
+
+SERVER = f"{{{MODEL_VARIANTS}}}"
+"""Selector of the model servers' series (``{namespace=..., modeldeployment=..., variant=~...}``)."""
+
+OPERATOR = f"{{{MODEL}}}"
+PODS = 'namespace="$namespace",pod=~"$modeldeployment-$variant-.*",container!="",container!="POD"'
+
+
+def _sum_rate(metric: str, selector: str = SERVER, by: str = "") -> str:
+    grouping = f" by ({by})" if by else ""
+    return f"sum{grouping} (rate({metric}{selector}[$__rate_interval]))"
+
+
+def _quantile(q: str, metric: str, selector: str) -> str:
+    return f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{selector}[$__rate_interval])))"
+
+
+DASHBOARD = Dashboard(
+    uid="elastiserve-model",
+    title="elastiserve / Model",
+    description="One ModelDeployment: what the operator sees (its own queries), what it decided and how the servers behave.",
+    variables=(
+        Variable("namespace", "Namespace", query="label_values(elastiserve_operator_replicas, namespace)"),
+        Variable(
+            "modeldeployment",
+            "ModelDeployment",
+            query='label_values(elastiserve_operator_replicas{namespace="$namespace"}, modeldeployment)',
+        ),
+        Variable(
+            "variant",
+            "Variant",
+            query=f"label_values(elastiserve_operator_replicas{OPERATOR}, variant)",
+            multi=True,
+            include_all=True,
+        ),
+        Variable(
+            "slo_latency",
+            "Latency SLO (s)",
+            options=SLO_BUCKETS,
+            description=f"Latency threshold of the SLO ({SLO_TARGET_PERCENT} % of requests faster).",
+        ),
+    ),
+    rows=(
+        Row(
+            "Traffic",
+            (
+                Panel(
+                    "Requests/s: actual vs forecast",
+                    (
+                        Target(operator_query("qps"), "actual"),
+                        Target(f'max(elastiserve_operator_forecast_qps{{{MODEL},bound="mean"}})', "forecast (mean)"),
+                        Target(f'max(elastiserve_operator_forecast_qps{{{MODEL},bound="upper"}})', "forecast (upper)"),
+                        Target(f"max(elastiserve_operator_observed_qps{OPERATOR})", "seen by the operator"),
+                    ),
+                    unit="reqps",
+                    band=("forecast (mean)", "forecast (upper)"),
+                    width=16,
+                    description="The operator's request-rate query (model servers + activator) and the forecast peak "
+                    "over the horizon; the band spans the mean and the upper quantile.",
+                ),
+                Panel(
+                    "Forecast error (sMAPE)",
+                    (Target(f"max(elastiserve_operator_forecast_error{OPERATOR})"),),
+                    kind="stat",
+                    width=8,
+                    thresholds=((0.3, "orange"), (0.5, "red")),
+                    description="Recent symmetric MAPE of the forecast (0 perfect, 2 useless); the alert fires above 0.5.",
+                ),
+                Panel(
+                    "Latency p95 / p99 vs SLO",
+                    (
+                        Target(operator_query("latency", quantile="0.95"), "p95"),
+                        Target(operator_query("latency", quantile="0.99"), "p99"),
+                        Target("vector($slo_latency * 1000)", "SLO"),
+                    ),
+                    unit="ms",
+                    min=0,
+                    width=8,
+                ),
+                Panel(
+                    "Error rate",
+                    (Target(operator_query("error_rate"), "5xx"),),
+                    unit="percent",
+                    min=0,
+                    width=8,
+                    description="The operator's error-rate query: share of 5xx responses.",
+                ),
+                Panel(
+                    "Traffic share by variant (INT8 share)",
+                    (
+                        Target(
+                            f"100 * {_sum_rate('elastiserve_requests_total', by='variant')} / ignoring (variant) "
+                            f"group_left {_sum_rate('elastiserve_requests_total')}",
+                            "{{variant}}",
+                        ),
+                    ),
+                    unit="percent",
+                    stack=True,
+                    min=0,
+                    max=100,
+                    width=8,
+                    description="Which variant served the requests: burst (INT8) replicas take the overflow.",
+                ),
+            ),
+        ),
+        Row(
+            "Replicas",
+            (
+                Panel(
+                    "Replicas: desired vs ready",
+                    (
+                        Target(f'elastiserve_operator_desired_replicas{{{MODEL_VARIANTS}}}', "desired {{variant}}"),
+                        Target(f'elastiserve_operator_ready_replicas{{{MODEL_VARIANTS}}}', "ready {{variant}}"),
+                        Target(f'elastiserve_operator_max_replicas{{{MODEL_VARIANTS}}}', "max {{variant}}"),
+                    ),
+                    min=0,
+                    width=12,
+                ),
+                Panel(
+                    "Scale events",
+                    (
+                        Target(
+                            f"sum by (variant, direction) (increase(elastiserve_operator_scale_events_total{{{MODEL_VARIANTS}}}[$__interval]))",
+                            "{{variant}} {{direction}}",
+                        ),
+                    ),
+                    bars=True,
+                    min_interval="1m",
+                    width=6,
+                ),
+                Panel(
+                    "Scaled to zero",
+                    (Target(f"max(elastiserve_operator_scaled_to_zero{OPERATOR})"),),
+                    kind="stat",
+                    width=3,
+                ),
+                Panel(
+                    "Metrics available",
+                    (Target(f"min(elastiserve_operator_metrics_available{OPERATOR})"),),
+                    kind="stat",
+                    width=3,
+                    base_color="red",
+                    thresholds=((1, "green"),),
+                    description="0: the operator cannot read this model's metrics and holds its replicas.",
+                ),
+            ),
+        ),
+        Row(
+            "Resources",
+            (
+                Panel(
+                    "CPU by pod",
+                    (Target(f"sum by (pod) (rate(container_cpu_usage_seconds_total{{{PODS}}}[$__rate_interval]))", "{{pod}}"),),
+                    unit="cores",
+                    min=0,
+                    description="cAdvisor CPU usage of the model-server pods (the operator's cpu signal divides it by the request).",
+                ),
+                Panel(
+                    "Memory by pod",
+                    (Target(f"sum by (pod) (container_memory_working_set_bytes{{{PODS}}})", "{{pod}}"),),
+                    unit="bytes",
+                    min=0,
+                ),
+            ),
+        ),
+        Row(
+            "Sub-models (lazy loading)",
+            (
+                Panel(
+                    "Loaded sub-models",
+                    (
+                        Target(f"sum by (model) (elastiserve_model_loaded{SERVER})", "{{model}}"),
+                        Target(f"sum(elastiserve_models_loaded{SERVER})", "total"),
+                    ),
+                    min=0,
+                    width=8,
+                    description="Replicas holding each sub-model in memory.",
+                ),
+                Panel(
+                    "Loaded bytes by sub-model",
+                    (Target(f"sum by (model) (elastiserve_model_loaded_bytes{SERVER})", "{{model}}"),),
+                    unit="bytes",
+                    stack=True,
+                    min=0,
+                    width=8,
+                ),
+                Panel(
+                    "Sub-model cache hit ratio",
+                    (
+                        Target(
+                            f"100 * {_sum_rate('elastiserve_model_cache_hits_total')} / "
+                            f"({_sum_rate('elastiserve_model_cache_hits_total')} + {_sum_rate('elastiserve_model_cache_misses_total')})",
+                            "hits",
+                        ),
+                    ),
+                    unit="percent",
+                    min=0,
+                    max=100,
+                    width=8,
+                ),
+                Panel(
+                    "Loads and unloads",
+                    (
+                        Target(
+                            f"sum by (result) (increase(elastiserve_model_loads_total{SERVER}[$__interval]))",
+                            "load {{result}}",
+                        ),
+                        Target(
+                            f"sum by (reason) (increase(elastiserve_model_unloads_total{SERVER}[$__interval]))",
+                            "unload {{reason}}",
+                        ),
+                    ),
+                    bars=True,
+                    min_interval="1m",
+                ),
+                Panel(
+                    "Sub-model load time",
+                    (
+                        Target(_quantile("0.5", "elastiserve_model_load_duration_seconds", SERVER), "p50"),
+                        Target(_quantile("0.95", "elastiserve_model_load_duration_seconds", SERVER), "p95"),
+                    ),
+                    unit="s",
+                    min=0,
+                ),
+            ),
+        ),
+        Row(
+            "Scale from zero",
+            (
+                Panel(
+                    "Cold start time",
+                    (
+                        Target(_quantile("0.5", "elastiserve_activator_cold_start_seconds", OPERATOR), "p50"),
+                        Target(_quantile("0.95", "elastiserve_activator_cold_start_seconds", OPERATOR), "p95"),
+                    ),
+                    unit="s",
+                    min=0,
+                    width=8,
+                    description="From the first request held by the activator to a ready replica.",
+                ),
+                Panel(
+                    "Activator requests by code",
+                    (Target(_sum_rate("elastiserve_activator_requests_total", OPERATOR, by="code"), "{{code}}"),),
+                    unit="reqps",
+                    min=0,
+                    width=8,
+                ),
+                Panel(
+                    "Held requests and timeouts",
+                    (
+                        Target(f"sum(elastiserve_activator_pending_requests{OPERATOR})", "held"),
+                        Target(f"sum(increase(elastiserve_activator_timeouts_total{OPERATOR}[$__interval]))", "timed out"),
+                    ),
+                    min=0,
+                    width=8,
+                ),
+            ),
+        ),
+    ),
+)
