@@ -30,8 +30,10 @@ test-fast: ## Unit tests only (no cluster, no Prometheus, no model build)
 lint: ## Architecture contracts (import-linter)
 	lint-imports
 
-crds: ## Regenerate crds/ and the chart's CRD template from api/
+crds: ## Regenerate crds/, the chart's CRD templates, dashboards and the chart README from their sources
 	$(PYTHON) -m elastiserve.cli crd > crds/modeldeployments.elastiserve.dev.yaml
+	$(PYTHON) hack/sync-chart.py
+	$(PYTHON) hack/chart-readme.py
 
 golden: ## Rewrite golden files after an intended change (review the diff!)
 	hack/run-tests.sh -m "not cluster and not prometheus and not model and not e2e" --update-golden

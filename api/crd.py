@@ -69,6 +69,12 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         node["description"] = node["description"].replace("``", "`")
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    # JSON Schema 2020 writes exclusive bounds as numbers; Kubernetes' OpenAPI v3 wants the
+    # draft-4 form: a minimum/maximum plus a boolean.
+    for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if isinstance(node.get(flag), (int, float)) and not isinstance(node.get(flag), bool):
+            node[bound] = node.pop(flag)
+            node[flag] = True
     if "default" in node:
         if node["default"] is None:
             node.pop("default")  # "no value" is expressed by leaving the field out, not by null

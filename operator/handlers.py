@@ -183,17 +183,22 @@ async def apply_owned(
 
 
 def memo_applied(memo: Any) -> dict[tuple[str, str, str], int]:
-    """Replicas we last applied per (namespace, modeldeployment, variant)."""
-    if getattr(memo, "applied", None) is None:
-        memo.applied = {}
+    """Replicas we last applied per (namespace, modeldeployment, variant).
+
+    Shared across objects: kopf gives each object a *shallow copy* of the operator memo, so this
+    dict must be created once at start-up (``shared_memo``), never lazily on a per-object copy."""
     return memo.applied
 
 
 def hpa_managed(memo: Any) -> set[tuple[str, str, str]]:
     """Deployments whose replicas an HPA owns (actuation: HPA)."""
-    if getattr(memo, "hpa_variants", None) is None:
-        memo.hpa_variants = set()
     return memo.hpa_variants
+
+
+def shared_memo(**settings: Any) -> kopf.Memo:
+    """The operator-level memo: containers every object's memo copy must share."""
+    return kopf.Memo(applied={}, hpa_variants=set(), sources={}, forecasters={}, last_cycle={}, locks={},
+                     kube=None, **settings)
 
 
 # --------------------------------------------------------------------------- scaling loop
@@ -305,7 +310,7 @@ async def wake(
 
 def _memo_dict(memo: Any, attr: str) -> dict:
     value = getattr(memo, attr, None)
-    if value is None:
+    if value is None:  # only in unit tests that hand in a bare memo
         value = {}
         setattr(memo, attr, value)
     return value
@@ -374,6 +379,12 @@ async def _cycle(
     with telemetry.RECONCILE_SECONDS.labels("forecast").time():
         forecast = await _forecast(memo, source, mspec, namespace, name, now)
 
+    applied = memo_applied(memo)
+    for vs in st.get("variants") or []:  # after a restart: what we decided last is in the status
+        applied.setdefault((namespace, name, vs["name"]), vs.get("desired"))
+    for v, e in list(current.items()):
+        if await restore_replicas(memo, namespace, name, v, e["replicas"], body, logger):
+            current[v] = dict(e, replicas=applied[(namespace, name, v)])
     canaries = observed(owned_deployments, namespace, name, canary=True)
     plan = await _rollout_plan(mspec, name, namespace, st, current, canaries, source, now)
     counting_canary = plan.status.phase == "Progressing"  # while promoting the canary is a temporary duplicate
@@ -591,22 +602,34 @@ async def deployment_event(
     logger: kopf.Logger, **_: Any,
 ) -> None:
     """Someone else changed ``spec.replicas`` of an owned Deployment: put our value back and say why."""
-    if type not in ("MODIFIED",):
+    if type != "MODIFIED":
         return
     mdep = labels.get(builders.LABEL_MDEP)
     variant = labels.get(builders.LABEL_VARIANT)
-    if not mdep or not variant or getattr(memo, "applied", None) is None:
+    if not mdep or not variant:
         return
-    ours = memo.applied.get((namespace, mdep, variant))
-    theirs = spec.get("replicas")
-    if ours is None or theirs is None or theirs == ours:
-        return
-    if (namespace, mdep, variant) in hpa_managed(memo):
-        return  # the HPA controller owns this Deployment's replicas
-    await _kube(memo).apply(builders.build_replicas(mdep, namespace, variant, ours), SCALER_MANAGER)
+    canary = labels.get(builders.LABEL_TRACK) == "canary"
+    await restore_replicas(memo, namespace, mdep, variant, spec.get("replicas"), body, logger, canary=canary)
+
+
+async def restore_replicas(
+    memo: Any, namespace: str, mdep: str, variant: str, theirs: int | None, body: Any, logger: Any, *, canary: bool = False
+) -> bool:
+    """Re-apply the replicas we decided when they were changed behind our back. True if it did."""
+    key = (namespace, mdep, f"{variant}@canary" if canary else variant)
+    ours = memo_applied(memo).get(key)
+    if ours is None or theirs is None or theirs == ours or (namespace, mdep, variant) in hpa_managed(memo):
+        return False
+    await _kube(memo).apply(builders.build_replicas(mdep, namespace, variant, ours, canary=canary), SCALER_MANAGER)
+    name = builders.deployment_name(mdep, variant, canary)
     message = (
-        f"spec.replicas of {body['metadata']['name']} was set to {theirs} outside elastiserve; restored {ours}. "
+        f"spec.replicas of {name} was set to {theirs} outside elastiserve; restored {ours}. "
         f"Change spec.replicas.min/max of ModelDeployment {mdep} instead."
     )
     logger.warning(message)
-    kopf.warn(body, reason="ReplicasRestored", message=message)
+    target = body if body.get("kind") == "Deployment" else None
+    if target is not None:
+        kopf.warn(target, reason="ReplicasRestored", message=message)
+    else:
+        kopf.warn(body, reason="ReplicasRestored", message=message)
+    return True

@@ -63,13 +63,20 @@ def run_operator(
     from prometheus_client import start_http_server
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A refused Prometheus connection is reported once per cycle in the condition; urllib3's own
+    # retry warnings would repeat every query URL.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    logging.getLogger("kopf.objects").addFilter(_QuietRoutine())
     try:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()
     if metrics_port:
         start_http_server(metrics_port, registry=telemetry.REGISTRY)
-    memo = kopf.Memo(
+    from .handlers import shared_memo
+    from .kube import Kube
+
+    memo = shared_memo(
         prometheus_url=prometheus_url,
         peering=peering,
         priority=priority,
@@ -77,6 +84,7 @@ def run_operator(
         all_namespaces=all_namespaces,
         activator=_activator(activator_service, activator_address),
     )
+    memo.kube = Kube()
     asyncio.run(
         kopf.operator(
             clusterwide=all_namespaces,
@@ -105,3 +113,12 @@ def _activator(service: str | None, addresses: list[str] | None) -> tuple[list[s
     namespace, name = service.split("/")
     svc = k8s.CoreV1Api().read_namespaced_service(name, namespace)
     return [svc.spec.cluster_ip], svc.spec.ports[0].port
+
+
+class _QuietRoutine(logging.Filter):
+    """Drop kopf's per-tick "succeeded" lines for the timer and the index (every 5 s per object)."""
+
+    ROUTINE = ("Timer 'scale' succeeded", "Indexer 'owned_deployments' succeeded", "Handler 'deployment_event' succeeded")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(str(record.msg).startswith(r) for r in self.ROUTINE)

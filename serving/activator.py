@@ -226,39 +226,55 @@ class Activator:
         return response
 
     async def _hold(self, key: str) -> tuple[list[str], int]:
+        """Wait (bounded) until the model has a ready replica; wake it if no wake is under way."""
         ns, name = key.split("/", 1)
         model = self.models.setdefault(key, _Model())
         if model.pending >= self.queue_size:
             return [], 429
         model.pending += 1
         self.m_pending.labels(ns, name).set(model.pending)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
         try:
-            if model.waking is None or model.waking.done():
-                model.woke_at = time.perf_counter()
-                model.ready_event = asyncio.Event()
-                model.waking = asyncio.create_task(self._wake_and_watch(key, model))
-            try:
-                await asyncio.wait_for(model.ready_event.wait(), timeout=self.timeout)
-            except asyncio.TimeoutError:
-                self.m_timeouts.labels(ns, name).inc()
-                return [], 503
-            return await self.resolver.ready(key), 200
+            while True:
+                if model.waking is None or model.waking.done():
+                    # No wake under way (first request, or an earlier wake gave up): start one.
+                    model.woke_at = time.perf_counter()
+                    model.ready_event = asyncio.Event()
+                    model.waking = asyncio.create_task(self._wake_and_watch(key, model, model.ready_event))
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    self.m_timeouts.labels(ns, name).inc()
+                    return [], 503
+                # Wake up when a replica is ready, or when this wake gives up (then start another).
+                ready = asyncio.ensure_future(model.ready_event.wait())
+                try:
+                    await asyncio.wait({ready, model.waking}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    ready.cancel()
+                if not model.ready_event.is_set():
+                    continue
+                endpoints = await self.resolver.ready(key)
+                if endpoints:
+                    return endpoints, 200
+                model.waking = None  # the replica went away again: wake anew
         finally:
             model.pending -= 1
             self.m_pending.labels(ns, name).set(model.pending)
 
-    async def _wake_and_watch(self, key: str, model: _Model) -> None:
+    async def _wake_and_watch(self, key: str, model: _Model, ready: asyncio.Event) -> None:
         ns, name = key.split("/", 1)
         try:
             await self.waker.wake(key, model.pending)
-        except Exception as exc:  # a failed wake is retried by the operator's own idle/traffic check
+        except Exception as exc:  # a failed wake is retried by the next held request or the operator's own check
             print(f"activator: wake {key} failed: {type(exc).__name__}: {exc}", flush=True)
-        deadline = time.perf_counter() + self.timeout
-        while time.perf_counter() < deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while loop.time() < deadline:
             if await self.resolver.ready(key):
                 if model.woke_at is not None:
                     self.m_cold.labels(ns, name).observe(time.perf_counter() - model.woke_at)
-                model.ready_event.set()
+                ready.set()
                 return
             await asyncio.sleep(self.poll_interval)
 

@@ -43,11 +43,12 @@ def test_load_scales_up_then_down_after_the_window(k8s_cluster, namespace, prome
     exporter.set_rate(2.0)  # 20 % of one replica: steady
     prom.wait_for_query(f'sum(rate(elastiserve_requests_total{{namespace="{namespace}"}}[10s])) > 1', timeout=30)
 
-    exporter.set_rate(40.0)  # 400 % of one replica → ceil(40 / 7) = 6 (rate limited 1 → 5 → 6)
+    exporter.set_rate(40.0)  # 400 % of one replica: scale up until utilisation is back inside [40 %, 90 %]
     t0 = time.monotonic()
-    wait_until(lambda: _replicas(k8s_cluster, namespace, "load-fp32") >= 5, timeout=60, what="scale-up")
+    wait_until(lambda: _replicas(k8s_cluster, namespace, "load-fp32") >= 2, timeout=60, what="scale-up")
     reaction = time.monotonic() - t0
-    wait_until(lambda: _replicas(k8s_cluster, namespace, "load-fp32") == 6, timeout=60, what="scale-up to 6")
+    # 40 qps on 5 replicas is 80 %: inside the band, so the count settles at 5 (not at the 70 % target's 6).
+    wait_until(lambda: _replicas(k8s_cluster, namespace, "load-fp32") == 5, timeout=60, what="scale-up to 5")
     status = k8s_cluster.kubectl_json("get", "mdep", "load", "-n", namespace)["status"]
     assert any("qps" in r for r in status["lastDecision"]["reasons"]) or status["lastScaleReason"].startswith("qps")
     assert _events(k8s_cluster, namespace, "Scaled")

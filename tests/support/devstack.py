@@ -121,7 +121,7 @@ def operator_factory(k8s_cluster, crd, tmp_path) -> Iterator[OperatorFactory]:
         assert "Traceback (most recent call last)" not in text, f"operator log has a traceback:\n{text[-5000:]}"
 
 
-@dataclass
+@dataclass(eq=False)  # hashable by identity: prometheus_client keys collectors in a dict
 class RateExporter:
     """Model-server metrics at a rate the test sets (integrated over real time, like a counter should be)."""
 

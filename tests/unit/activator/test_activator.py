@@ -143,3 +143,26 @@ async def test_request_without_model_is_a_clear_400(tmp_path):
                 assert r.status == 400 and "X-Elastiserve-Model" in (await r.json())["error"]
     finally:
         await server.close()
+
+
+async def test_request_after_a_timeout_is_served_when_a_replica_appears(tmp_path):
+    """Regression: a request arriving while an expired wake was finishing used to wait on a dead event."""
+    upstream = Upstream()
+    endpoints = tmp_path / "endpoints.json"
+    waker = StartOnWake(upstream, endpoints, start=False)
+    act = Activator(FileResolver(endpoints), waker, timeout=0.5, poll_interval=0.01)
+    server = TestServer(act.app())
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = server.make_url("/v2/models/minilm/infer")
+            hdr = {"X-Elastiserve-Model": KEY}
+            async with session.post(url, json={"id": "early"}, headers=hdr) as r:
+                assert r.status == 503
+            waker.start = True  # the next wake brings a replica up
+            async with session.post(url, json={"id": "late"}, headers=hdr) as r:
+                assert r.status == 200 and (await r.json())["id"] == "late"
+        assert len(waker.calls) == 2 and upstream.seen == ["late"]
+    finally:
+        await server.close()
+        await upstream.server.close()

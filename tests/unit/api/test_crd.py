@@ -36,6 +36,8 @@ def test_schema_is_structural():
         if node.get("type") == "object" and "properties" in node:
             assert "additionalProperties" not in node, path
         assert "type" in node, f"{path} has no type"
+        for flag in ("exclusiveMinimum", "exclusiveMaximum"):
+            assert flag not in node or node[flag] is True, f"{path}: {flag} must be a boolean (OpenAPI v3)"
 
 
 def test_crd_identity():
