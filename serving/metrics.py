@@ -1,0 +1,101 @@
+"""Prometheus metrics of one server instance (a private registry, so tests can run several).
+
+The operator's default PromQL depends on these names and labels; keep them stable.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+#: Label value used for requests that name no known model (bounded cardinality).
+UNKNOWN_MODEL = "_unknown"
+
+METRIC_NAMES = (
+    "elastiserve_requests_total",
+    "elastiserve_request_duration_seconds",
+    "elastiserve_inflight_requests",
+    "elastiserve_models_loaded",
+    "elastiserve_model_loaded",
+    "elastiserve_model_loaded_bytes",
+    "elastiserve_model_loads_total",
+    "elastiserve_model_unloads_total",
+    "elastiserve_model_cache_hits_total",
+    "elastiserve_model_cache_misses_total",
+    "elastiserve_model_load_duration_seconds",
+)
+
+
+class ServingMetrics:
+    def __init__(self, modeldeployment: str | None = None, variant: str | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.modeldeployment = os.environ.get("ELASTISERVE_MODELDEPLOYMENT", "") if modeldeployment is None else modeldeployment
+        self.variant = os.environ.get("ELASTISERVE_VARIANT", "") if variant is None else variant
+        const = ["modeldeployment", "variant"]
+        r = self.registry
+        self.requests = Counter("elastiserve_requests_total", "HTTP requests by model and status code",
+                                const + ["model", "code"], registry=r)
+        self.request_duration = Histogram("elastiserve_request_duration_seconds", "HTTP request duration",
+                                          const + ["model"], buckets=REQUEST_BUCKETS, registry=r)
+        self.inflight = Gauge("elastiserve_inflight_requests", "Requests being served", const, registry=r)
+        self.models_loaded = Gauge("elastiserve_models_loaded", "Sub-models resident in memory", const, registry=r)
+        self.model_loaded = Gauge("elastiserve_model_loaded", "1 if the sub-model is resident", const + ["model"], registry=r)
+        self.model_loaded_bytes = Gauge("elastiserve_model_loaded_bytes", "Bytes accounted to the resident sub-model",
+                                        const + ["model"], registry=r)
+        self.loads = Counter("elastiserve_model_loads_total", "Sub-model loads by result (success|error|refused)",
+                             const + ["model", "result"], registry=r)
+        self.unloads = Counter("elastiserve_model_unloads_total", "Sub-model unloads by reason (idle|evicted|replaced)",
+                               const + ["model", "reason"], registry=r)
+        self.cache_hits = Counter("elastiserve_model_cache_hits_total", "Requests that found the sub-model resident",
+                                  const + ["model"], registry=r)
+        self.cache_misses = Counter("elastiserve_model_cache_misses_total", "Requests that had to wait for a load",
+                                    const + ["model"], registry=r)
+        self.load_duration = Histogram("elastiserve_model_load_duration_seconds", "Sub-model load time",
+                                       const + ["model"], buckets=LOAD_BUCKETS, registry=r)
+        self._c = {"modeldeployment": self.modeldeployment, "variant": self.variant}
+        self.inflight.labels(**self._c)
+        self.models_loaded.labels(**self._c).set(0)
+
+    # --- helpers used by the server and the cache ------------------------------------------------
+    def c(self, **labels: str) -> dict:
+        return {**self._c, **labels}
+
+    def observe_request(self, model: str, code: int, seconds: float) -> None:
+        self.requests.labels(**self.c(model=model, code=str(code))).inc()
+        self.request_duration.labels(**self.c(model=model)).observe(seconds)
+
+    def on_hit(self, model: str) -> None:
+        self.cache_hits.labels(**self.c(model=model)).inc()
+
+    def on_miss(self, model: str) -> None:
+        self.cache_misses.labels(**self.c(model=model)).inc()
+
+    def on_load(self, model: str, result: str, seconds: float | None = None, nbytes: int = 0) -> None:
+        self.loads.labels(**self.c(model=model, result=result)).inc()
+        if seconds is not None:
+            self.load_duration.labels(**self.c(model=model)).observe(seconds)
+        if result == "success":
+            self.model_loaded.labels(**self.c(model=model)).set(1)
+            self.model_loaded_bytes.labels(**self.c(model=model)).set(nbytes)
+
+    def on_unload(self, model: str, reason: str) -> None:
+        self.unloads.labels(**self.c(model=model, reason=reason)).inc()
+        self.model_loaded.labels(**self.c(model=model)).set(0)
+        self.model_loaded_bytes.labels(**self.c(model=model)).set(0)
+
+    def declare_model(self, model: str) -> None:
+        """Export the 0-valued per-model series up front so dashboards see every configured model."""
+        self.model_loaded.labels(**self.c(model=model)).set(0)
+        self.model_loaded_bytes.labels(**self.c(model=model)).set(0)
+
+    def set_resident(self, count: int) -> None:
+        self.models_loaded.labels(**self._c).set(count)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

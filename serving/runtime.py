@@ -1,0 +1,96 @@
+"""ONNX Runtime inference for the sentence encoder: text in, L2-normalised embeddings out."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from . import paths
+from .textproc import encode, load_tokenizer
+
+
+def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    threads = intra_op_threads
+    if threads is None:
+        env = os.environ.get("ELASTISERVE_INTRA_OP_THREADS")
+        threads = int(env) if env else 0
+    so.intra_op_num_threads = threads  # 0 = one per physical core
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    # Idle ORT worker threads spin by default, which shows up as CPU use between requests and
+    # would mislead a CPU-based autoscaler; off unless ELASTISERVE_ORT_SPINNING=1.
+    spin = os.environ.get("ELASTISERVE_ORT_SPINNING", "0") == "1"
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return so
+
+
+def make_session(model: str | bytes | Path, intra_op_threads: int | None = None) -> ort.InferenceSession:
+    src = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(src, sess_options=session_options(intra_op_threads), providers=["CPUExecutionProvider"])
+
+
+def read_manifest(model_dir: Path) -> dict:
+    p = Path(model_dir) / paths.CONFIG_FILE
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def dir_tokenizer(model_dir: Path, max_length: int | None = None):
+    """The tokenizer of a model folder, truncating at the manifest's ``max_length``."""
+    ml = max_length or int(read_manifest(model_dir).get("max_length", 256))
+    return load_tokenizer(str(Path(model_dir) / paths.TOKENIZER_FILE), ml)
+
+
+@dataclass
+class Embedder:
+    """One loaded sub-model: an ORT session plus its tokenizer."""
+
+    session: ort.InferenceSession
+    tokenizer: object
+    name: str = ""
+    variant: str = "fp32"
+    nbytes: int = 0
+    manifest: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        out = self.session.get_outputs()[0]
+        self._output = out.name
+        dim = out.shape[-1] if out.shape else None
+        self.dim = int(dim) if isinstance(dim, int) else int(self.manifest.get("hidden_size", -1))
+
+    @classmethod
+    def from_dir(cls, model_dir: Path, variant: str = "fp32", *, intra_op_threads: int | None = None,
+                 max_length: int | None = None, name: str = "") -> "Embedder":
+        model_dir = Path(model_dir)
+        fname = paths.VARIANT_FILES[variant]
+        manifest = read_manifest(model_dir)
+        tok = dir_tokenizer(model_dir, max_length)
+        model_path = model_dir / fname
+        return cls(make_session(model_path, intra_op_threads), tok, name or model_dir.name, variant,
+                   model_path.stat().st_size, manifest)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        feeds = {k: v for k, v in encode(self.tokenizer, texts).items() if k in self._inputs}
+        return self.session.run([self._output], feeds)[0]
+
+    def embed_batched(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        parts = [self.embed(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    num = (a * b).sum(axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return num / np.maximum(den, 1e-12)

@@ -1,0 +1,436 @@
+"""aiohttp model server: KServe v2 / Open Inference Protocol plus a small embedding API.
+
+    GET  /v2/health/live                 200 while the process runs
+    GET  /v2/health/ready                200 once the preload list has been attempted
+    GET  /v2                             server metadata
+    GET  /v2/models                      configured models and their state (convenience)
+    GET  /v2/models/{name}               model metadata (inputs/outputs)
+    GET  /v2/models/{name}/ready         200 if resident or loadable, 503 after a failed load
+    POST /v2/models/{name}/infer         {"inputs":[{"name":"text","shape":[n],"datatype":"BYTES","data":[...]}]}
+                                         -> {"outputs":[{"name":"embeddings","datatype":"FP32","shape":[n,d],...}]}
+    POST /v1/models/{name}:embed         {"texts":[...]} -> {"embeddings":[[...]], "dim": d}
+    GET  /metrics                        Prometheus text format (private registry)
+
+Errors are JSON ``{"error": ..., "code": ...}``: 400 bad request / invalid name, 404 unknown model
+(with ``known_models``), 413 request too large, 500 model failed to load, 503 not ready /
+budget momentarily exhausted, 507 model larger than the whole memory budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from aiohttp import web
+
+from . import paths
+from .loader import (ModelCache, ModelStore, ServingError, parse_bytes, parse_model_pairs)
+from .metrics import UNKNOWN_MODEL, ServingMetrics
+
+log = logging.getLogger("elastiserve.serving.server")
+
+SERVER_NAME = "elastiserve"
+INPUT_NAME = "text"
+OUTPUT_NAME = "embeddings"
+CACHE_HEADER = "X-Elastiserve-Cache"
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    stores: list[str] = field(default_factory=lambda: [str(paths.models_root())])
+    models: dict[str, str | None] = field(default_factory=lambda: {paths.DEFAULT_MODEL_NAME: None})
+    discover: bool = False
+    variant: str = "fp32"
+    memory_budget: int = 1 << 30
+    idle_unload_seconds: float = 300.0
+    preload: list[str] = field(default_factory=list)
+    max_request_bytes: int = 1 << 20
+    max_batch: int = 256
+    intra_op_threads: int | None = None
+    infer_workers: int = 2
+    bytes_factor: float = 1.0
+    batch_window_ms: float = 0.0  # > 0: merge concurrent requests for one model within this window
+    modeldeployment: str | None = None  # metrics labels; None = from env
+    variant_label: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.variant not in paths.VARIANT_FILES:
+            raise ValueError(f"variant must be one of {sorted(paths.VARIANT_FILES)}, not {self.variant!r}")
+        self.memory_budget = parse_bytes(self.memory_budget)
+        self.max_request_bytes = parse_bytes(self.max_request_bytes)
+
+
+class Server:
+    """Holds the cache, metrics and executors of one server instance."""
+
+    def __init__(self, config: ServerConfig, *, clock: Callable[[], float] = time.monotonic,
+                 loader=None, sizer=None):
+        self.config = config
+        self.metrics = ServingMetrics(config.modeldeployment, config.variant_label)
+        self.store = ModelStore(config.stores)
+        sources = self.store.discover() if config.discover else {}
+        sources.update(self.store.resolve_all(config.models))
+        workers = max(1, config.infer_workers)
+        self.infer_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
+        # concurrent inferences x ORT threads should not oversubscribe the cores
+        threads = config.intra_op_threads if config.intra_op_threads is not None else \
+            max(1, (os.cpu_count() or 1) // workers)
+        self.load_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="load")
+        self.cache = ModelCache(
+            sources, budget_bytes=config.memory_budget, idle_seconds=config.idle_unload_seconds,
+            variant=config.variant, clock=clock, metrics=self.metrics, executor=self.load_pool,
+            loader=loader, sizer=sizer, bytes_factor=config.bytes_factor, intra_op_threads=threads,
+        )
+        preload = list(config.preload)
+        if any(p in ("*", "all") for p in preload):
+            preload = self.cache.known()
+        for p in preload:
+            self.cache._check_known(p)
+        self.preload_names = preload
+        self.ready = False
+        self.preload_errors: dict[str, str | None] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._batchers: dict[str, MicroBatcher] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def on_startup(self, app: web.Application) -> None:
+        self._tasks.append(asyncio.create_task(self._preload()))
+        if self.cache.idle_seconds > 0:
+            self._tasks.append(asyncio.create_task(self.cache.run_janitor()))
+
+    async def _preload(self) -> None:
+        try:
+            self.preload_errors = await self.cache.preload(self.preload_names)
+        finally:
+            self.ready = True
+            log.info("ready (preloaded %s)", ", ".join(self.preload_names) or "nothing")
+
+    async def on_cleanup(self, app: web.Application) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.cache.close()
+        self.infer_pool.shutdown(wait=False, cancel_futures=True)
+        self.load_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def error(status: int, message: str, code: str, **extra) -> web.Response:
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return web.json_response({"error": message, "code": code, **extra}, status=status, headers=headers)
+
+    async def _read_json(self, request: web.Request) -> dict:
+        limit = self.config.max_request_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        body = await request.read()  # aiohttp enforces client_max_size for chunked bodies too
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadRequest(f"request body is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise BadRequest("request body must be a JSON object")
+        return data
+
+    def _check_batch(self, texts: list) -> list[str]:
+        if not all(isinstance(t, str) for t in texts):
+            raise BadRequest("every input element must be a string")
+        if len(texts) > self.config.max_batch:
+            raise TooManyInputs(f"{len(texts)} inputs in one request; the limit is {self.config.max_batch}")
+        return texts
+
+    async def _embed(self, name: str, texts: list[str]):
+        async with self.cache.acquire(name) as (entry, hit):
+            if self.config.batch_window_ms > 0 and texts:
+                b = self._batchers.get(name)
+                if b is None or b.model is not entry.model:  # first use, or the model was reloaded
+                    b = self._batchers[name] = MicroBatcher(entry.model, self.infer_pool,
+                                                            self.config.batch_window_ms / 1e3, self.config.max_batch)
+                emb = await b.submit(texts)
+            else:
+                loop = asyncio.get_running_loop()
+                emb = await loop.run_in_executor(self.infer_pool, entry.model.embed, texts)
+            return emb, hit, entry
+
+    # -- handlers ---------------------------------------------------------------------------
+    async def live(self, request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def ready_h(self, request: web.Request) -> web.Response:
+        body = {"ready": self.ready, "resident": self.cache.resident(),
+                "preload_errors": {k: v for k, v in self.preload_errors.items() if v}}
+        return web.json_response(body, status=200 if self.ready else 503)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        from .. import __version__
+
+        return web.json_response({"name": SERVER_NAME, "version": __version__, "extensions": []})
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": [self.cache.status(n) for n in self.cache.known()],
+                                  "variant": self.config.variant, "budget_bytes": self.cache.budget,
+                                  "resident_bytes": self.cache.resident_bytes})
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        st = self.cache.status(name)
+        dim = -1
+        e = self.cache._resident.get(name)
+        if e is not None and e.model is not None:
+            dim = e.model.dim
+        elif not self.cache.sources[name].remote:
+            dim = await asyncio.get_running_loop().run_in_executor(self.load_pool, _manifest_dim, self.cache.sources[name])
+        return web.json_response({
+            "name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
+            "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, dim]}],
+            "parameters": {"variant": self.config.variant, "loaded": st["loaded"]},
+        })
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        st = self.cache.status(name)
+        ok = st["loaded"] or st["last_error"] is None
+        body = {"name": name, "ready": ok, "loaded": st["loaded"]}
+        if st["last_error"]:
+            body["error"] = st["last_error"]
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def infer(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.cache._check_known(name)
+        data = await self._read_json(request)
+        texts = self._v2_texts(data)
+        requested = data.get("outputs")
+        if requested is not None:
+            if not isinstance(requested, list) or any(not isinstance(o, dict) or o.get("name") != OUTPUT_NAME for o in requested):
+                raise BadRequest(f"this model has one output, {OUTPUT_NAME!r}")
+        emb, hit, entry = await self._embed(name, texts)
+        body = {"model_name": name, "model_version": "1",
+                "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(emb.shape),
+                             "data": emb.ravel().tolist()}]}
+        if "id" in data:
+            body["id"] = data["id"]
+        return web.json_response(body, headers={CACHE_HEADER: "hit" if hit else "miss"})
+
+    def _v2_texts(self, data: dict) -> list[str]:
+        inputs = data.get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            raise BadRequest('"inputs" must be a non-empty list')
+        chosen = [i for i in inputs if isinstance(i, dict) and i.get("name") == INPUT_NAME]
+        if not chosen and len(inputs) == 1 and isinstance(inputs[0], dict):
+            chosen = inputs
+        if len(chosen) != 1:
+            raise BadRequest(f'expected exactly one input named "{INPUT_NAME}"')
+        inp = chosen[0]
+        if str(inp.get("datatype", "BYTES")).upper() != "BYTES":
+            raise BadRequest(f'input "{INPUT_NAME}" must have datatype BYTES')
+        raw = inp.get("data")
+        if not isinstance(raw, list):
+            raise BadRequest('input "data" must be a list of strings')
+        texts = _flatten(raw)
+        shape = inp.get("shape")
+        if shape is not None:
+            if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+                raise BadRequest('"shape" must be a list of non-negative integers')
+            n = 1
+            for s in shape:
+                n *= s
+            if n != len(texts):
+                raise BadRequest(f"shape {shape} does not match {len(texts)} data elements")
+        return self._check_batch(texts)
+
+    async def embed_v1(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.cache._check_known(name)
+        data = await self._read_json(request)
+        texts = data.get("texts")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list):
+            raise BadRequest('"texts" must be a list of strings')
+        emb, hit, entry = await self._embed(name, self._check_batch(texts))
+        return web.json_response({"model": name, "dim": int(emb.shape[1]) if emb.ndim == 2 else 0,
+                                  "embeddings": emb.tolist()},
+                                 headers={CACHE_HEADER: "hit" if hit else "miss"})
+
+    async def metrics_h(self, request: web.Request) -> web.Response:
+        body, ctype = self.metrics.render()
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = ctype
+        return resp
+
+    # -- middleware: errors as JSON, request metrics ------------------------------------------
+    @web.middleware
+    async def middleware(self, request: web.Request, handler):
+        counted = request.match_info.route.name in ("infer", "embed")
+        model = request.match_info.get("name", "")
+        if counted:
+            model = model if model in self.cache.sources else UNKNOWN_MODEL
+            self.metrics.inflight.labels(**self.metrics.c()).inc()
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            try:
+                resp = await handler(request)
+            except ServingError as e:
+                resp = web.json_response(e.payload(), status=e.status,
+                                         headers={"Retry-After": "1"} if e.status == 503 else None)
+            except BadRequest as e:
+                resp = self.error(e.status, str(e), e.code)
+            except web.HTTPRequestEntityTooLarge:
+                resp = self.error(413, f"request body too large (limit {self.config.max_request_bytes} bytes)",
+                                  "request_too_large", limit_bytes=self.config.max_request_bytes)
+            except web.HTTPException as e:
+                if e.status < 400:
+                    raise
+                resp = self.error(e.status, e.reason, "http_error")
+            except asyncio.CancelledError:
+                status = 499  # client closed the connection
+                raise
+            except Exception as e:
+                log.exception("unhandled error on %s", request.path)
+                resp = self.error(500, f"internal error: {type(e).__name__}: {e}", "internal")
+            status = resp.status
+            return resp
+        finally:
+            if counted:
+                self.metrics.inflight.labels(**self.metrics.c()).dec()
+                self.metrics.observe_request(model, status, time.perf_counter() - t0)
+
+
+class MicroBatcher:
+    """Cheap request batching for one loaded model: requests arriving within ``window`` seconds
+    (or until ``max_texts`` texts are queued) run as one ORT call; each gets its own rows back."""
+
+    def __init__(self, model, executor, window: float, max_texts: int):
+        self.model, self.executor, self.window, self.max_texts = model, executor, window, max_texts
+        self._queue: list[tuple[list[str], asyncio.Future]] = []
+        self._pending = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self.batches = 0  # ORT calls made (for tests/introspection)
+
+    async def submit(self, texts: list[str]):
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if self._pending + len(texts) > self.max_texts:
+            self._flush()
+        self._queue.append((texts, fut))
+        self._pending += len(texts)
+        if self._pending >= self.max_texts:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.window, self._flush)
+        return await fut
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._queue, self._pending = self._queue, [], 0
+        if batch:
+            asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _run(self, batch) -> None:
+        texts = [t for ts, _ in batch for t in ts]
+        self.batches += 1
+        try:
+            emb = await asyncio.get_running_loop().run_in_executor(self.executor, self.model.embed, texts)
+        except Exception as e:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        i = 0
+        for ts, fut in batch:
+            if not fut.done():
+                fut.set_result(emb[i:i + len(ts)])
+            i += len(ts)
+
+
+class BadRequest(Exception):
+    status = 400
+    code = "bad_request"
+
+
+class TooManyInputs(BadRequest):
+    status = 413
+    code = "too_many_inputs"
+
+
+def _flatten(x) -> list:
+    out = []
+    for v in x:
+        if isinstance(v, list):
+            out.extend(_flatten(v))
+        else:
+            out.append(v)
+    return out
+
+
+def _manifest_dim(src) -> int:
+    try:
+        return int(json.loads(src.read(src.sibling(paths.CONFIG_FILE))).get("hidden_size", -1))
+    except Exception:
+        return -1
+
+
+SERVER_KEY = web.AppKey("elastiserve_server", Server)
+
+
+def build_app(config: ServerConfig, **kw) -> web.Application:
+    server = Server(config, **kw)
+    # slack over max_request_bytes is not needed: aiohttp counts the body only
+    app = web.Application(client_max_size=config.max_request_bytes, middlewares=[server.middleware])
+    app[SERVER_KEY] = server
+    r = app.router
+    r.add_get("/v2/health/live", server.live, name="live")
+    r.add_get("/v2/health/ready", server.ready_h, name="ready")
+    r.add_get("/v2", server.server_metadata, name="server_metadata")
+    r.add_get("/v2/models", server.list_models, name="list_models")
+    r.add_get("/v2/models/{name}", server.model_metadata, name="model_metadata")
+    r.add_get("/v2/models/{name}/ready", server.model_ready, name="model_ready")
+    r.add_post("/v2/models/{name}/infer", server.infer, name="infer")
+    r.add_post("/v1/models/{name:[^/:]+}:embed", server.embed_v1, name="embed")
+    r.add_get("/metrics", server.metrics_h, name="metrics")
+    app.on_startup.append(server.on_startup)
+    app.on_cleanup.append(server.on_cleanup)
+    return app
+
+
+def run(config: ServerConfig) -> None:
+    logging.basicConfig(level=os.environ.get("ELASTISERVE_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = build_app(config)
+    log.info("serving %s (variant %s, budget %d bytes, idle unload %ss) on %s:%d",
+             ", ".join(app[SERVER_KEY].cache.known()), config.variant, config.memory_budget,
+             config.idle_unload_seconds, config.host, config.port)
+    web.run_app(app, host=config.host, port=config.port, access_log=None, print=None)
+
+
+def config_from_values(*, host: str, port: int, store: list[str] | None, model: list[str] | None, discover: bool,
+                       variant: str | None, memory_budget: str, idle_unload_seconds: float, preload: list[str] | None,
+                       max_request_bytes: str, max_batch: int, intra_op_threads: int | None, infer_workers: int,
+                       bytes_factor: float = 1.0, batch_window_ms: float = 0.0) -> ServerConfig:
+    """Shared by the CLI: flags (with env fallbacks already applied by typer) -> ServerConfig."""
+    stores = [s for item in (store or []) for s in item.split(",") if s.strip()] or [str(paths.models_root())]
+    models = parse_model_pairs(model or [])
+    if not models and not discover:
+        models = {paths.DEFAULT_MODEL_NAME: None}
+    if variant is None:
+        label = os.environ.get("ELASTISERVE_VARIANT", "")
+        variant = label if label in paths.VARIANT_FILES else "fp32"
+    pre = [p.strip() for item in (preload or []) for p in item.split(",") if p.strip()]
+    return ServerConfig(host=host, port=port, stores=stores, models=models, discover=discover, variant=variant,
+                        memory_budget=parse_bytes(memory_budget), idle_unload_seconds=idle_unload_seconds,
+                        preload=pre, max_request_bytes=parse_bytes(max_request_bytes), max_batch=max_batch,
+                        intra_op_threads=intra_op_threads, infer_workers=infer_workers, bytes_factor=bytes_factor,
+                        batch_window_ms=batch_window_ms)

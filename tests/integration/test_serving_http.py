@@ -1,0 +1,211 @@
+"""The real server as a subprocess on a free loopback port, spoken to over HTTP.
+
+Most tests serve tiny random encoders generated here (fast, no weights needed); the one marked
+``model`` serves the real MiniLM built by ``elastiserve model build``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from elastiserve.serving.builder import build_tiny_model
+
+READY_DEADLINE = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        cmd = [sys.executable, "-m", "elastiserve.serving.cli", "serve", "--host", "127.0.0.1",
+               "--port", str(self.port), *args]
+        self._logf = open(log, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        self.client = httpx.Client(base_url=self.base, timeout=30.0)
+
+    def wait_ready(self, deadline: float = READY_DEADLINE) -> None:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if self.client.get("/v2/health/ready", timeout=2.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            # back off by waiting on the process itself: returns at once if the server dies
+            try:
+                self.proc.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                pass
+        raise AssertionError(f"not ready within {deadline}s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> int:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._logf.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    build_tiny_model(root / "alpha", hidden=16, layers=1, heads=2)
+    for n in ("beta", "gamma"):
+        shutil.copytree(root / "alpha", root / n)
+    shutil.copytree(root / "alpha", root / "corrupt")
+    (root / "corrupt" / "model.onnx").write_bytes(b"\x00garbage" * 100)
+    (tmp_path_factory.getbasetemp() / "outside").mkdir(exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(store, tmp_path_factory):
+    srv = ServerProcess(
+        ["--store", str(store), "--model", "alpha,beta,gamma,corrupt", "--preload", "alpha",
+         "--memory-budget", "100Mi", "--max-request-bytes", "4096", "--idle-unload-seconds", "0"],
+        {"ELASTISERVE_MODELDEPLOYMENT": "itest", "ELASTISERVE_VARIANT": "fp32"},
+        tmp_path_factory.mktemp("logs") / "server.log",
+    )
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        code = srv.stop()
+        assert code == 0, srv.log.read_text()[-2000:]  # SIGTERM is a clean shutdown
+
+
+def infer_body(texts):
+    return {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]}
+
+
+def test_health(server):
+    c = server.client
+    assert c.get("/v2/health/live").json() == {"live": True}
+    ready = c.get("/v2/health/ready").json()
+    assert ready["ready"] and ready["resident"] == ["alpha"]
+
+
+def test_infer_and_embed(server):
+    c = server.client
+    r = c.post("/v2/models/alpha/infer", json=infer_body(["hello there", "the cat"]))
+    assert r.status_code == 200
+    out = r.json()["outputs"][0]
+    assert out["shape"] == [2, 16] and out["datatype"] == "FP32"
+    emb = np.asarray(out["data"], np.float32).reshape(2, 16)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-4)
+    r = c.post("/v1/models/beta:embed", json={"texts": ["hello there"]})
+    assert r.status_code == 200 and r.headers["x-elastiserve-cache"] == "miss"
+    # same weights (copied model) -> same embedding, lazily loaded
+    np.testing.assert_allclose(r.json()["embeddings"][0], emb[0], atol=1e-5)
+
+
+def test_errors(server):
+    c = server.client
+    r = c.post("/v2/models/nope/infer", json=infer_body(["x"]))
+    assert r.status_code == 404 and r.json()["known_models"] == ["alpha", "beta", "corrupt", "gamma"]
+    r = c.post("/v1/models/alpha:embed", json={"texts": ["y" * 10000]})
+    assert r.status_code == 413
+    r = c.post("/v1/models/corrupt:embed", json={"texts": ["x"]})
+    assert r.status_code == 500 and r.json()["code"] == "model_load_failed"
+    r = c.post("/v1/models/gamma:embed", json={"texts": ["others keep serving"]})
+    assert r.status_code == 200
+    r = c.post("/v2/models/..%2F..%2Foutside/infer", json=infer_body(["x"]))
+    assert r.status_code == 400 and r.json()["code"] == "invalid_model_name"
+
+
+def test_metrics(server):
+    c = server.client
+    c.post("/v1/models/alpha:embed", json={"texts": ["x"]})
+    text = c.get("/metrics").text
+    lab = 'modeldeployment="itest",variant="fp32"'
+    assert f'elastiserve_requests_total{{code="200",model="alpha",{lab}}}' in text
+    assert f"elastiserve_inflight_requests{{{lab}}} 0.0" in text
+    assert f'elastiserve_model_loaded{{model="alpha",{lab}}} 1.0' in text
+    assert 'elastiserve_model_loads_total{model="corrupt",modeldeployment="itest",result="error",variant="fp32"}' in text
+    for name in ("elastiserve_request_duration_seconds_bucket", "elastiserve_models_loaded",
+                 "elastiserve_model_loaded_bytes", "elastiserve_model_cache_hits_total",
+                 "elastiserve_model_cache_misses_total", "elastiserve_model_load_duration_seconds_bucket"):
+        assert name + "{" in text, name
+
+
+def test_model_larger_than_budget(store, tmp_path):
+    srv = ServerProcess(["--store", str(store), "--model", "alpha", "--memory-budget", "1000"], {},
+                        tmp_path / "small.log")
+    try:
+        srv.wait_ready()
+        r = srv.client.post("/v1/models/alpha:embed", json={"texts": ["x"]})
+        body = r.json()
+        size = (store / "alpha" / "model.onnx").stat().st_size
+        assert r.status_code == 507 and body["model_bytes"] == size and body["budget_bytes"] == 1000
+        assert srv.proc.poll() is None  # refused, not crashed
+    finally:
+        assert srv.stop() == 0
+
+
+def test_uri_outside_store_refused_at_startup(store, tmp_path):
+    srv = ServerProcess(["--store", str(store), "--model", f"evil={tmp_path}"], {}, tmp_path / "evil.log")
+    try:
+        code = srv.proc.wait(timeout=60)
+    finally:
+        srv.stop()
+    assert code == 2 and "outside the model store" in srv.log.read_text()
+
+
+@pytest.mark.model
+def test_real_minilm_over_http(tmp_path):
+    """Build the real encoder (fp32 + int8) into a temp cache and serve both variants."""
+    from elastiserve.serving import paths
+    from elastiserve.serving.builder import build_model
+    from elastiserve.serving.quantize import quantize_model
+
+    try:
+        paths.source_model_dir()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    ref_path = paths.reference_embeddings_path()
+    if not ref_path.exists():
+        pytest.skip(f"{ref_path} missing")
+    d = tmp_path / "models" / "minilm"
+    build_model(d)
+    quantize_model(d)
+    ref = json.loads(ref_path.read_text())
+    for variant, bound in (("fp32", 0.999), ("int8", 0.99)):
+        srv = ServerProcess(["--store", str(tmp_path / "models"), "--variant", variant, "--preload", "minilm"],
+                            {"ELASTISERVE_CACHE": str(tmp_path)}, tmp_path / f"{variant}.log")
+        try:
+            srv.wait_ready()
+            r = srv.client.post("/v2/models/minilm/infer", json=infer_body(ref["sentences"]))
+            assert r.status_code == 200
+            out = r.json()["outputs"][0]
+            got = np.asarray(out["data"]).reshape(out["shape"])
+            want = np.asarray(ref["embeddings"])
+            cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+            assert out["shape"] == [len(ref["sentences"]), 384] and cos.min() >= bound, (variant, cos)
+        finally:
+            assert srv.stop() == 0
