@@ -111,6 +111,9 @@ class ScalerState(ApiModel):
     last_scale_time: datetime | None = None
     metrics_missing_since: datetime | None = None
     """First cycle of the current metrics outage."""
+    metrics_recovered_at: datetime | None = None
+    """When metrics came back after an outage: rates need a full window of new samples before they
+    can be trusted to scale down (a rate over a half-empty window reads low)."""
     last_active_time: datetime | None = None
     """Last time any request was seen (for scale to zero)."""
     scaled_to_zero: bool = False

@@ -44,7 +44,8 @@ class MetricWindow:
 
     def since(self, t: datetime) -> "MetricWindow":
         """Values strictly after ``t``."""
-        first = 0
-        while first < len(self.values) and self.time_of(first) <= t:
-            first += 1
+        import math
+
+        offset = (t - self.start).total_seconds() / self.step_seconds
+        first = min(len(self.values), max(0, math.floor(offset) + 1))
         return MetricWindow(self.time_of(first), self.step_seconds, self.values[first:], self.signal)

@@ -249,7 +249,8 @@ async def _forecast(
         window = await asyncio.to_thread(source.history, mspec, namespace, name, now, seconds, fc.step_seconds)
     except MetricsError as exc:
         return Forecast(origin=now, points=[], ready=False, reason=f"no history: {exc}", method=fc.method)
-    forecast = forecaster.update(window, now)
+    # A first fit (order search) takes seconds: keep it off the event loop.
+    forecast = await asyncio.to_thread(forecaster.update, window, now)
     cache[key] = (fingerprint, forecaster, window.end)
     return forecast
 

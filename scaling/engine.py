@@ -50,6 +50,9 @@ def _hold(
     reasons = [f"{problem} → hold"]
     fallback_active = missing_for >= fb.after_seconds
     cur_total = _ceil(equivalents(spec, current))
+    # A held count is a recommendation too: the scale-down window then spans the outage.
+    keep = max(spec.behavior.scale_up.stabilization_window_seconds, spec.behavior.scale_down.stabilization_window_seconds)
+    state.recommendations = within(state.recommendations, now, keep) + [TimedValue(time=now, value=cur_total)]
     if fallback_active:
         if fb.behavior == FallbackBehavior.static:
             desired, _ = split(spec, fb.replicas)
@@ -104,12 +107,21 @@ def decide(
     problem = _metrics_problem(spec, metrics, now)
     if problem is not None:
         return _hold(spec, current, state, now, problem)
+    if state.metrics_missing_since is not None:
+        state.metrics_recovered_at = now
     state.metrics_missing_since = None
     reasons: list[str] = []
+    since_recovery = None
+    if state.metrics_recovered_at is not None:
+        since_recovery = (now - state.metrics_recovered_at).total_seconds()
+        if since_recovery >= spec.metrics.window_seconds:
+            state.metrics_recovered_at = None
+            since_recovery = None
 
     # --- 2. reactive rules
     best_eq, best_reason = None, ""
     unknown = []
+    results = []
     for signal in SIGNALS:
         rule = getattr(spec.metrics.rules, signal)
         if not rule.enabled:
@@ -122,14 +134,28 @@ def decide(
             continue
         if signal != "qps" and cur_eq <= 0:
             continue  # per-replica signals mean nothing without replicas
-        res = RULES[signal](RuleInput(spec, rule, value, cur_eq, spec.behavior.tolerance))
-        if best_eq is None or res.desired > best_eq:
-            best_eq, best_reason = res.desired, res.reason
+        results.append(RULES[signal](RuleInput(spec, rule, value, cur_eq, spec.behavior.tolerance)))
+    movers = [r for r in results if not r.holds]
+    if movers:
+        # The highest ask wins. A rule inside its band does not veto another rule's scale-down; it only
+        # stops it at the count that would push its own signal over its upper bound (its floor).
+        winner = max(movers, key=lambda r: r.desired)
+        best_eq, best_reason = winner.desired, winner.reason
+        for held in (r for r in results if r.holds):
+            if held.floor > best_eq:
+                best_eq = held.floor
+                best_reason = f"{winner.reason}; {held.reason} → no lower than {_ceil(held.floor)}"
+    elif results:
+        best_eq, best_reason = cur_eq, "; ".join(r.reason for r in results)
     if best_eq is None:
         best_eq, best_reason = cur_eq, "no rule has data → hold"
     if unknown and best_eq < cur_eq:
         best_eq = cur_eq
         best_reason += f"; {', '.join(unknown)} unknown → no scale-down"
+    if since_recovery is not None and best_eq < cur_eq:
+        best_eq = cur_eq
+        best_reason += (f"; metrics back for {since_recovery:.0f} s < {spec.metrics.window_seconds} s rate window"
+                        " → no scale-down")
     reactive = _ceil(best_eq)
     reasons.append(best_reason)
 

@@ -29,6 +29,9 @@ class RuleResult:
     reason: str
     holds: bool = False
     """True when the value is inside the band (the rule asks for no change)."""
+    floor: float = 0.0
+    """For a holding rule: the fewest replicas that keep this signal inside its band. When another
+    rule asks to scale down, a holding rule lets it go this far and no further."""
 
 
 class Rule(Protocol):

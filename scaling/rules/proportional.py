@@ -18,15 +18,18 @@ def proportional(signal: str, unit: str):
     def rule(inp: RuleInput) -> RuleResult:
         r = inp.rule
         v = _fmt(inp.value, unit)
+        # Per-replica load scales with 1 / replicas: the fewest replicas that keep it under the upper bound.
+        floor = inp.current * inp.value / r.scale_up_above if r.scale_up_above > 0 else inp.current
         if r.scale_down_below <= inp.value <= r.scale_up_above:
             return RuleResult(
                 inp.current, f"{signal} {v} within [{_fmt(r.scale_down_below, unit)}, {_fmt(r.scale_up_above, unit)}]",
-                holds=True,
+                holds=True, floor=floor,
             )
         target = r.effective_target
         ratio = inp.value / target if target > 0 else float("inf")
         if abs(ratio - 1) <= inp.tolerance:
-            return RuleResult(inp.current, f"{signal} {v} within tolerance of target {_fmt(target, unit)}", holds=True)
+            return RuleResult(inp.current, f"{signal} {v} within tolerance of target {_fmt(target, unit)}", holds=True,
+                              floor=floor)
         desired = inp.current * ratio
         if inp.value > r.scale_up_above:
             return RuleResult(desired, f"{signal} {v} > {_fmt(r.scale_up_above, unit)}")

@@ -18,11 +18,13 @@ def qps(inp: RuleInput) -> RuleResult:
         return RuleResult(needed, f"qps {inp.value:.3g}/s with no replicas → {needed:.3g}")
     util = 100 * inp.value / (inp.current * cap)
     text = f"qps {inp.value:.3g}/s = {util:.0f}% of {inp.current:.3g}×{cap:g}/s"
+    floor = inp.value / (cap * r.scale_up_above / 100) if r.scale_up_above > 0 else inp.current
     if r.scale_down_below <= util <= r.scale_up_above:
-        return RuleResult(inp.current, f"{text} within [{r.scale_down_below:g}%, {r.scale_up_above:g}%]", holds=True)
+        return RuleResult(inp.current, f"{text} within [{r.scale_down_below:g}%, {r.scale_up_above:g}%]", holds=True,
+                          floor=floor)
     ratio = util / r.effective_target if r.effective_target > 0 else float("inf")
     if abs(ratio - 1) <= inp.tolerance:
-        return RuleResult(inp.current, f"{text} within tolerance of {r.effective_target:g}%", holds=True)
+        return RuleResult(inp.current, f"{text} within tolerance of {r.effective_target:g}%", holds=True, floor=floor)
     sign = ">" if util > r.scale_up_above else "<"
     bound = r.scale_up_above if util > r.scale_up_above else r.scale_down_below
     return RuleResult(needed, f"{text} {sign} {bound:g}%")

@@ -79,6 +79,11 @@ def _cond(cluster, ns, name, type_):
     return next((c for c in _status(cluster, ns, name).get("conditions", []) if c["type"] == type_), {})
 
 
+def _settled(cluster, ns, name) -> bool:
+    reasons = (_status(cluster, ns, name).get("lastDecision") or {}).get("reasons") or []
+    return bool(reasons) and "within" in reasons[0]
+
+
 def _events(cluster, ns, reason):
     return [e for e in cluster.kubectl_json("get", "events", "-n", ns)["items"] if e.get("reason") == reason]
 
@@ -129,8 +134,9 @@ def test_metrics_outage_never_scales_down(k8s_cluster, namespace, prometheus_fac
     try:
         op = operator_factory(namespace=namespace, prometheus_url=proxy.url)
         k8s_cluster.apply(manifest("outage", **load_spec()), namespace=namespace)
-        exporter.set_rate(35.0)  # → ceil(35 / 7) = 5 replicas
-        wait_until(lambda: _replicas(k8s_cluster, namespace, "outage-fp32") == 5, timeout=90, what="scaled to 5")
+        exporter.set_rate(35.0)  # scales up until 35 qps is inside the band (4 or 5 replicas, by the ramp's path)
+        wait_until(lambda: _replicas(k8s_cluster, namespace, "outage-fp32") >= 4 and _settled(k8s_cluster, namespace, "outage"),
+                   timeout=90, what="scaled up and settled")
         # The load keeps ramping during the outages; nothing may scale down for lack of data.
         exporter.set_rate(45.0)
         phases = {}
@@ -166,7 +172,8 @@ def test_metrics_outage_never_scales_down(k8s_cluster, namespace, prometheus_fac
                        timeout=90, what=f"recovery after {phase}")
             phases[phase] = {"message": msg, "recovery_s": round(time.monotonic() - t0, 1), "replicas": sorted(set(seen))}
         print("outage phases:", phases)
-        assert "QueryFailed" in phases["stopped"]["message"] and "unreachable" in phases["stopped"]["message"]
+        # Prometheus sits behind the proxy here, so "stopped" reads as the proxy's 502.
+        assert "QueryFailed" in phases["stopped"]["message"] and "502" in phases["stopped"]["message"]
         assert "timed out" in phases["slow"]["message"]
         assert "NoData" in phases["empty"]["message"]
         assert _events(k8s_cluster, namespace, "MetricsUnavailable")
@@ -186,7 +193,7 @@ def test_operator_killed_mid_scale_converges_without_double_scaling(
     steady = operator_factory(namespace=namespace, prometheus_url=prom.url)
     wait_until(lambda: _status(k8s_cluster, namespace, "crash").get("lastDecision"), timeout=60, what="first decision")
     steady.stop()
-    exporter.set_rate(40.0)  # → 6 replicas, reached in two rate-limited steps (1 → 5 → 6)
+    exporter.set_rate(40.0)  # → 5 replicas (1 → 5 under the rate limit; 40 qps on 5 is 80 %, inside the band)
     prom.wait_for_query(f'sum(rate(elastiserve_requests_total{{namespace="{namespace}"}}[10s])) > 30', timeout=30)
     watch = ReplicaWatch(k8s_cluster, namespace, "crash-fp32")
     doomed = operator_factory(namespace=namespace, prometheus_url=prom.url, env={"ELASTISERVE_FAILPOINTS": failpoint})
@@ -195,10 +202,13 @@ def test_operator_killed_mid_scale_converges_without_double_scaling(
     after_crash = _replicas(k8s_cluster, namespace, "crash-fp32")
     assert after_crash == (1 if failpoint == "after-decide" else 5)
     operator_factory(namespace=namespace, prometheus_url=prom.url)
-    wait_until(lambda: _replicas(k8s_cluster, namespace, "crash-fp32") == 6, timeout=90, what="convergence to 6")
-    wait_until(lambda: _status(k8s_cluster, namespace, "crash").get("desired") == 6, timeout=60, what="status caught up")
+    wait_until(lambda: _settled(k8s_cluster, namespace, "crash"), timeout=90, what="convergence")
+    final = _replicas(k8s_cluster, namespace, "crash-fp32")
+    assert 40 / (10 * final) <= 0.9, f"settled at {final}: 40 qps above 90 % of capacity"
+    wait_until(lambda: _status(k8s_cluster, namespace, "crash").get("desired") == final, timeout=60, what="status caught up")
     seen = watch.finish()
-    assert max(seen) == 6, f"overshoot (double scaling): {seen}"
+    # Decisions are level-based (from observed replicas), so a lost status write cannot apply a step twice.
+    assert max(seen) == final, f"overshoot (double scaling): {seen}"
     st = _status(k8s_cluster, namespace, "crash")
     assert st["scaler"]["recommendations"] and st["lastDecision"]["reasons"]
 
@@ -206,6 +216,10 @@ def test_operator_killed_mid_scale_converges_without_double_scaling(
 def test_two_replicas_one_active_and_takeover(k8s_cluster, namespace, prometheus_factory, operator_factory):
     k8s_cluster.kubectl("apply", "-f", str(ROOT / "crds" / "kopf-peering.yaml"))
     k8s_cluster.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
+    # A namespaced operator peers through a KopfPeering in its namespace (the chart creates the
+    # cluster-wide one for a cluster-wide operator).
+    k8s_cluster.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "elastiserve-ha"}},
+                      namespace=namespace)
     exporter = RateExporter("ha").start()
     prom = prometheus_factory([{"targets": [f"127.0.0.1:{exporter.port}"], "labels": {"namespace": namespace}}]).start()
     lifetime = 10

@@ -336,3 +336,42 @@ def test_decide_is_pure():
     b = decide(spec, m, None, s, T0, obs(fp32=4, int8=0))
     assert a == b
     assert s == ScalerState()  # input state untouched
+
+
+def test_no_scale_down_until_a_full_rate_window_after_an_outage():
+    """A rate over a window that is half outage reads low; it must not shrink the model."""
+    spec = spec_of(behavior={"scaleDown": {"stabilizationWindowSeconds": 0,
+                                           "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]}},
+                   metrics={"windowSeconds": 60, "rules": {"cpu": {"enabled": False, "scaleUpAbove": 80, "scaleDownBelow": 30},
+                                                           "latency": {"enabled": False, "scaleUpAbove": 200, "scaleDownBelow": 50}}})
+    d = decide(spec, MetricSnapshot(), None, ScalerState(), T0, obs(fp32=6))  # outage
+    t = T0 + timedelta(seconds=30)
+    d = decide(spec, snap(t, qps=10), None, d.state, t, obs(fp32=6))  # back, but the window is half empty
+    assert d.desired == {"fp32": 6} and "metrics back for 0 s < 60 s rate window → no scale-down" in d.summary()
+    t = T0 + timedelta(seconds=90)
+    d = decide(spec, snap(t, qps=10), None, d.state, t, obs(fp32=6))
+    assert d.desired == {"fp32": 2} and d.state.metrics_recovered_at is None
+
+
+def test_scale_up_right_after_an_outage_is_allowed():
+    spec = spec_of()
+    d = decide(spec, MetricSnapshot(), None, ScalerState(), T0, obs(fp32=2))
+    t = T0 + timedelta(seconds=15)
+    d = decide(spec, snap(t, qps=100, cpu=95), None, d.state, t, obs(fp32=2))
+    assert d.desired["fp32"] > 2
+
+
+@pytest.mark.parametrize(
+    "metrics,want,why",
+    [
+        ({"cpu": 10, "qps": 30, "latency": 60}, 5, "qps 30/s = 33% of 9×10/s < 40%"),  # ceil(30 / 7)
+        ({"cpu": 10, "qps": 5, "latency": 160}, 8, "latency 160ms within [50ms, 200ms] → no lower than 8"),
+    ],
+    ids=["latency-in-band-lets-go", "latency-floor-stops-at-its-bound"],
+)
+def test_a_rule_inside_its_band_does_not_veto_scale_down(metrics, want, why):
+    spec = spec_of(metrics={"rules": {"latency": {"scaleUpAbove": 200, "scaleDownBelow": 50}}})
+    spec.behavior.scale_down.stabilization_window_seconds = 0
+    d = decide(spec, snap(**metrics), None, ScalerState(), T0, obs(fp32=9))
+    assert d.desired == {"fp32": want}, d.reasons
+    assert why in d.summary()
