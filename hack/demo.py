@@ -186,20 +186,9 @@ def wait(cond, timeout: float, what: str, interval: float = 0.5):
 
 
 def sa_kubeconfig(cluster, sa: str, path: Path) -> Path:
-    """A kubeconfig that authenticates as the chart's ServiceAccount (so RBAC is exercised for real)."""
-    token = cluster.kubectl("create", "token", sa, "-n", SYSTEM_NS, "--duration=24h").stdout.strip()
-    admin = json.loads(cluster.kubectl("config", "view", "--raw", "-o", "json").stdout)
-    cl = admin["clusters"][0]
-    cfg = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cl],
-        "users": [{"name": sa, "user": {"token": token}}],
-        "contexts": [{"name": sa, "context": {"cluster": cl["name"], "user": sa}}],
-        "current-context": sa,
-    }
-    path.write_text(json.dumps(cfg))
-    return path
+    from support.devstack import sa_kubeconfig as make
+
+    return make(cluster, SYSTEM_NS, sa, path)
 
 
 def demo_manifest(models: dict[str, Path], prometheus_url: str, period: int) -> dict:
@@ -267,7 +256,19 @@ def main() -> None:
         ok = True
     except KeyboardInterrupt:
         say("interrupted: tearing down")
+    except SystemExit:
+        raise
+    except Exception as exc:  # one line for the user; the details are in the logs folder
+        print(f"[demo] error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+              f" (logs: {stack.out / 'logs'}); tearing down", file=sys.stderr, flush=True)
+        import traceback
+
+        (stack.out / "logs").mkdir(parents=True, exist_ok=True)
+        (stack.out / "logs" / "demo-error.txt").write_text(traceback.format_exc())
     finally:
+        # Teardown must finish even if the user presses Ctrl-C again.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if stack.keep and ok:
             say("KEEP=1: everything is left running; `hack/cluster.sh down` and `pkill -f elastiserve` stop it")
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -94,6 +95,9 @@ def start_prometheus(stack: Stack, curve, twins_dir: Path, ports: dict[str, int]
         {"job_name": "elastiserve", "scrape_interval": "2s", "honor_labels": True,
          "static_configs": [{"targets": [f"127.0.0.1:{ports[k]}" for k in ("operator", "activator", "cadvisor")]}]},
     ]
+    # A fresh data dir every run: backfilling the same series twice interleaves two histories,
+    # which Prometheus reads as a counter resetting every sample.
+    shutil.rmtree(stack.out / "prometheus", ignore_errors=True)
     prom = PrometheusServer(workdir=stack.out / "prometheus", config=config, backfill=text)
     prom.start()
     stack.cleanups.append(prom.stop)
@@ -113,6 +117,7 @@ def run_live(stack: Stack) -> None:
 
     ports = {"operator": free_port(), "activator": free_port(), "cadvisor": free_port(), "live": free_port()}
     twins_dir = stack.out / "twins"
+    shutil.rmtree(twins_dir, ignore_errors=True)
     twins_dir.mkdir(parents=True, exist_ok=True)
     (twins_dir / "targets.json").write_text("[]")
     prom = start_prometheus(stack, curve, twins_dir, ports)

@@ -75,7 +75,7 @@ class Twin:
             return 0
 
 
-@dataclass
+@dataclass(eq=False)  # hashable by identity: it registers itself as a Prometheus collector
 class PodTwins:
     """Keeps one server process per Running pod of the watched namespace."""
 

@@ -239,8 +239,8 @@ async def _forecast(
     fingerprint = fc.model_dump_json()
     entry = cache.get(key)
     if entry is None or entry[0] != fingerprint:
-        entry = cache[key] = (fingerprint, make_forecaster(fc), None)
-    _, forecaster, last_end = entry
+        entry = cache[key] = (fingerprint, make_forecaster(fc), None, None)
+    _, forecaster, last_end, last_forecast = entry
     # The first cycle reads the whole history window; later ones only what is new (plus overlap).
     seconds = fc.history_seconds if last_end is None else min(
         fc.history_seconds, int((now - last_end).total_seconds()) + 3 * fc.step_seconds
@@ -248,10 +248,12 @@ async def _forecast(
     try:
         window = await asyncio.to_thread(source.history, mspec, namespace, name, now, seconds, fc.step_seconds)
     except MetricsError as exc:
+        if last_forecast is not None and (now - last_forecast.origin).total_seconds() < fc.horizon_seconds:
+            return last_forecast  # no new samples (e.g. idle at zero): the last forecast still covers now
         return Forecast(origin=now, points=[], ready=False, reason=f"no history: {exc}", method=fc.method)
     # A first fit (order search) takes seconds: keep it off the event loop.
     forecast = await asyncio.to_thread(forecaster.update, window, now)
-    cache[key] = (fingerprint, forecaster, window.end)
+    cache[key] = (fingerprint, forecaster, window.end, forecast)
     return forecast
 
 
@@ -416,8 +418,10 @@ async def _cycle(
     summary = decision.summary()
     changed = decision.desired != obs.replicas
     patch.status["routing"] = routing
-    patch.status["scaler"] = decision.state.to_api()
-    patch.status["rollout"] = plan.status.to_api()
+    # Merge patches keep keys they do not mention: send cleared fields as null so they are removed
+    # (an outage's metricsMissingSince must not outlive the outage).
+    patch.status["scaler"] = decision.state.model_dump(by_alias=True, mode="json")
+    patch.status["rollout"] = plan.status.model_dump(by_alias=True, mode="json")
     patch.status["variants"] = [
         {"name": v, "replicas": obs.replicas.get(v, 0), "desired": d, "ready": obs.ready.get(v, 0)}
         for v, d in decision.desired.items()

@@ -88,7 +88,7 @@ def run_operator(
     asyncio.run(
         kopf.operator(
             clusterwide=all_namespaces,
-            namespaces=namespaces or None,
+            namespaces=list(namespaces),
             liveness_endpoint=liveness,
             memo=memo,
             standalone=peering is None,

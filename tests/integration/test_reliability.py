@@ -171,6 +171,9 @@ def test_metrics_outage_never_scales_down(k8s_cluster, namespace, prometheus_fac
             wait_until(lambda: _cond(k8s_cluster, namespace, "outage", "MetricsAvailable").get("status") == "True",
                        timeout=90, what=f"recovery after {phase}")
             phases[phase] = {"message": msg, "recovery_s": round(time.monotonic() - t0, 1), "replicas": sorted(set(seen))}
+            # The outage is over in the persisted state too (a merge patch must clear the field).
+            wait_until(lambda: not _status(k8s_cluster, namespace, "outage")["scaler"].get("metricsMissingSince"),
+                       timeout=30, what="metricsMissingSince cleared")
         print("outage phases:", phases)
         # Prometheus sits behind the proxy here, so "stopped" reads as the proxy's 502.
         assert "QueryFailed" in phases["stopped"]["message"] and "502" in phases["stopped"]["message"]

@@ -176,3 +176,22 @@ def manifest(name: str, **spec: Any) -> dict[str, Any]:
 
 def load_example(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
+
+
+def sa_kubeconfig(cluster, namespace: str, sa: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as a ServiceAccount (so RBAC is exercised for real)."""
+    import json as _json
+
+    token = cluster.kubectl("create", "token", sa, "-n", namespace, "--duration=24h").stdout.strip()
+    admin = _json.loads(cluster.kubectl("config", "view", "--raw", "-o", "json").stdout)
+    cl = admin["clusters"][0]
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cl],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": sa, "context": {"cluster": cl["name"], "user": sa}}],
+        "current-context": sa,
+    }
+    path.write_text(_json.dumps(cfg))
+    return path

@@ -26,3 +26,4 @@ def test_other_conditions_are_kept():
 
 def test_variant_summary():
     assert variant_summary({"fp32": 3, "int8": 1}) == "fp32=3 int8=1"
+

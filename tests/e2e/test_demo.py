@@ -1,0 +1,41 @@
+"""A shortened `make demo` in CI: it must scale for the reasons the demo promises.
+
+One compressed "day" of PERIOD seconds: idle (scale to zero), first requests (wake from zero, INT8
+first), a forecastable ramp (pre-scale before the peak) and a short peak (INT8 burst).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.prometheus, pytest.mark.model]
+
+
+def test_short_demo_scales_for_the_promised_reasons(tmp_path):
+    out = tmp_path / "demo"
+    env = dict(os.environ, PERIOD=os.environ.get("DEMO_PERIOD", "240"), DURATION=os.environ.get("DEMO_DURATION", "250"),
+               OUT=str(out))
+    result = subprocess.run([sys.executable, str(ROOT / "hack" / "demo.py")], env=env, capture_output=True, text=True,
+                            timeout=1800)
+    log = result.stdout[-6000:] + result.stderr[-3000:]
+    assert result.returncode == 0, log
+    assert "Traceback" not in result.stdout + result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    print(json.dumps(summary, indent=1))
+    assert summary["scaled_to_zero"], log
+    assert summary["woke_from_zero"], log
+    assert summary["prescaled_before_peak"], log
+    assert summary["int8_burst"], log
+    req = summary["requests"]
+    assert req["ok"] >= 0.97 * req["sent"], req
+    for name in ("timeline.png", "events.txt", "timeline.json"):
+        assert (out / name).stat().st_size > 0
+    events = (out / "events.txt").read_text()
+    assert "ScaledToZero" in events and "Scaled" in events

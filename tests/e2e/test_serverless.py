@@ -1,0 +1,249 @@
+"""Serverless on real parts: zero → burst of first requests → served → idle → zero → one request → served.
+
+Real control plane (kwok pods), real Prometheus, the real operator and activator processes, and one real
+model-server process per Running pod (hack/podtwin.py) serving the MiniLM INT8 model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from support import wait_until
+from support.devstack import free_port, manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.cluster, pytest.mark.prometheus, pytest.mark.model, pytest.mark.e2e]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "hack" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    from elastiserve.serving import paths
+
+    d = paths.model_dir()
+    for cmd in (["model", "build"], ["model", "quantize"]):
+        target = d / paths.VARIANT_FILES["fp32" if cmd[1] == "build" else "int8"]
+        if not target.exists():
+            subprocess.run([sys.executable, "-m", "elastiserve.cli", *cmd], check=True, timeout=900)
+    return d
+
+
+class Timeline:
+    """Polls the cluster every 50 ms and notes when things first happen."""
+
+    def __init__(self, cluster, ns, name):
+        self.cluster, self.ns, self.name = cluster, ns, name
+        self.marks: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                deps = self.cluster.kubectl_json("get", "deployments", "-n", self.ns,
+                                                 "-l", f"elastiserve.dev/modeldeployment={self.name}")["items"]
+                if any((d["spec"].get("replicas") or 0) > 0 for d in deps):
+                    self.marks.setdefault("decided", time.monotonic())
+                if any((d.get("status", {}).get("readyReplicas") or 0) > 0 for d in deps):
+                    self.marks.setdefault("pod_ready", time.monotonic())
+            except Exception:
+                pass
+            self.stop.wait(0.05)
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join(5)
+        return self.marks
+
+
+def _status(cluster, ns, name):
+    return cluster.kubectl_json("get", "mdep", name, "-n", ns).get("status", {})
+
+
+def _events(cluster, ns, reason):
+    return [e for e in cluster.kubectl_json("get", "events", "-n", ns)["items"] if e.get("reason") == reason]
+
+
+async def _burst(url: str, key: str, n: int) -> list[tuple[int, float]]:
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["wake up"]}]}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as session:
+
+        async def one():
+            t0 = time.monotonic()
+            async with session.post(f"{url}/v2/models/minilm/infer", json=body,
+                                    headers={"X-Elastiserve-Model": key}) as r:
+                await r.read()
+                return r.status, time.monotonic() - t0
+
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+
+def _served_total(twins) -> float:
+    total = 0.0
+    for t in list(twins.twins.values()):
+        try:
+            with urllib.request.urlopen(f"{t.url}/metrics", timeout=2) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("elastiserve_requests_total{") and 'code="200"' in line:
+                        total += float(line.rsplit(" ", 1)[1])
+        except OSError:
+            pass
+    return total
+
+
+def test_zero_to_one_and_back(k8s_cluster, namespace, prometheus_factory, operator_factory, model_dir, tmp_path):
+    podtwin = _load("podtwin")
+    from kubernetes import config as k8s_config
+
+    twins_dir = tmp_path / "twins"
+    twins_dir.mkdir()
+    (twins_dir / "targets.json").write_text("[]")
+    act_port = free_port()
+    prom = prometheus_factory([], scrape_interval="1s")
+    prom.stop()
+    prom.config["scrape_configs"] = [
+        {"job_name": "models", "scrape_interval": "1s",
+         "file_sd_configs": [{"files": [str(twins_dir / "targets.json")], "refresh_interval": "1s"}]},
+        {"job_name": "activator", "scrape_interval": "1s", "honor_labels": True,
+         "static_configs": [{"targets": [f"127.0.0.1:{act_port}"]}]},
+    ]
+    prom.start()
+
+    k8s_config.load_kube_config(str(k8s_cluster.kubeconfig))
+    twins = podtwin.PodTwins(namespace, twins_dir, extra_env={"ELASTISERVE_INTRA_OP_THREADS": "1"})
+    stop = threading.Event()
+    threading.Thread(target=twins.run, args=(stop, 0.05), daemon=True).start()
+    act_log = (tmp_path / "activator.log").open("w")
+    activator = subprocess.Popen(
+        [sys.executable, "-m", "elastiserve.cli", "activator", "--host", "127.0.0.1", "--port", str(act_port),
+         "--endpoints-file", str(twins_dir / "endpoints.json"), "--timeout", "60"],
+        env=dict(k8s_cluster.env), stdout=act_log, stderr=subprocess.STDOUT,
+    )
+    try:
+        operator_factory("--activator-address", "192.0.2.10:8080", namespace=namespace, prometheus_url=prom.url)
+        k8s_cluster.apply(manifest(
+            "lm",
+            model={"name": "minilm", "uri": f"file://{model_dir}", "lazyLoading": {"preload": ["minilm"]}},
+            variants=[{"name": "fp32", "capacityQps": 12},
+                      {"name": "int8", "precision": "int8", "role": "burst", "capacityQps": 20,
+                       "replicas": {"min": 0, "max": 2}}],
+            replicas={"min": 0, "max": 2},
+            syncPeriodSeconds=5,
+            metrics={"windowSeconds": 10},
+            behavior={"scaleDown": {"stabilizationWindowSeconds": 10,
+                                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]}},
+            scaleToZero={"enabled": True, "idleSeconds": 30, "coldStartVariant": "int8"},
+        ), namespace=namespace)
+
+        # Starts at zero, routed to the activator (Service without selector + our EndpointSlice).
+        wait_until(lambda: _status(k8s_cluster, namespace, "lm").get("routing") == "activator", timeout=60,
+                   what="routing to the activator")
+        svc = k8s_cluster.kubectl_json("get", "service", "lm", "-n", namespace)
+        assert "selector" not in svc["spec"]
+        eps = k8s_cluster.kubectl_json("get", "endpointslice", "lm-activator", "-n", namespace)
+        assert eps["endpoints"][0]["addresses"] == ["192.0.2.10"]
+        wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{act_port}/healthz", timeout=1).status == 200,
+                   timeout=30, what="activator up")
+
+        # 100 concurrent first requests at zero: none lost, none duplicated.
+        timeline = Timeline(k8s_cluster, namespace, "lm").start()
+        t0 = time.monotonic()
+        results = asyncio.run(_burst(f"http://127.0.0.1:{act_port}", f"{namespace}/lm", 100))
+        marks = timeline.finish()
+        statuses = [s for s, _ in results]
+        assert statuses.count(200) == 100, f"statuses: {sorted(set(statuses))}"
+        wait_until(lambda: _served_total(twins) == 100, timeout=10, what="servers counted exactly 100")
+        first = min(lat for _, lat in results)
+        twin = min(twins.twins.values(), key=lambda t: t.started)
+        burst_figures = {
+            "first_response_s": round(first, 3),
+            "decision_s": round(marks.get("decided", float("nan")) - t0, 3),
+            "pod_ready_s": round(marks.get("pod_ready", float("nan")) - t0, 3),
+            "server_start_to_ready_s": round((twin.ready_at or float("nan")) - twin.started, 3),
+            "first_response_beyond_server_start_s": round(first - ((twin.ready_at or 0) - twin.started), 3),
+        }
+        print("cold start, 100 concurrent first requests:", json.dumps(burst_figures))
+        assert _status(k8s_cluster, namespace, "lm")["variants"]
+        wait_until(lambda: _events(k8s_cluster, namespace, "RoutedToPods"), timeout=60, what="Service back to the pods")
+
+        # Idle → zero again, with the reason in status and an Event.
+        wait_until(lambda: _status(k8s_cluster, namespace, "lm").get("phase") == "ScaledToZero", timeout=150,
+                   what="scale to zero after idleSeconds")
+        assert _events(k8s_cluster, namespace, "ScaledToZero")
+        assert "no requests for" in _status(k8s_cluster, namespace, "lm")["lastScaleReason"]
+        wait_until(lambda: not twins.twins, timeout=60, what="server processes gone")
+        wait_until(lambda: _status(k8s_cluster, namespace, "lm").get("routing") == "activator", timeout=60,
+                   what="routing to the activator again")
+
+        # One request at zero: served; the cold start broken into its parts.
+        timeline = Timeline(k8s_cluster, namespace, "lm").start()
+        t0 = time.monotonic()
+        (status, latency), = asyncio.run(_burst(f"http://127.0.0.1:{act_port}", f"{namespace}/lm", 1))
+        marks = timeline.finish()
+        assert status == 200
+        twin = next(iter(twins.twins.values()))
+        start_to_ready = (twin.ready_at or t0) - twin.started
+        figures = {
+            "total_s": round(latency, 3),
+            "decision_s": round(marks.get("decided", float("nan")) - t0, 3),
+            "pod_ready_s": round(marks.get("pod_ready", float("nan")) - t0, 3),
+            "server_process_start_to_ready_s": round(start_to_ready, 3),
+            "beyond_server_start_s": round(latency - start_to_ready, 3),
+        }
+        print("cold start, one request:", json.dumps(figures))
+
+        # Turning scale-to-zero off restores the minimum.
+        k8s_cluster.kubectl("patch", "mdep", "lm", "-n", namespace, "--type=merge",
+                            "-p", json.dumps({"spec": {"scaleToZero": {"enabled": False}, "replicas": {"min": 1, "max": 2}}}))
+        wait_until(lambda: sum(v["desired"] for v in _status(k8s_cluster, namespace, "lm")["variants"]) >= 1
+                   and _status(k8s_cluster, namespace, "lm").get("routing") == "pods",
+                   timeout=90, what="min replicas restored and routed to the pods")
+    finally:
+        stop.set()
+        twins.stop_all()
+        activator.terminate()
+        activator.wait(10)
+    log = (tmp_path / "activator.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_activator_timeout_gives_503_with_retry_after(tmp_path):
+    """No replica ever comes (the model does not exist): the held request gets 503 + Retry-After."""
+    port = free_port()
+    (tmp_path / "e.json").write_text("{}")
+    proc = subprocess.Popen([sys.executable, "-m", "elastiserve.cli", "activator", "--host", "127.0.0.1",
+                             "--port", str(port), "--endpoints-file", str(tmp_path / "e.json"), "--timeout", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200,
+                   timeout=30, what="activator up")
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/m/infer", data=b"{}", method="POST",
+                                     headers={"X-Elastiserve-Model": "nowhere/none"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=10)
+        assert info.value.code == 503 and info.value.headers["Retry-After"] == "5"
+    finally:
+        proc.terminate()
+        proc.wait(10)
