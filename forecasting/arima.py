@@ -338,6 +338,13 @@ class ArimaForecaster:
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(upper))):
             return not_ready(from_epoch(end), self.method, "forecast is not finite", self.spec.quantile,
                              self.tracker.smape)
+        # Plausibility ceiling: never more than twice the highest rate in the history. A log-space
+        # model's interval can explode after a regime switch (e.g. idle zeros next to a peak), and
+        # the decision engine must not pre-scale to the maximum on such a number.
+        seen = self.series.values if self.series is not None else np.empty(0)
+        if len(seen) and np.isfinite(np.nanmax(seen)):
+            ceiling = 2.0 * float(np.nanmax(seen)) + 1.0
+            mean, lower, upper = (np.minimum(a, ceiling) for a in (mean, lower, upper))
         self.tracker.predict(end + self.steps_ahead * self.step, float(mean[self.steps_ahead - 1]))
         forecast = Forecast(
             origin=from_epoch(end),

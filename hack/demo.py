@@ -60,9 +60,18 @@ def fail(msg: str) -> "NoReturn":  # noqa: F821
 # --------------------------------------------------------------------------- workload
 
 
+def _smoothstep(a: float, b: float, x: float) -> float:
+    t = min(1.0, max(0.0, (x - a) / (b - a)))
+    return t * t * (3 - 2 * t)
+
+
 @dataclass(frozen=True)
 class CompressedDay:
-    """Request rate over one compressed day of ``period`` seconds: idle, ramp, short peak, decline."""
+    """Request rate over one compressed day of ``period`` seconds, smooth so a Fourier model can learn it.
+
+    The cycle starts with the night (no requests → scale to zero), then morning traffic (wake from
+    zero, INT8 first), a short midday peak (pre-scale before it, INT8 burst), and the evening decline.
+    """
 
     period: float = 600.0
     base: float = 6.0
@@ -70,19 +79,9 @@ class CompressedDay:
 
     def __call__(self, t: float) -> float:
         x = (t % self.period) / self.period
-        if x < 0.18:
-            return 0.0  # night: idle → scale to zero
-        if x < 0.30:
-            return self.base * (x - 0.18) / 0.12  # first requests of the morning
-        if x < 0.50:
-            return self.base
-        if x < 0.60:
-            return self.base + (self.peak - self.base) * (x - 0.50) / 0.10  # ramp
-        if x < 0.68:
-            return self.peak  # short peak → INT8 burst
-        if x < 0.80:
-            return self.peak + (self.base - self.peak) * (x - 0.68) / 0.12
-        return self.base * (1 - (x - 0.80) / 0.20)
+        day = _smoothstep(0.33, 0.43, x) * (1 - _smoothstep(0.88, 0.98, x))
+        bump = math.exp(-(((x - 0.68) / 0.06) ** 2))
+        return day * (self.base + (self.peak - self.base) * bump)
 
 
 @dataclass(frozen=True)
@@ -118,16 +117,15 @@ class TraceCurve:
 
 
 def history_openmetrics(rate, end: float, seconds: int, step: int, labels: dict[str, str]) -> str:
-    """A counter's history as OpenMetrics text: ``rate(t)`` integrated, sampled every ``step`` s."""
+    """A counter's history as OpenMetrics text: ``rate(wall time)`` integrated, sampled every ``step`` s."""
     lab = ",".join(f'{k}="{v}"' for k, v in labels.items())
     lines = ["# HELP elastiserve_requests Requests served.", "# TYPE elastiserve_requests counter"]
     total = 0.0
-    start = end - seconds
-    t = start
+    t = end - seconds
     while t <= end:
         lines.append(f"elastiserve_requests_total{{{lab}}} {total:.3f} {t:.3f}")
         # integrate with the trapezoid rule over one step
-        total += 0.5 * (rate(t - start) + rate(t - start + step)) * step
+        total += 0.5 * (rate(t) + rate(t + step)) * step
         t += step
     lines.append("# EOF")
     return "\n".join(lines) + "\n"
@@ -216,7 +214,8 @@ def demo_manifest(models: dict[str, Path], prometheus_url: str, period: int) -> 
                 "seasonalPeriodsSeconds": [period],
                 "stepSeconds": 15,
                 "historySeconds": 86400,
-                "horizonSeconds": 90,
+                "horizonSeconds": 45,
+                "fourierTerms": 6,
                 "refitSeconds": 900,
             },
             "behavior": {
@@ -232,7 +231,7 @@ def demo_manifest(models: dict[str, Path], prometheus_url: str, period: int) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description="elastiserve demo")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ROOT / "report" / "demo")))
-    ap.add_argument("--duration", type=float, default=float(os.environ.get("DURATION", "660")))
+    ap.add_argument("--duration", type=float, default=float(os.environ.get("DURATION", "700")))
     ap.add_argument("--period", type=float, default=float(os.environ.get("PERIOD", "600")))
     ap.add_argument("--trace", type=Path, default=Path(os.environ["TRACE"]) if os.environ.get("TRACE") else None)
     ap.add_argument("--keep", action="store_true", default=os.environ.get("KEEP") == "1")
@@ -243,6 +242,7 @@ def main() -> None:
     if os.environ.get("DEMO", "cluster") == "backtest":
         return run_backtest(args)
     args.out.mkdir(parents=True, exist_ok=True)
+    lock = _single_instance()
     stack = Stack(out=args.out, period=args.period, duration=args.duration, keep=args.keep, trace=args.trace)
     from live import run_live  # hack/live.py
 
@@ -275,6 +275,25 @@ def main() -> None:
             stack.stop_all()
     if not ok:
         raise SystemExit(1)
+
+
+def _single_instance():
+    """One demo at a time: two would share (and tear down) the same local control plane."""
+    import fcntl
+
+    cache = Path(os.environ.get("ELASTISERVE_CACHE") or Path.home() / ".cache" / "elastiserve")
+    cache.mkdir(parents=True, exist_ok=True)
+    handle = open(cache / "demo.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        fail(f"another demo is running (pid {handle.read().strip() or '?'}); stop it first (Ctrl-C there)")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def run_backtest(args) -> None:

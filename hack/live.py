@@ -19,6 +19,8 @@ from demo import (
 )
 
 CACHE = Path(os.environ.get("ELASTISERVE_CACHE") or Path.home() / ".cache" / "elastiserve")
+LEAD = float(os.environ.get("DEMO_LEAD", "60"))
+"""Seconds from the backfill to the start of the live load (the stack starts in between)."""
 
 
 @dataclass
@@ -78,13 +80,15 @@ def install_chart(stack: Stack, cluster) -> None:
     cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.elastiserve.dev", "--timeout=60s")
 
 
-def start_prometheus(stack: Stack, curve, twins_dir: Path, ports: dict[str, int]):
+def start_prometheus(stack: Stack, curve, origin: float, twins_dir: Path, ports: dict[str, int]):
     from support.prometheus import PrometheusServer, make_config
 
     say("step 4/7: Prometheus on loopback, with a day of backfilled request history")
     now = time.time()
+    # The history continues the same curve the live load will follow (one clock: `origin`), so the
+    # forecaster's daily pattern lines up with what comes next.
     text = history_openmetrics(
-        curve, end=now - 60, seconds=86400, step=15,
+        lambda w: curve(w - origin), end=now - 60, seconds=86400, step=5,  # 3 samples in the 15 s rate window
         labels={"namespace": NAMESPACE, "modeldeployment": MDEP, "variant": "fp32", "model": "minilm", "code": "200",
                 "job": "history"},
     )
@@ -101,7 +105,7 @@ def start_prometheus(stack: Stack, curve, twins_dir: Path, ports: dict[str, int]
     prom = PrometheusServer(workdir=stack.out / "prometheus", config=config, backfill=text)
     prom.start()
     stack.cleanups.append(prom.stop)
-    say(f"Prometheus at {prom.url} (history: 24 h of the workload, 15 s resolution)")
+    say(f"Prometheus at {prom.url} (history: 24 h of the workload, 5 s resolution)")
     return prom
 
 
@@ -120,7 +124,9 @@ def run_live(stack: Stack) -> None:
     shutil.rmtree(twins_dir, ignore_errors=True)
     twins_dir.mkdir(parents=True, exist_ok=True)
     (twins_dir / "targets.json").write_text("[]")
-    prom = start_prometheus(stack, curve, twins_dir, ports)
+    # The live load starts at the beginning of a night: about LEAD seconds from now, when the stack is up.
+    origin = time.time() + LEAD
+    prom = start_prometheus(stack, curve, origin, twins_dir, ports)
 
     say("step 5/7: the ModelDeployment (fp32 primary, INT8 burst, forecasting on, scale to zero on)")
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
@@ -152,7 +158,7 @@ def run_live(stack: Stack) -> None:
     wait(lambda: cluster.kubectl_json("get", "mdep", MDEP, "-n", NAMESPACE).get("status", {}).get("lastDecision"),
          120, "the operator's first decision")
     say(f"step 6/7: live load for {stack.duration:.0f} s through real model servers (one cycle = {stack.period:.0f} s)")
-    timeline = drive(stack, cluster, curve, twins_dir, ports, LoadGen)
+    timeline = drive(stack, cluster, curve, origin, twins_dir, ports, LoadGen)
     say("step 7/7: report")
     write_report(stack, cluster, prom, timeline)
 
@@ -161,10 +167,16 @@ def _status(cluster) -> dict:
     return cluster.kubectl_json("get", "mdep", MDEP, "-n", NAMESPACE).get("status", {})
 
 
-def drive(stack: Stack, cluster, curve, twins_dir: Path, ports, LoadGen) -> Timeline:
+def drive(stack: Stack, cluster, curve, origin: float, twins_dir: Path, ports, LoadGen) -> Timeline:
     timeline = Timeline()
+    if time.time() < origin:
+        time.sleep(origin - time.time())  # start on the planned phase (the night), never early
+    offset = time.time() - origin
+    if offset > 0.25 * stack.period:
+        say(f"note: the stack took {offset:.0f} s longer than planned; the cycle starts {offset:.0f} s in")
+    phase = lambda t: curve(t + offset)  # noqa: E731
     gen = LoadGen(f"{NAMESPACE}/{MDEP}", "minilm", twins_dir / "endpoints.json",
-                  f"http://127.0.0.1:{ports['activator']}", curve, stack.duration)
+                  f"http://127.0.0.1:{ports['activator']}", phase, stack.duration)
     stop = threading.Event()
     start = time.monotonic()
 
@@ -183,7 +195,7 @@ def drive(stack: Stack, cluster, curve, twins_dir: Path, ports, LoadGen) -> Time
             ready = {k: v.get("ready", 0) for k, v in variants.items()}
             p95 = gen.stats.p95(since=time.monotonic() - 10)
             reasons = (st.get("lastDecision") or {}).get("reasons") or []
-            s = Sample(t, curve(t), (st.get("forecast") or {}).get("upper"), desired, ready,
+            s = Sample(t, phase(t), (st.get("forecast") or {}).get("upper"), desired, ready,
                        None if p95 is None else p95 * 1000, "; ".join(reasons), st.get("phase", ""))
             timeline.samples.append(s)
             if t - last_print >= 5:
@@ -240,18 +252,22 @@ def write_report(stack: Stack, cluster, prom, timeline: Timeline) -> None:
     (out / "events.txt").write_text(events)
     (out / "timeline.json").write_text(json.dumps([s.__dict__ for s in samples], indent=1))
     reasons = [s.reason for s in samples]
+    totals = [sum(s.desired.values()) for s in samples]
+    peak_at = max(range(len(samples)), key=lambda i: samples[i].offered) if samples else 0
     summary = {
-        "prescaled_before_peak": any("forecast p" in r and "floor" in r for r in reasons),
+        # a forecast floor raised capacity before the offered load reached its peak
+        "prescaled_before_peak": any("forecast p" in r and "floor" in r for r in reasons[:peak_at + 1]),
         "int8_burst": any(s.desired.get("int8", 0) > 0 and s.desired.get("fp32", 0) > 0 for s in samples),
-        "scaled_to_zero": any(sum(s.desired.values()) == 0 for s in samples),
-        "woke_from_zero": any("while at zero" in r for r in reasons),
+        "scaled_to_zero": any(a > 0 and b == 0 for a, b in zip(totals, totals[1:])),
+        "woke_from_zero": any(a == 0 and b > 0 for a, b in zip(totals, totals[1:])),
         "requests": {"sent": timeline.stats.sent, "ok": timeline.stats.ok, "errors": timeline.stats.errors,
                      "via_activator": timeline.stats.via_activator},
     }
     dash = ROOT / "dashboards" / "render.py"
     if dash.exists():
-        rc = subprocess.call([sys.executable, str(dash), "--prometheus", prom.url, "--out", str(out / "dashboards"),
-                              "--minutes", str(max(5, int(stack.duration / 60) + 1))])
+        rc = subprocess.call([sys.executable, str(dash), "--prometheus-url", prom.url, "--out", str(out / "dashboards"),
+                              "--since", f"{max(5, int(stack.duration / 60) + 1)}m", "--var", f"namespace={NAMESPACE}",
+                              "--var", f"modeldeployment={MDEP}"])
         summary["dashboards_rendered"] = rc == 0
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     say("summary: " + json.dumps(summary))

@@ -374,6 +374,7 @@ do_up() {
     --cluster-name elastiserve \
     --service-cluster-ip-range "${SERVICE_CIDR}" \
     --leader-elect=false \
+    --node-monitor-grace-period 5m \
     --horizontal-pod-autoscaler-sync-period "${ELASTISERVE_HPA_SYNC_PERIOD:-15s}" \
     --profiling=false \
     --v 1

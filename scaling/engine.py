@@ -78,6 +78,25 @@ def _hold(
     )
 
 
+def _prewarm_from_zero(
+    spec: ModelDeploymentSpec, forecast: Forecast | None, cur_total: int
+) -> tuple[dict[str, int], str] | None:
+    """Replicas to start at zero when an Active, usable forecast expects demand within the horizon."""
+    fc = spec.forecasting
+    if not (spec.scale_to_zero.enabled and cur_total == 0 and fc.enabled and fc.mode == ForecastMode.Active):
+        return None
+    if forecast is None or not forecast.ready or (forecast.error is not None and forecast.error > fc.max_error):
+        return None
+    cap = spec.primary.capacity_qps
+    target = spec.metrics.rules.qps.effective_target / 100
+    if forecast.peak_mean() < 0.1 * cap * target:
+        return None
+    cold = spec.cold_start_variant()
+    desired = {v.name: 0 for v in spec.variants}
+    desired[cold.name] = clamp(forecast.peak_mean() / (cold.capacity_qps * target), 1, spec.bounds(cold).max)
+    return desired, f"forecast of demand ({forecast.peak_mean():.3g} qps in {fc.horizon_seconds} s) → pre-warm {cold.name}×{desired[cold.name]}"
+
+
 def _short_peak(forecast: Forecast, threshold_qps: float, limit_seconds: int) -> int | None:
     """Length in seconds of a forecast peak above ``threshold_qps`` that ends within the horizon, else None."""
     above = [p for p in forecast.points if p.upper > threshold_qps]
@@ -106,6 +125,13 @@ def decide(
 
     problem = _metrics_problem(spec, metrics, now)
     if problem is not None:
+        prewarm = _prewarm_from_zero(spec, forecast, cur_total)
+        if prewarm is not None:
+            # At zero there are no pods to report metrics; a forecast of demand is reason enough to wake.
+            state.metrics_missing_since = None
+            desired, why = prewarm
+            return _finish(spec, current, desired, [f"{problem} at zero; {why}"], state, now, 0,
+                           _ceil(forecast.peak_upper() / (cap * qps_target)), True, proposal_for_history=1)
         return _hold(spec, current, state, now, problem)
     if state.metrics_missing_since is not None:
         state.metrics_recovered_at = now

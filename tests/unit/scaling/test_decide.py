@@ -375,3 +375,13 @@ def test_a_rule_inside_its_band_does_not_veto_scale_down(metrics, want, why):
     d = decide(spec, snap(**metrics), None, ScalerState(), T0, obs(fp32=9))
     assert d.desired == {"fp32": want}, d.reasons
     assert why in d.summary()
+
+
+def test_forecast_prewarms_from_zero_even_without_metrics():
+    """At zero no pod reports metrics; a usable forecast of demand still wakes the model ahead of time."""
+    spec = zero_spec(forecasting={"enabled": True})
+    state = ScalerState(scaled_to_zero=True, last_active_time=T0 - timedelta(hours=1))
+    d = decide(spec, MetricSnapshot(), forecast([10, 30, 30, 30, 30]), state, T0, obs(fp32=0, int8=0))
+    assert d.desired["int8"] >= 1 and "pre-warm int8" in d.summary()
+    quiet = decide(spec, MetricSnapshot(), forecast([0.01] * 5), state, T0, obs(fp32=0, int8=0))
+    assert quiet.desired == {"fp32": 0, "int8": 0} and not quiet.metrics_available
