@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -121,30 +122,47 @@ class LoadGen:
         else:
             self.stats.errors[status] = self.stats.errors.get(status, 0) + 1
 
-    async def run(self, stop: asyncio.Event | None = None) -> Stats:
+    def _poisson(self, lam: float) -> int:
+        """Knuth's method; lam is small here (rate × a 0.1 s slice)."""
+        limit, k, p = math.exp(-lam), 0, 1.0
+        while True:
+            p *= self.rng.random()
+            if p <= limit:
+                return k
+            k += 1
+
+    async def run(self, stop: asyncio.Event | None = None, slice_s: float = 0.1) -> Stats:
+        """Non-homogeneous Poisson arrivals: per 0.1 s slice, Poisson(rate × slice) requests at uniform times.
+
+        (Drawing exponential gaps from the current rate would skip whole stretches: at dawn the rate is
+        near zero, so one gap can jump past the entire day.)"""
         start = time.monotonic()
         connector = aiohttp.TCPConnector(limit=256)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)) as session:
             t = 0.0
             while t < self.duration and self.stats.sent < self.max_requests and not (stop and stop.is_set()):
                 r = max(self.rate(t), 0.0)
-                if r <= 0:
-                    t += 0.5
-                else:
-                    t += self.rng.expovariate(r)
+                arrivals = sorted(t + self.rng.random() * slice_s for _ in range(self._poisson(r * slice_s)))
+                for at in arrivals:
+                    delay = start + at - time.monotonic()
+                    if delay > 0:
+                        try:
+                            await asyncio.wait_for((stop or asyncio.Event()).wait(), timeout=delay)
+                            break
+                        except asyncio.TimeoutError:
+                            pass
+                    self.stats.sent += 1
+                    task = asyncio.create_task(self._one(session, time.monotonic()))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                t += slice_s
                 delay = start + t - time.monotonic()
-                if delay > 0:
+                if delay > 0 and not arrivals:
                     try:
                         await asyncio.wait_for((stop or asyncio.Event()).wait(), timeout=delay)
                         break
                     except asyncio.TimeoutError:
                         pass
-                if r <= 0 or t >= self.duration:
-                    continue
-                self.stats.sent += 1
-                task = asyncio.create_task(self._one(session, time.monotonic()))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         return self.stats

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import kopf
+import numpy as np
 
 from ..api import GROUP, PLURAL, VERSION, SpecError, parse_spec
 from ..api.decision import Forecast, MetricSnapshot, Observation, ScalerState
 from ..api.spec import Actuation, ModelDeploymentSpec
-from ..metrics import MetricsError, PrometheusSource
+from ..api.window import MetricWindow
+from ..metrics import MetricsError, NoData, PrometheusSource
 from ..api.status import RolloutStatus
 from ..scaling import decide
 from ..scaling.rollout import RolloutPlan, VersionHealth, advance, split_versions
@@ -224,7 +226,7 @@ async def _source(memo: Any, mspec: ModelDeploymentSpec, namespace: str) -> Prom
 
 
 async def _forecast(
-    memo: Any, source: Any, mspec: ModelDeploymentSpec, namespace: str, name: str, now: datetime
+    memo: Any, source: Any, mspec: ModelDeploymentSpec, namespace: str, name: str, now: datetime, at_zero: bool = False
 ) -> Forecast | None:
     """Feed the forecaster new history and return its forecast (None when forecasting is off)."""
     fc = mspec.forecasting
@@ -248,9 +250,14 @@ async def _forecast(
     try:
         window = await asyncio.to_thread(source.history, mspec, namespace, name, now, seconds, fc.step_seconds)
     except MetricsError as exc:
-        if last_forecast is not None and (now - last_forecast.origin).total_seconds() < fc.horizon_seconds:
-            return last_forecast  # no new samples (e.g. idle at zero): the last forecast still covers now
-        return Forecast(origin=now, points=[], ready=False, reason=f"no history: {exc}", method=fc.method)
+        if at_zero and last_end is not None and isinstance(exc, NoData):
+            # No pods and no activator traffic: the true request rate is zero, not unknown.
+            steps = max(1, int((now - last_end).total_seconds() // fc.step_seconds))
+            window = MetricWindow(last_end + timedelta(seconds=fc.step_seconds), fc.step_seconds, np.zeros(steps))
+        else:
+            if last_forecast is not None and (now - last_forecast.origin).total_seconds() < fc.horizon_seconds:
+                return last_forecast  # no new samples yet: the last forecast still covers now
+            return Forecast(origin=now, points=[], ready=False, reason=f"no history: {exc}", method=fc.method)
     # A first fit (order search) takes seconds: keep it off the event loop.
     forecast = await asyncio.to_thread(forecaster.update, window, now)
     cache[key] = (fingerprint, forecaster, window.end, forecast)
@@ -380,7 +387,8 @@ async def _cycle(
     for signal in snapshot.errors:
         telemetry.PROMETHEUS_ERRORS.labels(namespace, name, signal).inc()
     with telemetry.RECONCILE_SECONDS.labels("forecast").time():
-        forecast = await _forecast(memo, source, mspec, namespace, name, now)
+        at_zero = sum(e["replicas"] for e in current.values()) == 0
+        forecast = await _forecast(memo, source, mspec, namespace, name, now, at_zero)
 
     applied = memo_applied(memo)
     for vs in st.get("variants") or []:  # after a restart: what we decided last is in the status

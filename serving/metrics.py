@@ -90,9 +90,15 @@ class ServingMetrics:
         self.model_loaded_bytes.labels(**self.c(model=model)).set(0)
 
     def declare_model(self, model: str) -> None:
-        """Export the 0-valued per-model series up front so dashboards see every configured model."""
+        """Export the 0-valued per-model series up front so dashboards see every configured model.
+
+        The request counter (code 200) and the latency histogram start at zero too: an idle replica then
+        reports a request rate of 0 instead of no series at all, which an autoscaler would have to
+        treat as "unknown"."""
         self.model_loaded.labels(**self.c(model=model)).set(0)
         self.model_loaded_bytes.labels(**self.c(model=model)).set(0)
+        self.requests.labels(**self.c(model=model, code="200"))
+        self.request_duration.labels(**self.c(model=model))
 
     def set_resident(self, count: int) -> None:
         self.models_loaded.labels(**self._c).set(count)

@@ -302,7 +302,9 @@ async def test_two_servers_have_separate_registries(make_client):
         ta = await (await a.get("/metrics")).text()
         tb = await (await b.get("/metrics")).text()
         assert 'modeldeployment="one"' in ta and 'modeldeployment="two"' not in ta
-        assert "elastiserve_requests_total{" not in tb
+        # b served nothing: its counters exist (declared at zero) but count no request.
+        assert 'elastiserve_requests_total{code="200",model="alpha",modeldeployment="one",variant="fp32"} 1.0' in ta
+        assert 'elastiserve_requests_total{code="200",model="alpha",modeldeployment="two",variant="fp32"} 0.0' in tb
     finally:
         await a.close()
         await b.close()
