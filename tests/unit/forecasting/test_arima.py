@@ -223,3 +223,16 @@ def test_coarser_window_sets_the_step():
     f = ArimaForecaster(spec())
     out = f.update(window(y, step=900), at(len(y) - 1, step=900))
     assert f.step == 900 and out.ready and out.points[0].offset_seconds == 900
+
+
+def test_idle_stretches_do_not_count_as_200_percent_errors():
+    """sMAPE against a near-zero forecast at night is measured against the typical level, not zero."""
+    from elastiserve.forecasting.base import ErrorTracker
+
+    tracker = ErrorTracker(window=10)
+    tracker.floor = 0.05 * 20.0  # typical level 20 qps
+    labels = np.arange(5, dtype=np.int64)
+    for label in labels:
+        tracker.predict(int(label), 0.1)  # the model expects a trickle at night
+    tracker.realise(labels, np.zeros(5))  # nothing came
+    assert tracker.smape is not None and tracker.smape < 0.15
