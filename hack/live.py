@@ -19,8 +19,11 @@ from demo import (
 )
 
 CACHE = Path(os.environ.get("ELASTISERVE_CACHE") or Path.home() / ".cache" / "elastiserve")
-LEAD = float(os.environ.get("DEMO_LEAD", "60"))
+LEAD = float(os.environ.get("DEMO_LEAD", "45"))
 """Seconds from the backfill to the start of the live load (the stack starts in between)."""
+START_PHASE = 0.25
+"""Where in the compressed day the live load starts: late in the night, so the unrecorded gap between
+the backfill and the live load (LEAD seconds) is a stretch of night, as it really was."""
 
 
 @dataclass
@@ -88,7 +91,7 @@ def start_prometheus(stack: Stack, curve, origin: float, twins_dir: Path, ports:
     # The history continues the same curve the live load will follow (one clock: `origin`), so the
     # forecaster's daily pattern lines up with what comes next.
     text = history_openmetrics(
-        lambda w: curve(w - origin), end=now - 60, seconds=86400, step=5,  # 3 samples in the 15 s rate window
+        lambda w: curve(w - origin), end=now - 5, seconds=86400, step=5,  # 3 samples in the 15 s rate window
         labels={"namespace": NAMESPACE, "modeldeployment": MDEP, "variant": "fp32", "model": "minilm", "code": "200",
                 "job": "history"},
     )
@@ -124,8 +127,9 @@ def run_live(stack: Stack) -> None:
     shutil.rmtree(twins_dir, ignore_errors=True)
     twins_dir.mkdir(parents=True, exist_ok=True)
     (twins_dir / "targets.json").write_text("[]")
-    # The live load starts at the beginning of a night: about LEAD seconds from now, when the stack is up.
-    origin = time.time() + LEAD
+    # The live load starts late in a night, about LEAD seconds from now, when the stack is up; `origin`
+    # is the start of that (compressed) day on the wall clock.
+    origin = time.time() + LEAD - START_PHASE * stack.period
     prom = start_prometheus(stack, curve, origin, twins_dir, ports)
 
     say("step 5/7: the ModelDeployment (fp32 primary, INT8 burst, forecasting on, scale to zero on)")
@@ -169,11 +173,12 @@ def _status(cluster) -> dict:
 
 def drive(stack: Stack, cluster, curve, origin: float, twins_dir: Path, ports, LoadGen) -> Timeline:
     timeline = Timeline()
-    if time.time() < origin:
-        time.sleep(origin - time.time())  # start on the planned phase (the night), never early
+    start = origin + START_PHASE * stack.period
+    if time.time() < start:
+        time.sleep(start - time.time())  # start on the planned phase (late night), never early
     offset = time.time() - origin
-    if offset > 0.25 * stack.period:
-        say(f"note: the stack took {offset:.0f} s longer than planned; the cycle starts {offset:.0f} s in")
+    if offset > (START_PHASE + 0.05) * stack.period:
+        say(f"note: the stack took longer than planned; the load starts {offset:.0f} s into the cycle")
     phase = lambda t: curve(t + offset)  # noqa: E731
     gen = LoadGen(f"{NAMESPACE}/{MDEP}", "minilm", twins_dir / "endpoints.json",
                   f"http://127.0.0.1:{ports['activator']}", phase, stack.duration)
