@@ -504,22 +504,23 @@ async def route(
 ) -> str:
     """Point the public Service at the activator while at zero, and back at the pods once one is ready."""
     activator = getattr(memo, "activator", None)  # (addresses, port) from --activator-service
+    kube = _kube(memo)
+    has_ready = sum(obs.ready.values()) > 0
+    if routing == "activator" and (has_ready or not mspec.scale_to_zero.enabled or activator is None):
+        # A replica is ready, or scale-to-zero was switched off: the pods take the traffic again.
+        await kube.apply(builders.build_service(mspec, name, namespace, uid))
+        await kube.delete("EndpointSlice", namespace, f"{name}-activator")
+        kopf.info(body, reason="RoutedToPods", message="the Service points at the pods again")
+        return "pods"
     if not mspec.scale_to_zero.enabled or activator is None:
         return routing or "pods"
-    kube = _kube(memo)
     addresses, port = activator
     at_zero = sum(desired.values()) == 0 and sum(obs.ready.values()) == 0
-    has_ready = sum(obs.ready.values()) > 0
     if routing != "activator" and at_zero:
         await kube.apply(builders.build_service_to_activator(mspec, name, namespace, uid))
         await kube.apply(builders.build_activator_slice(name, namespace, uid, addresses, port))
         kopf.info(body, reason="RoutedToActivator", message="no replicas: Service now points at the activator")
         return "activator"
-    if routing == "activator" and has_ready:
-        await kube.apply(builders.build_service(mspec, name, namespace, uid))
-        await kube.delete("EndpointSlice", namespace, f"{name}-activator")
-        kopf.info(body, reason="RoutedToPods", message="a replica is ready: Service points at the pods again")
-        return "pods"
     return routing or "pods"
 
 

@@ -21,10 +21,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     # Requests: fail fast and retry instead of hanging a handler on a stuck API server.
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
-    # kopf's bookkeeping lives in annotations under our own prefix: the status schema is structural
-    # and would prune anything kopf wrote there.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="elastiserve.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="elastiserve.dev", key="last-handled")
+    # kopf's bookkeeping lives in annotations under a prefix of its own: the status schema is structural
+    # and would prune anything kopf wrote there. The prefix must not be `elastiserve.dev` itself: kopf
+    # leaves annotations under its prefix out of the diff, and the activator's wake-up signal
+    # (`elastiserve.dev/activate`) must reach the field handler.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.elastiserve.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kopf.elastiserve.dev", key="last-handled"
+    )
     settings.persistence.finalizer = "elastiserve.dev/finalizer"
     # Events: post them (users read them with kubectl describe), but not for every debug line.
     settings.posting.level = logging.INFO
