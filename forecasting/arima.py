@@ -223,12 +223,8 @@ class ArimaForecaster:
         return f"history {have} of {need} steps of {self.step} s ({what}){notes}"
 
     def _set_floor(self) -> None:
-        # The floor is a share of the *typical* level over the whole history, not the recent one: at
-        # night the recent level is zero, and every near-zero forecast would then count as a 200 % error.
         assert self.series is not None
-        values = self.series.values
-        level = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
-        self.tracker.floor = max(0.05 * abs(level), 1e-9)
+        self.tracker.set_floor_from(self.series.values)
 
     def _refit_due(self, end_label: int) -> bool:
         fit = self.fit

@@ -167,6 +167,12 @@ class ErrorTracker:
         self.terms: deque[float] = deque(maxlen=self.window)
         self.floor = 1e-9
 
+    def set_floor_from(self, history: np.ndarray) -> None:
+        """Floor = 5 % of the *typical* level over the whole history, not the recent one: at night the
+        recent level is zero, and every near-zero forecast would then count as a 200 % error."""
+        level = float(np.nanmean(history)) if np.isfinite(history).any() else 0.0
+        self.floor = max(0.05 * abs(level), 1e-9)
+
     def predict(self, label: int, value: float) -> None:
         self.predictions[int(label)] = float(value)
 

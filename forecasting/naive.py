@@ -72,9 +72,7 @@ class NaiveForecaster:
             return not_ready(now, self.method, "no complete step of data yet", self.spec.quantile)
         if len(new):
             labels = first + self.step * np.arange(len(new), dtype=np.int64)
-            values = series.values  # typical level over the whole history (see ArimaForecaster._set_floor)
-            level = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
-            self.tracker.floor = max(0.05 * abs(level), 1e-9)
+            self.tracker.set_floor_from(series.values)
             self.tracker.realise(labels, new)
             self._cached = None
         origin = from_epoch(series.end_label)
