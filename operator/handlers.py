@@ -641,9 +641,5 @@ async def restore_replicas(
         f"Change spec.replicas.min/max of ModelDeployment {mdep} instead."
     )
     logger.warning(message)
-    target = body if body.get("kind") == "Deployment" else None
-    if target is not None:
-        kopf.warn(target, reason="ReplicasRestored", message=message)
-    else:
-        kopf.warn(body, reason="ReplicasRestored", message=message)
+    kopf.warn(body, reason="ReplicasRestored", message=message)  # on the Deployment, or the ModelDeployment
     return True
