@@ -40,6 +40,12 @@ TICK_SECONDS = 5.0
 MANAGED = {builders.LABEL_MANAGED: builders.MANAGER}
 
 
+def notice(body: Any, *, reason: str, message: str) -> None:
+    """A Normal Event. (kopf.info obeys settings.posting.level, which is WARNING so that kopf's own
+    per-tick "succeeded" lines never become Events; our Normal Events must still be posted.)"""
+    kopf.event(body, type="Normal", reason=reason, message=message)
+
+
 def _now(memo: Any) -> datetime:
     clock = getattr(memo, "clock", None)
     return clock() if clock else datetime.now(timezone.utc)
@@ -447,14 +453,14 @@ async def _cycle(
                                                plan.status.message or "no rollout", now, generation)
     if plan.event:
         reason, message = plan.event
-        (kopf.warn if reason == "RolloutRolledBack" else kopf.info)(body, reason=reason, message=message[:1000])
+        (kopf.warn if reason == "RolloutRolledBack" else notice)(body, reason=reason, message=message[:1000])
     patch.status["phase"] = "ScaledToZero" if sum(decision.desired.values()) == 0 else (
         "Scaling" if changed or obs.ready != obs.replicas else "Ready"
     )
     if changed:
         patch.status["lastScaleTime"] = iso(now)
         patch.status["lastScaleReason"] = summary[:1024]
-        kopf.info(body, reason="ScaledToZero" if decision.scale_to_zero else "Scaled", message=summary[:1000])
+        notice(body, reason="ScaledToZero" if decision.scale_to_zero else "Scaled", message=summary[:1000])
         logger.info(f"scaled: {summary}")
     else:
         logger.debug(f"hold: {summary}")
@@ -462,7 +468,7 @@ async def _cycle(
     if not decision.metrics_available and (was is None or was.get("status") != "False"):
         kopf.warn(body, reason="MetricsUnavailable", message=summary[:1000])
     if decision.metrics_available and was is not None and was.get("status") == "False":
-        kopf.info(body, reason="MetricsRecovered", message="metrics are back; scaling resumed")
+        notice(body, reason="MetricsRecovered", message="metrics are back; scaling resumed")
     _export(namespace, name, mspec, decision, obs, snapshot, forecast, now)
     telemetry.RECONCILE_SECONDS.labels("cycle").observe(time.perf_counter() - started)
 
@@ -510,7 +516,7 @@ async def route(
         # A replica is ready, or scale-to-zero was switched off: the pods take the traffic again.
         await kube.apply(builders.build_service(mspec, name, namespace, uid))
         await kube.delete("EndpointSlice", namespace, f"{name}-activator")
-        kopf.info(body, reason="RoutedToPods", message="the Service points at the pods again")
+        notice(body, reason="RoutedToPods", message="the Service points at the pods again")
         return "pods"
     if not mspec.scale_to_zero.enabled or activator is None:
         return routing or "pods"
@@ -519,7 +525,7 @@ async def route(
     if routing != "activator" and at_zero:
         await kube.apply(builders.build_service_to_activator(mspec, name, namespace, uid))
         await kube.apply(builders.build_activator_slice(name, namespace, uid, addresses, port))
-        kopf.info(body, reason="RoutedToActivator", message="no replicas: Service now points at the activator")
+        notice(body, reason="RoutedToActivator", message="no replicas: Service now points at the activator")
         return "activator"
     return routing or "pods"
 
