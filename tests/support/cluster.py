@@ -214,7 +214,16 @@ def start_cluster(state_dir: Path | None = None) -> LocalCluster:
     state = state_dir or cluster_state_dir()
     env = _base_env(state)
     run_cluster_sh("build", env=env, timeout=BUILD_TIMEOUT_S, stream=True)
-    run_cluster_sh("up", env=env, timeout=UP_TIMEOUT_S)
+    try:
+        run_cluster_sh("up", env=env, timeout=UP_TIMEOUT_S)
+    except ClusterError as first:
+        # Seen once on a busy machine: etcd exited during start-up with an empty log (a port chosen
+        # free and taken before etcd bound it, most likely). `up` cleans up after itself; one retry
+        # with freshly chosen ports, then give up with both errors.
+        try:
+            run_cluster_sh("up", env=env, timeout=UP_TIMEOUT_S)
+        except ClusterError as second:
+            raise ClusterError(f"{second}\n(first attempt: {first})") from first
     exports = parse_env_exports(run_cluster_sh("env", env=env, timeout=60).stdout)
     kubeconfig = Path(exports["KUBECONFIG"])
     bin_dir = Path(exports["ELASTISERVE_BIN_DIR"])
