@@ -85,6 +85,8 @@ class PodTwins:
     extra_env: dict[str, str] = field(default_factory=dict)
     twins: dict[str, Twin] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
+    """Set by stop_all: a sync still running in another thread must not start new processes after it."""
 
     def __post_init__(self) -> None:
         from kubernetes import client as k8s
@@ -170,6 +172,8 @@ class PodTwins:
         }
         changed = False
         with self.lock:
+            if self.closed:
+                return False
             for name, pod in running.items():
                 if name not in self.twins:
                     self.twins[name] = self._start(pod)
@@ -203,6 +207,7 @@ class PodTwins:
 
     def stop_all(self) -> None:
         with self.lock:
+            self.closed = True
             for twin in self.twins.values():
                 self._stop(twin)
             self.twins.clear()
