@@ -259,7 +259,10 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as exc:  # one line for the user; the details are in the logs folder
-        print(f"[demo] error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        lines = str(exc).splitlines()
+        # The first line says what failed; an "ERROR:" line from a hack/ script says why.
+        why = [ln.strip() for ln in lines[1:] if "ERROR:" in ln][-1:]
+        print(f"[demo] error: {type(exc).__name__}: {' '.join((lines[:1] or ['']) + why)}"
               f" (logs: {stack.out / 'logs'}); tearing down", file=sys.stderr, flush=True)
         import traceback
 

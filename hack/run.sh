@@ -28,13 +28,22 @@ pid_of() {
   [[ -f "${f}" ]] && cat "${f}"
 }
 
+# Does pid $1 run component $2 of *this* cluster? Every component's command line names a path under
+# ${STATE}, so a recycled pid (pid_max can be 32768) running something else, or another cluster's
+# component, does not count.
+runs_component() {
+  local cmd
+  [[ -r "/proc/$1/cmdline" ]] || return 1
+  cmd=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+  [[ "${cmd}" == *"$2"* && "${cmd}" == *"${STATE}/"* ]]
+}
+
 # Is component $1 alive? (its pid exists and still runs the binary we started)
 alive() {
   local pid
   pid=$(pid_of "$1" 2>/dev/null) || return 1
   [[ -n "${pid}" ]] || return 1
-  [[ -r "/proc/${pid}/cmdline" ]] || return 1
-  tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -q -- "$1"
+  runs_component "${pid}" "$1"
 }
 
 any_alive() {
@@ -59,6 +68,14 @@ start_proc() {
   setsid "$@" </dev/null >>"${logf}" 2>&1 9>&- &
   local pid=$!
   echo "${pid}" >"${STATE}/pids/${name}.pid"
+  # Until the forked shell has exec'd the binary its /proc cmdline is still ours, and `alive` would
+  # call a healthy component dead ("exited during startup" with an empty log). Wait for the exec.
+  local deadline=$(($(now_s) + 10))
+  until runs_component "${pid}" "${name}"; do
+    pid_running "${pid}" || break
+    (($(now_s) < deadline)) || break
+    sleep 0.05
+  done
   log "started ${name} (pid ${pid}, log ${logf})"
 }
 
@@ -79,22 +96,25 @@ stop_procs() {
     [[ -n "${pid}" ]] || continue
     if alive "${name}"; then
       kill -TERM "${pid}" 2>/dev/null || true
+      pids+=("${pid}")
+    else
+      # stale pid file: that pid may since belong to someone else; never signal it
+      pids+=("")
     fi
-    pids+=("${pid}")
     names+=("${name}")
   done
   local deadline=$(($(now_s) + 15)) i running
   while (($(now_s) < deadline)); do
     running=0
     for pid in "${pids[@]}"; do
-      pid_running "${pid}" && running=1
+      [[ -n "${pid}" ]] && pid_running "${pid}" && running=1
     done
     ((running)) || break
     sleep 0.1
   done
   for i in "${!pids[@]}"; do
     pid=${pids[i]}
-    if kill -0 -- "-${pid}" 2>/dev/null; then
+    if [[ -n "${pid}" ]] && kill -0 -- "-${pid}" 2>/dev/null; then
       kill -KILL -- "-${pid}" 2>/dev/null || true
     fi
     rm -f "${STATE}/pids/${names[i]}.pid"

@@ -172,10 +172,13 @@ async def apply_owned(
                 # Only a new Deployment gets replicas in its template; afterwards the scaler owns them.
                 obj["spec"]["replicas"] = initial[variant]
                 created.append(variant)
+                # Known before the Deployment exists: a hand edit seen while we finish creating it is
+                # drift to restore (with its Event), not an unknown value to adopt silently.
+                memo_applied(memo)[(namespace, name, variant)] = initial[variant]
     await kube.apply_all(objs)
     for variant in created:
-        await kube.apply(builders.build_replicas(name, namespace, variant, initial[variant]), SCALER_MANAGER)
-        memo_applied(memo)[(namespace, name, variant)] = initial[variant]
+        if memo_applied(memo).get((namespace, name, variant)) == initial[variant]:
+            await kube.apply(builders.build_replicas(name, namespace, variant, initial[variant]), SCALER_MANAGER)
     wanted = {v.name for v in mspec.variants}
     for variant, entry in current.items():
         if variant not in wanted:
