@@ -7,6 +7,11 @@
   requests arrives together: single flight on asyncio), keeps resident models under a byte
   budget with LRU eviction, unloads models idle for longer than ``idle_seconds`` (time comes
   from an injected ``clock``), and refuses a model larger than the whole budget up front.
+* :meth:`ModelCache.switch` hot-switches one sub-model to a new URI/version: the new version is
+  loaded next to the old one (both accounted), then the registry entry is swapped in one step;
+  requests holding a lease on the old session finish on it, and it is released with the last lease.
+* :class:`ModelsFileWatcher` polls a ``name=uri`` file (a mounted ConfigMap) and switches the
+  models whose URI changed.
 
 Memory accounting is the artifact's file size times ``bytes_factor`` (ORT's in-memory size
 tracks the initializer bytes closely; the factor lets an operator account for overhead).
@@ -86,6 +91,29 @@ class ModelTooLarge(ServingError):
 class BudgetExhausted(ServingError):
     status = 503
     code = "budget_exhausted"
+
+
+class SwitchFailed(ServingError):
+    """A hot switch did not happen; the previously active version keeps serving."""
+
+    status = 409
+    code = "switch_failed"
+
+    def __init__(self, name: str, reason: str, *, active_version: str | None, requested_version: str | None,
+                 cause: ServingError | None = None):
+        self.name, self.reason = name, reason
+        self.active_version, self.requested_version = active_version, requested_version
+        self.cause = cause
+        if isinstance(cause, BudgetExhausted):
+            self.status = 503  # transient: loads in progress hold the budget
+        keeps = (f"version {active_version!r} keeps serving" if active_version is not None
+                 else "the model was not loaded")
+        super().__init__(f"model {name!r}: switch to version {requested_version!r} failed ({keeps}): {reason}")
+
+    def payload(self) -> dict:
+        return {**super().payload(), "model": self.name, "reason": self.reason,
+                "active_version": self.active_version, "requested_version": self.requested_version,
+                "cause": self.cause.code if self.cause is not None else None}
 
 
 class ModelLoadError(ServingError):
@@ -308,6 +336,82 @@ def parse_model_pairs(items: Iterable[str]) -> dict[str, str | None]:
     return out
 
 
+def parse_models_text(text: str) -> dict[str, str | None]:
+    """The content of a ``--models-file``: ``name=uri`` lines (same syntax as ``--model``; comma lists
+    allowed), blank lines and ``#`` comments ignored."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    return parse_model_pairs([ln for ln in lines if ln and not ln.startswith("#")])
+
+
+def read_models_file(path: str | Path) -> dict[str, str | None] | None:
+    """Parse a ``--models-file``; None when it does not exist (yet). Unparsable content raises
+    :class:`ServingError` (the server refuses to start with it)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return parse_models_text(text)
+    except ValueError as e:
+        raise ServingError(f"models file {path}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------
+# versions
+# --------------------------------------------------------------------------------------
+DEFAULT_VERSION = "1"
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$")
+# a URI segment that names a version: "v2", "2", "v1.3.0", "2024-05-01"
+_VERSION_SEGMENT_RE = re.compile(r"^v?[0-9][A-Za-z0-9._+-]{0,62}$")
+
+
+def valid_version(version: str) -> bool:
+    return isinstance(version, str) and bool(_VERSION_RE.match(version))
+
+
+def version_from_location(location: str) -> str | None:
+    """The version named by the last directory of a model URI (``.../enc/v2`` or ``.../enc/v2/model.onnx``
+    -> ``v2``; ``.../enc/3`` -> ``3``), or None when that segment does not look like a version."""
+    path = urlsplit(location).path if "://" in location else location
+    segs = [seg for seg in path.replace("\\", "/").split("/") if seg]
+    if segs and segs[-1].endswith(".onnx"):
+        segs = segs[:-1]
+    if segs and _VERSION_SEGMENT_RE.match(segs[-1]):
+        return segs[-1]
+    return None
+
+
+def _manifest_version(model: Any) -> str | None:
+    man = getattr(model, "manifest", None)
+    v = man.get("version") if isinstance(man, dict) else None
+    return str(v) if v is not None and valid_version(str(v)) else None
+
+
+class InvalidVersion(ServingError):
+    status = 400
+    code = "invalid_version"
+
+
+@dataclass
+class SwitchResult:
+    """Outcome of :meth:`ModelCache.switch`."""
+
+    name: str
+    version: str
+    previous_version: str
+    location: str
+    loaded: bool  # the active version is resident now
+    switched: bool  # a different session (or URI) is active now
+    seconds: float = 0.0
+    bytes: int | None = None
+    old_leases: int = 0  # requests still running on the previous session when it was swapped out
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "version": self.version, "previous_version": self.previous_version,
+                "location": self.location, "loaded": self.loaded, "switched": self.switched,
+                "seconds": round(self.seconds, 6), "bytes": self.bytes, "old_leases": self.old_leases}
+
+
 # --------------------------------------------------------------------------------------
 # the cache
 # --------------------------------------------------------------------------------------
@@ -332,6 +436,9 @@ class Entry:
     in_use: int = 0
     source: ModelSource | None = None
     load_seconds: float = 0.0
+    version: str = "1"
+    retiring: bool = False  # replaced by a hot switch; released when its last lease ends
+    batcher: Any = None  # the server's micro-batcher bound to this entry's model
 
 
 @dataclass
@@ -343,6 +450,8 @@ class CacheStats:
     evictions: int = 0
     idle_unloads: int = 0
     replaced: int = 0
+    switches: int = 0
+    switch_errors: int = 0
     load_seconds: list[float] = field(default_factory=list)
 
 
@@ -376,9 +485,16 @@ class ModelCache:
         self.last_error: dict[str, str] = {}
         self.stats = CacheStats()
         self._trim = trim_after_unload
+        self.versions: dict[str, str] = {}  # explicit version labels given to switch()
+        self._seen_versions: dict[str, tuple[ModelSource, str]] = {}  # version found at the last load
+        self._retiring: list[Entry] = []  # swapped-out sessions still serving leased requests
+        self._switch_locks: dict[str, asyncio.Lock] = {}
+        self._published: dict[str, str] = {}
+        self.last_switch_error: dict[str, str] = {}
         if metrics is not None:
             for name in self.sources:
                 metrics.declare_model(name)
+                self._publish_version(name)
 
     # -- introspection ----------------------------------------------------------------------
     def known(self) -> list[str]:
@@ -389,7 +505,45 @@ class ModelCache:
 
     @property
     def resident_bytes(self) -> int:
-        return sum(e.nbytes for e in self._resident.values())
+        """Accounted bytes of the resident models, plus swapped-out versions still serving a request."""
+        return sum(e.nbytes for e in self._resident.values()) + sum(e.nbytes for e in self._retiring)
+
+    @property
+    def retiring_bytes(self) -> int:
+        return sum(e.nbytes for e in self._retiring)
+
+    def version_of(self, name: str) -> str:
+        """The active version: the resident entry's, else the explicit label, else the one named by the
+        URI, else the one the manifest gave at the last load of this URI, else ``1``."""
+        self._check_known(name)
+        e = self._resident.get(name)
+        if e is not None:
+            return e.version
+        src = self.sources[name]
+        seen = self._seen_versions.get(name)
+        return (self.versions.get(name) or version_from_location(src.location)
+                or (seen[1] if seen and seen[0] == src else None) or DEFAULT_VERSION)
+
+    def _derive_version(self, name: str, src: ModelSource, model: Any) -> str:
+        v = self.versions.get(name) or version_from_location(src.location) or _manifest_version(model)
+        if v:
+            self._seen_versions[name] = (src, v)
+        return v or DEFAULT_VERSION
+
+    def _publish_version(self, name: str) -> None:
+        if self.metrics is None or not hasattr(self.metrics, "set_version"):
+            return
+        v = self.version_of(name)
+        old = self._published.get(name)
+        if v != old:
+            self.metrics.set_version(name, v, old)
+            self._published[name] = v
+
+    def _publish_bytes(self, name: str) -> None:
+        if self.metrics is None or not hasattr(self.metrics, "set_model_bytes"):
+            return
+        e = self._resident.get(name)
+        self.metrics.set_model_bytes(name, (e.nbytes if e else 0) + sum(r.nbytes for r in self._retiring if r.name == name))
 
     def is_loaded(self, name: str) -> bool:
         return name in self._resident
@@ -399,7 +553,14 @@ class ModelCache:
         e = self._resident.get(name)
         return {"name": name, "loaded": e is not None, "loading": name in self._loading,
                 "bytes": e.nbytes if e else None, "pinned": bool(e and e.pinned),
-                "last_error": self.last_error.get(name), "location": self.sources[name].location}
+                "last_error": self.last_error.get(name), "location": self.sources[name].location,
+                "version": self.version_of(name), "switching": self._switching(name),
+                "retiring_sessions": sum(1 for r in self._retiring if r.name == name),
+                "last_switch_error": self.last_switch_error.get(name)}
+
+    def _switching(self, name: str) -> bool:
+        lock = self._switch_locks.get(name)
+        return bool(lock and lock.locked())
 
     def _check_known(self, name: str) -> None:
         if name not in self.sources:
@@ -432,6 +593,8 @@ class ModelCache:
             self._loading[name] = task
         # shield: a cancelled waiter (client went away) must not cancel the shared load
         e = await asyncio.shield(task)
+        if e.model is None or e.retiring:  # swapped out or evicted before this waiter resumed
+            e = self._resident.get(name, e)
         self._touch(e)
         return e, False
 
@@ -505,11 +668,15 @@ class ModelCache:
             if new is None or new != self.sources.get(name):
                 self.unload(name, "replaced")
                 replaced.append(name)
+        for name in list(self.versions):
+            if sources.get(name) != self.sources.get(name):
+                del self.versions[name]
         self.sources = dict(sources)
         if self.metrics:
             for name in self.sources:
                 if name not in self._resident:
                     self.metrics.declare_model(name)
+                self._publish_version(name)
         return replaced
 
     async def reload(self, name: str) -> Entry:
@@ -521,14 +688,199 @@ class ModelCache:
         e.pinned = pinned
         return e
 
+    # -- hot switch ---------------------------------------------------------------------------
+    async def switch(self, name: str, source: ModelSource | None = None, version: str | None = None) -> SwitchResult:
+        """Make ``source`` (default: the current URI, i.e. reload it) the active version of ``name``.
+
+        * resident: the new version is loaded *next to* the old one (both accounted against the budget;
+          idle other models are evicted as usual), then the registry entry is swapped without an await
+          in between, so every request sees either the old or the new session. Requests holding a lease
+          on the old session finish on it; it is released when its last lease ends.
+        * not resident: only the URI (and label) change after a cheap existence check (stat); the next
+          load uses it. With ``source=None`` the current version is loaded now.
+        * any failure raises :class:`SwitchFailed`; the old version stays active and keeps serving.
+
+        ``version`` labels the new version (default: from the URI, else the manifest, else ``1``).
+        Switches of one model are serialised; different models switch independently.
+        """
+        self._check_known(name)
+        if version is not None and not valid_version(version):
+            raise InvalidVersion(f"invalid version {version!r}: 1-63 letters, digits, '.', '_', '+' or '-', "
+                                 "starting with a letter or digit")
+        if source is not None and source.name != name:
+            source = ModelSource(name, source.location, source.remote)
+        lock = self._switch_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            return await self._switch(name, source, version)
+
+    async def _switch(self, name: str, source: ModelSource | None, version: str | None) -> SwitchResult:
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        while True:
+            pending = self._loading.get(name)
+            if pending is not None:  # a lazy load in progress finishes first (its waiters get that version)
+                await asyncio.gather(asyncio.shield(pending), return_exceptions=True)
+            old_src = self.sources[name]
+            new_src = source or old_src
+            label = version or (self.versions.get(name) if source is None else None)
+            requested = label or version_from_location(new_src.location)
+            previous = self.version_of(name)
+            old = self._resident.get(name)
+            if old is not None:
+                return await self._switch_resident(name, old, old_src, new_src, label, requested, previous, t0)
+            if source is None:  # nothing resident: "load the current version now"
+                before = self.versions.get(name)
+                if version is not None:
+                    self.versions[name] = version
+                try:
+                    e, _ = await self.get(name, count=False)
+                except ServingError as err:
+                    if before is None:
+                        self.versions.pop(name, None)
+                    else:
+                        self.versions[name] = before
+                    raise self._switch_error(name, str(err), None, requested, err) from err
+                self._publish_version(name)
+                return SwitchResult(name, e.version, previous, old_src.location, loaded=True, switched=True,
+                                    seconds=time.perf_counter() - t0, bytes=e.nbytes)
+            # not resident: re-point only (after checking that the artifact is there)
+            try:
+                await loop.run_in_executor(self.executor, self._sizer, new_src, self.variant)
+            except ServingError as err:
+                raise self._switch_error(name, str(err), None, requested, err) from err
+            except Exception as err:
+                raise self._switch_error(name, f"{type(err).__name__}: {err}", None, requested) from err
+            if name in self._loading or name in self._resident:
+                continue  # a request started loading the old version meanwhile: switch beside it
+            self._set_source(name, new_src, label)
+            log.info("model %s now points at %s (version %s; not resident, loads on first use)",
+                     name, new_src.location, self.version_of(name))
+            return SwitchResult(name, self.version_of(name), previous, new_src.location, loaded=False,
+                                switched=new_src != old_src or self.version_of(name) != previous,
+                                seconds=time.perf_counter() - t0)
+
+    async def _switch_resident(self, name: str, old: Entry, old_src: ModelSource, new_src: ModelSource,
+                               label: str | None, requested: str | None, previous: str, t0: float) -> SwitchResult:
+        loop = asyncio.get_running_loop()
+        reserved = 0
+        try:
+            raw = await loop.run_in_executor(self.executor, self._sizer, new_src, self.variant)
+            nbytes = int(raw * self.bytes_factor)
+            if nbytes > self.budget:
+                if self.metrics:
+                    self.metrics.on_load(name, "refused")
+                raise ModelTooLarge(name, nbytes, self.budget)
+            if nbytes + old.nbytes > self.budget:
+                raise self._switch_error(
+                    name, f"the new version needs {nbytes} bytes next to the old version's {old.nbytes} bytes "
+                          f"({nbytes + old.nbytes} together) but the memory budget is {self.budget} bytes; "
+                          f"raise --memory-budget to at least {nbytes + old.nbytes} for a hot switch",
+                    previous, requested)
+            self._make_room(name, nbytes, exclude=(name,))
+            self._reserved += nbytes
+            reserved = nbytes
+            model = await loop.run_in_executor(self.executor, self._loader, new_src, self.variant)
+            self._reserved -= reserved
+            reserved = 0
+            if self.sources.get(name) != old_src:
+                raise ModelLoadError(name, "model was reconfigured during the switch")
+            self._make_room(name, nbytes, exclude=(name,))
+            # ---- the swap: no await from here to the return --------------------------------------
+            dt = time.perf_counter() - t0
+            now = self.clock()
+            prev = self._resident.get(name)  # normally `old`; None if it was evicted meanwhile
+            self._set_source(name, new_src, label)
+            e = Entry(name, model, nbytes, now, now, pinned=old.pinned, source=new_src, load_seconds=dt,
+                      version=self._derive_version(name, new_src, model))
+            self._resident[name] = e
+            self._resident.move_to_end(name)
+            leases = 0
+            if prev is not None:
+                leases = prev.in_use
+                self._retire(prev)
+            self.stats.loads += 1
+            self.stats.switches += 1
+            self.stats.load_seconds.append(dt)
+            self.last_error.pop(name, None)
+            self.last_switch_error.pop(name, None)
+            if self.metrics:
+                self.metrics.on_load(name, "success", dt, nbytes)
+                self.metrics.set_resident(len(self._resident))
+                if hasattr(self.metrics, "on_switch"):
+                    self.metrics.on_switch(name, "success")
+                self._publish_bytes(name)
+                self._publish_version(name)
+            log.info("model %s switched %s -> %s in %.3fs (%d bytes; %d request(s) finishing on the old version)",
+                     name, previous, e.version, dt, nbytes, leases)
+            return SwitchResult(name, e.version, previous, new_src.location, loaded=True, switched=True,
+                                seconds=dt, bytes=nbytes, old_leases=leases)
+        except SwitchFailed:
+            raise
+        except ServingError as err:
+            if self.metrics and not isinstance(err, (ModelTooLarge, BudgetExhausted)):
+                self.metrics.on_load(name, "error", time.perf_counter() - t0)
+            raise self._switch_error(name, str(err), previous, requested, err) from err
+        except Exception as err:  # a loader that raised something unexpected
+            if self.metrics:
+                self.metrics.on_load(name, "error", time.perf_counter() - t0)
+            raise self._switch_error(name, f"{type(err).__name__}: {err}", previous, requested) from err
+        finally:
+            self._reserved -= reserved
+
+    def _switch_error(self, name: str, reason: str, active: str | None, requested: str | None,
+                      cause: ServingError | None = None) -> SwitchFailed:
+        err = SwitchFailed(name, reason, active_version=active, requested_version=requested, cause=cause)
+        self.stats.switch_errors += 1
+        self.last_switch_error[name] = str(err)
+        if self.metrics and hasattr(self.metrics, "on_switch"):
+            self.metrics.on_switch(name, "error")
+        log.error("%s", err)
+        return err
+
+    def _set_source(self, name: str, src: ModelSource, label: str | None) -> None:
+        self.sources[name] = src
+        if label:
+            self.versions[name] = label
+        else:
+            self.versions.pop(name, None)
+        self._publish_version(name)
+
+    def _retire(self, e: Entry) -> None:
+        e.retiring = True
+        if e.in_use == 0:
+            self._release_retired(e)
+        else:
+            self._retiring.append(e)
+
+    def _release_retired(self, e: Entry) -> None:
+        """The last request on a swapped-out session finished: free it."""
+        if e in self._retiring:
+            self._retiring.remove(e)
+        e.model = None
+        e.batcher = None
+        self.stats.replaced += 1
+        if self.metrics:
+            if hasattr(self.metrics, "on_version_released"):
+                self.metrics.on_version_released(e.name)
+            self._publish_bytes(e.name)
+        log.info("released the previous version %s of %s (%d bytes)", e.version, e.name, e.nbytes)
+        if self._trim:
+            try:
+                asyncio.get_running_loop().run_in_executor(self.executor, _reclaim)
+            except RuntimeError:
+                _reclaim()
+
     def _touch(self, e: Entry) -> None:
         e.last_used = self.clock()
         if e.name in self._resident:
             self._resident.move_to_end(e.name)
 
-    def _make_room(self, name: str, nbytes: int) -> None:
-        """Evict least recently used models until ``nbytes`` fits. Called without awaiting in
-        between reservation and check, so concurrent loads cannot both take the last bytes."""
+    def _make_room(self, name: str, nbytes: int, exclude: Iterable[str] = ()) -> None:
+        """Evict least recently used models (never those in ``exclude``) until ``nbytes`` fits. Called
+        without awaiting in between reservation and check, so concurrent loads cannot both take the
+        last bytes."""
+        exclude = set(exclude)
+
         def over() -> int:
             return self.resident_bytes + self._reserved + nbytes - self.budget
 
@@ -540,7 +892,7 @@ class ModelCache:
             for victim, e in list(self._resident.items()):
                 if over() <= 0:
                     return
-                if e.in_use and not allow_in_use:
+                if (e.in_use and not allow_in_use) or victim in exclude:
                     continue
                 self.unload(victim, "evicted")
         if over() > 0:
@@ -566,10 +918,14 @@ class ModelCache:
             model = await loop.run_in_executor(self.executor, self._loader, src, self.variant)
             dt = time.perf_counter() - t0
             now = self.clock()
-            e = Entry(name, model, nbytes, now, now, source=src, load_seconds=dt)
+            e = Entry(name, model, nbytes, now, now, source=src, load_seconds=dt,
+                      version=self._derive_version(name, src, model))
             self._reserved -= reserved
             reserved = 0
             if self.sources.get(name) != src:  # reconfigured while loading: do not keep a stale model
+                current = self._resident.get(name)
+                if current is not None and current.source == self.sources.get(name):
+                    return current  # a hot switch installed the new version meanwhile: serve that one
                 raise ModelLoadError(name, "model was reconfigured while loading")
             self._make_room(name, nbytes)
             self._resident[name] = e
@@ -579,7 +935,9 @@ class ModelCache:
             if self.metrics:
                 self.metrics.on_load(name, "success", dt, nbytes)
                 self.metrics.set_resident(len(self._resident))
-            log.info("loaded %s in %.3fs (%d bytes)", name, dt, nbytes)
+                self._publish_bytes(name)
+                self._publish_version(name)
+            log.info("loaded %s version %s in %.3fs (%d bytes)", name, e.version, dt, nbytes)
             return e
         except ServingError as err:
             self._fail(name, err, t0)
@@ -605,6 +963,9 @@ class ModelCache:
         for name in list(self._resident):
             e = self._resident.pop(name)
             e.model = None
+        for e in self._retiring:
+            e.model = None
+        self._retiring.clear()
         for t in self._loading.values():
             t.cancel()
 
@@ -623,3 +984,104 @@ class _Lease:
         if self.entry is not None:
             self.entry.in_use -= 1
             self.entry.last_used = self.cache.clock()
+            if self.entry.retiring and self.entry.in_use == 0:
+                self.cache._release_retired(self.entry)
+
+
+# --------------------------------------------------------------------------------------
+# file trigger: a mounted ConfigMap of name=uri lines
+# --------------------------------------------------------------------------------------
+class ModelsFileWatcher:
+    """Polls a ``name=uri`` file (e.g. a ConfigMap mounted as a file) and hot-switches every model
+    whose line changed.
+
+    The file is read every ``interval`` seconds of ``clock`` (the content is compared, so a ConfigMap
+    update - an atomic symlink swap - and an in-place edit are both seen). Only lines that changed since
+    the last read trigger a switch, so a switch done through the HTTP API is not undone by an unrelated
+    edit. A failed switch is logged, kept in :attr:`errors` and retried only when the file changes
+    again. Unknown names, unparsable content and a missing file are reported and ignored: the server
+    keeps serving what it has.
+    """
+
+    def __init__(self, path: str | Path, store: ModelStore, cache: ModelCache, *, interval: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic):
+        if interval <= 0:
+            raise ValueError("the models file poll interval must be positive")
+        self.path = Path(path)
+        self.store, self.cache = store, cache
+        self.interval = float(interval)
+        self.clock = clock
+        self._last_check: float | None = None
+        self._content: str | None = None
+        self._pairs: dict[str, str | None] = {}
+        self.errors: dict[str, str] = {}
+        self.results: list[SwitchResult] = []
+
+    def prime(self) -> dict[str, str | None] | None:
+        """Take the current content as the baseline (the server started with it)."""
+        try:
+            self._content = self.path.read_text()
+        except FileNotFoundError:
+            self._content = None
+            return None
+        self._pairs = parse_models_text(self._content)
+        return dict(self._pairs)
+
+    async def poll(self, *, force: bool = False) -> list[SwitchResult]:
+        """Check the file if ``interval`` has passed on the clock (or ``force``); switch changed models."""
+        now = self.clock()
+        if not force and self._last_check is not None and now - self._last_check < self.interval:
+            return []
+        self._last_check = now
+        try:
+            text = await asyncio.get_running_loop().run_in_executor(self.cache.executor, self.path.read_text)
+        except FileNotFoundError:
+            return []  # not mounted (yet): keep serving
+        except OSError as e:
+            self.errors["_file"] = f"cannot read {self.path}: {e}"
+            log.error("%s", self.errors["_file"])
+            return []
+        if text == self._content:
+            return []
+        self._content = text
+        try:
+            pairs = parse_models_text(text)
+        except ValueError as e:
+            self.errors["_file"] = f"{self.path}: {e}"
+            log.error("models file ignored: %s", self.errors["_file"])
+            return []
+        self.errors.pop("_file", None)
+        previous, self._pairs = self._pairs, pairs
+        out: list[SwitchResult] = []
+        for name, uri in pairs.items():
+            if name in previous and previous[name] == uri:
+                continue  # this line did not change
+            if name not in self.cache.sources:
+                self.errors[name] = f"model {name!r} is not served by this replica (adding models needs a restart)"
+                log.warning("models file: %s", self.errors[name])
+                continue
+            try:
+                src = self.store.resolve(name, uri)
+                if src == self.cache.sources[name]:
+                    self.errors.pop(name, None)
+                    continue  # already active
+                res = await self.cache.switch(name, src)
+            except ServingError as e:
+                self.errors[name] = str(e)
+                log.error("models file: switch of %s to %s failed: %s", name, uri, e)
+                continue
+            self.errors.pop(name, None)
+            self.results.append(res)
+            out.append(res)
+            log.info("models file: %s switched to %s (version %s)", name, res.location, res.version)
+        return out
+
+    async def run(self, tick: float | None = None) -> None:
+        """Poll forever (cancel the task to stop)."""
+        tick = tick or min(self.interval, 1.0)
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                await self.poll()
+            except Exception:  # never let the watcher die
+                log.exception("models file watcher")

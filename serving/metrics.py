@@ -28,6 +28,8 @@ METRIC_NAMES = (
     "elastiserve_model_cache_hits_total",
     "elastiserve_model_cache_misses_total",
     "elastiserve_model_load_duration_seconds",
+    "elastiserve_model_version_info",
+    "elastiserve_model_switches_total",
 )
 
 
@@ -58,6 +60,12 @@ class ServingMetrics:
                                     const + ["model"], registry=r)
         self.load_duration = Histogram("elastiserve_model_load_duration_seconds", "Sub-model load time",
                                        const + ["model"], buckets=LOAD_BUCKETS, registry=r)
+        self.version_info = Gauge("elastiserve_model_version_info",
+                                  "1 for the active version of each sub-model (one series per model)",
+                                  const + ["model", "version"], registry=r)
+        self.switches = Counter("elastiserve_model_switches_total",
+                                "Hot switches of a sub-model version by result (success|error)",
+                                const + ["model", "result"], registry=r)
         self._c = {"modeldeployment": self.modeldeployment, "variant": self.variant}
         self.inflight.labels(**self._c)
         self.models_loaded.labels(**self._c).set(0)
@@ -99,6 +107,27 @@ class ServingMetrics:
         self.model_loaded_bytes.labels(**self.c(model=model)).set(0)
         self.requests.labels(**self.c(model=model, code="200"))
         self.request_duration.labels(**self.c(model=model))
+        self.switches.labels(**self.c(model=model, result="success"))
+
+    def set_version(self, model: str, version: str, previous: str | None = None) -> None:
+        """Info-style: exactly one ``elastiserve_model_version_info`` series (value 1) per model."""
+        if previous is not None and previous != version:
+            try:
+                self.version_info.remove(self.modeldeployment, self.variant, model, previous)
+            except KeyError:
+                pass
+        self.version_info.labels(**self.c(model=model, version=version)).set(1)
+
+    def on_switch(self, model: str, result: str) -> None:
+        self.switches.labels(**self.c(model=model, result=result)).inc()
+
+    def on_version_released(self, model: str) -> None:
+        """The swapped-out session of a hot switch was freed (the model itself stays loaded)."""
+        self.unloads.labels(**self.c(model=model, reason="replaced")).inc()
+
+    def set_model_bytes(self, model: str, nbytes: int) -> None:
+        """Accounted bytes of a model, both versions while a hot switch's old session still serves."""
+        self.model_loaded_bytes.labels(**self.c(model=model)).set(nbytes)
 
     def set_resident(self, count: int) -> None:
         self.models_loaded.labels(**self._c).set(count)
