@@ -9,11 +9,16 @@
     POST /v2/models/{name}/infer         {"inputs":[{"name":"text","shape":[n],"datatype":"BYTES","data":[...]}]}
                                          -> {"outputs":[{"name":"embeddings","datatype":"FP32","shape":[n,d],...}]}
     POST /v1/models/{name}:embed         {"texts":[...]} -> {"embeddings":[[...]], "dim": d}
+    POST /v2/repository/models/{name}/load  {"parameters":{"uri":..., "version":...}}: hot switch of a
+                                         sub-model version (no body: load/reload the current one)
+    POST /v2/repository/index            every model with its active version and state
     GET  /metrics                        Prometheus text format (private registry)
 
 Errors are JSON ``{"error": ..., "code": ...}``: 400 bad request / invalid name, 404 unknown model
 (with ``known_models``), 413 request too large, 500 model failed to load, 503 not ready /
-budget momentarily exhausted, 507 model larger than the whole memory budget.
+budget momentarily exhausted, 507 model larger than the whole memory budget; the load endpoint
+answers 409 ``switch_failed`` (503 when the budget is only momentarily taken) and the old version
+keeps serving.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from typing import Callable
 from aiohttp import web
 
 from . import paths
-from .loader import (ModelCache, ModelStore, ServingError, parse_bytes, parse_model_pairs)
+from .loader import (ModelCache, ModelsFileWatcher, ModelStore, ServingError, parse_bytes, parse_model_pairs,
+                     read_models_file, valid_version)
 from .metrics import UNKNOWN_MODEL, ServingMetrics
 
 log = logging.getLogger("elastiserve.serving.server")
@@ -60,12 +66,16 @@ class ServerConfig:
     batch_window_ms: float = 0.0  # > 0: merge concurrent requests for one model within this window
     modeldeployment: str | None = None  # metrics labels; None = from env
     variant_label: str | None = None
+    models_file: str | None = None  # name=uri lines, polled; changed URIs are hot-switched
+    models_file_interval: float = 5.0
 
     def __post_init__(self) -> None:
         if self.variant not in paths.VARIANT_FILES:
             raise ValueError(f"variant must be one of {sorted(paths.VARIANT_FILES)}, not {self.variant!r}")
         self.memory_budget = parse_bytes(self.memory_budget)
         self.max_request_bytes = parse_bytes(self.max_request_bytes)
+        if self.models_file_interval <= 0:
+            raise ValueError(f"the models file poll interval must be positive, not {self.models_file_interval}")
 
 
 class Server:
@@ -77,7 +87,13 @@ class Server:
         self.metrics = ServingMetrics(config.modeldeployment, config.variant_label)
         self.store = ModelStore(config.stores)
         sources = self.store.discover() if config.discover else {}
-        sources.update(self.store.resolve_all(config.models))
+        models = dict(config.models)
+        self.models_file_pairs: dict[str, str | None] | None = None
+        if config.models_file:
+            # the file's lines win over --model for the same name (the pod restarts with the latest content)
+            self.models_file_pairs = read_models_file(config.models_file)
+            models.update(self.models_file_pairs or {})
+        sources.update(self.store.resolve_all(models))
         workers = max(1, config.infer_workers)
         self.infer_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
         # concurrent inferences x ORT threads should not oversubscribe the cores
@@ -95,6 +111,11 @@ class Server:
         for p in preload:
             self.cache._check_known(p)
         self.preload_names = preload
+        self.watcher: ModelsFileWatcher | None = None
+        if config.models_file:
+            self.watcher = ModelsFileWatcher(config.models_file, self.store, self.cache,
+                                             interval=config.models_file_interval, clock=clock)
+            self.watcher.prime()
         self.ready = False
         self.preload_errors: dict[str, str | None] = {}
         self._tasks: list[asyncio.Task] = []
@@ -105,6 +126,8 @@ class Server:
         self._tasks.append(asyncio.create_task(self._preload()))
         if self.cache.idle_seconds > 0:
             self._tasks.append(asyncio.create_task(self.cache.run_janitor()))
+        if self.watcher is not None:
+            self._tasks.append(asyncio.create_task(self.watcher.run()))
 
     async def _preload(self) -> None:
         try:
@@ -150,10 +173,12 @@ class Server:
     async def _embed(self, name: str, texts: list[str]):
         async with self.cache.acquire(name) as (entry, hit):
             if self.config.batch_window_ms > 0 and texts:
-                b = self._batchers.get(name)
-                if b is None or b.model is not entry.model:  # first use, or the model was reloaded
-                    b = self._batchers[name] = MicroBatcher(entry.model, self.infer_pool,
-                                                            self.config.batch_window_ms / 1e3, self.config.max_batch)
+                b = entry.batcher  # one per loaded session: after a hot switch, old and new never mix
+                if b is None or b.model is not entry.model:
+                    b = entry.batcher = MicroBatcher(entry.model, self.infer_pool,
+                                                     self.config.batch_window_ms / 1e3, self.config.max_batch)
+                    if not entry.retiring:
+                        self._batchers[name] = b  # the active version's batcher (introspection)
                 emb = await b.submit(texts)
             else:
                 loop = asyncio.get_running_loop()
@@ -172,7 +197,7 @@ class Server:
     async def server_metadata(self, request: web.Request) -> web.Response:
         from .. import __version__
 
-        return web.json_response({"name": SERVER_NAME, "version": __version__, "extensions": []})
+        return web.json_response({"name": SERVER_NAME, "version": __version__, "extensions": ["model_repository"]})
 
     async def list_models(self, request: web.Request) -> web.Response:
         return web.json_response({"models": [self.cache.status(n) for n in self.cache.known()],
@@ -189,10 +214,11 @@ class Server:
         elif not self.cache.sources[name].remote:
             dim = await asyncio.get_running_loop().run_in_executor(self.load_pool, _manifest_dim, self.cache.sources[name])
         return web.json_response({
-            "name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
+            "name": name, "versions": [st["version"]], "platform": "onnxruntime_onnx",
             "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
             "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, dim]}],
-            "parameters": {"variant": self.config.variant, "loaded": st["loaded"]},
+            "parameters": {"variant": self.config.variant, "loaded": st["loaded"], "version": st["version"],
+                           "location": st["location"]},
         })
 
     async def model_ready(self, request: web.Request) -> web.Response:
@@ -214,7 +240,7 @@ class Server:
             if not isinstance(requested, list) or any(not isinstance(o, dict) or o.get("name") != OUTPUT_NAME for o in requested):
                 raise BadRequest(f"this model has one output, {OUTPUT_NAME!r}")
         emb, hit, entry = await self._embed(name, texts)
-        body = {"model_name": name, "model_version": "1",
+        body = {"model_name": name, "model_version": entry.version,
                 "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(emb.shape),
                              "data": emb.ravel().tolist()}]}
         if "id" in data:
@@ -258,9 +284,78 @@ class Server:
         if not isinstance(texts, list):
             raise BadRequest('"texts" must be a list of strings')
         emb, hit, entry = await self._embed(name, self._check_batch(texts))
-        return web.json_response({"model": name, "dim": int(emb.shape[1]) if emb.ndim == 2 else 0,
-                                  "embeddings": emb.tolist()},
+        return web.json_response({"model": name, "model_version": entry.version,
+                                  "dim": int(emb.shape[1]) if emb.ndim == 2 else 0, "embeddings": emb.tolist()},
                                  headers={CACHE_HEADER: "hit" if hit else "miss"})
+
+    # -- model repository extension: hot switch -----------------------------------------------
+    async def repository_load(self, request: web.Request) -> web.Response:
+        """``POST /v2/repository/models/{name}/load`` ``{"parameters": {"uri": ..., "version": ...}}``.
+
+        Loads the given URI next to the active version and swaps atomically; without a body (or without
+        ``uri``) the current URI is loaded now (reloaded beside the old session if resident)."""
+        name = request.match_info["name"]
+        self.cache._check_known(name)
+        uri, version = self._load_params(await request.read())
+        try:
+            source = self.store.resolve(name, uri) if uri is not None else None
+        except ServingError as e:
+            if e.status != 400:
+                raise
+            bad = BadRequest(f'"parameters.uri": {e}')
+            bad.code = e.code
+            raise bad from None
+        # shielded: a client that hangs up must not abort a switch half-way (it completes or fails whole)
+        task = asyncio.ensure_future(self.cache.switch(name, source, version))
+        res = await asyncio.shield(task)
+        body = {"name": name, "version": res.version, "active_version": res.version, **res.as_dict()}
+        return web.json_response(body)
+
+    def _load_params(self, raw: bytes) -> tuple[str | None, str | None]:
+        if len(raw) > self.config.max_request_bytes:
+            raise web.HTTPRequestEntityTooLarge(max_size=self.config.max_request_bytes, actual_size=len(raw))
+        if not raw.strip():
+            return None, None
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadRequest(f"request body is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise BadRequest("request body must be a JSON object")
+        unknown = sorted(set(data) - {"parameters"})
+        if unknown:
+            raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; expected {{\"parameters\": "
+                             "{\"uri\": ..., \"version\": ...}}")
+        params = data.get("parameters", {})
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise BadRequest('"parameters" must be a JSON object')
+        unknown = sorted(set(params) - {"uri", "version"})
+        if unknown:
+            raise BadRequest(f"unknown parameter(s) {', '.join(map(repr, unknown))}; supported: 'uri', 'version'")
+        uri = params.get("uri")
+        if uri is not None and (not isinstance(uri, str) or not uri.strip()):
+            raise BadRequest('"parameters.uri" must be a non-empty string')
+        version = params.get("version")
+        if isinstance(version, int) and not isinstance(version, bool):
+            version = str(version)
+        if version is not None and (not isinstance(version, str) or not valid_version(version)):
+            raise BadRequest('"parameters.version" must be a string of 1-63 letters, digits, ".", "_", "+" or "-" '
+                             "starting with a letter or digit")
+        return (uri.strip() if uri is not None else None), version
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        out = []
+        for n in self.cache.known():
+            st = self.cache.status(n)
+            state = "LOADING" if st["loading"] or st["switching"] else ("READY" if st["loaded"] else "UNAVAILABLE")
+            entry = {"name": n, "version": st["version"], "state": state}
+            reason = st["last_switch_error"] or st["last_error"]
+            if reason:
+                entry["reason"] = reason
+            out.append(entry)
+        return web.json_response(out)
 
     async def metrics_h(self, request: web.Request) -> web.Response:
         body, ctype = self.metrics.render()
@@ -400,6 +495,8 @@ def build_app(config: ServerConfig, **kw) -> web.Application:
     r.add_get("/v2/models/{name}/ready", server.model_ready, name="model_ready")
     r.add_post("/v2/models/{name}/infer", server.infer, name="infer")
     r.add_post("/v1/models/{name:[^/:]+}:embed", server.embed_v1, name="embed")
+    r.add_post("/v2/repository/models/{name}/load", server.repository_load, name="repository_load")
+    r.add_post("/v2/repository/index", server.repository_index, name="repository_index")
     r.add_get("/metrics", server.metrics_h, name="metrics")
     app.on_startup.append(server.on_startup)
     app.on_cleanup.append(server.on_cleanup)
@@ -419,7 +516,8 @@ def run(config: ServerConfig) -> None:
 def config_from_values(*, host: str, port: int, store: list[str] | None, model: list[str] | None, discover: bool,
                        variant: str | None, memory_budget: str, idle_unload_seconds: float, preload: list[str] | None,
                        max_request_bytes: str, max_batch: int, intra_op_threads: int | None, infer_workers: int,
-                       bytes_factor: float = 1.0, batch_window_ms: float = 0.0) -> ServerConfig:
+                       bytes_factor: float = 1.0, batch_window_ms: float = 0.0, models_file: str | None = None,
+                       models_file_interval: float = 5.0) -> ServerConfig:
     """Shared by the CLI: flags (with env fallbacks already applied by typer) -> ServerConfig."""
     stores = [s for item in (store or []) for s in item.split(",") if s.strip()] or [str(paths.models_root())]
     models = parse_model_pairs(model or [])
@@ -433,4 +531,5 @@ def config_from_values(*, host: str, port: int, store: list[str] | None, model: 
                         memory_budget=parse_bytes(memory_budget), idle_unload_seconds=idle_unload_seconds,
                         preload=pre, max_request_bytes=parse_bytes(max_request_bytes), max_batch=max_batch,
                         intra_op_threads=intra_op_threads, infer_workers=infer_workers, bytes_factor=bytes_factor,
-                        batch_window_ms=batch_window_ms)
+                        batch_window_ms=batch_window_ms, models_file=models_file or None,
+                        models_file_interval=models_file_interval)
