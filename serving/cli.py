@@ -140,6 +140,11 @@ def serve(
     batch_window_ms: float = typer.Option(0.0, envvar="ELASTISERVE_BATCH_WINDOW_MS",
                                           help="Merge concurrent requests to one model arriving within this many "
                                                "ms into one inference (0 = off)."),
+    models_file: Optional[str] = typer.Option(None, envvar="ELASTISERVE_MODELS_FILE",
+                                              help="File of name=uri lines (same syntax as --model, e.g. a mounted "
+                                                   "ConfigMap); polled, models whose URI changes are hot-switched."),
+    models_file_interval: float = typer.Option(5.0, envvar="ELASTISERVE_MODELS_FILE_INTERVAL",
+                                               help="Seconds between two reads of --models-file."),
 ) -> None:
     """Serve sub-models over HTTP (KServe v2 / Open Inference Protocol), loading them lazily."""
     from .loader import ServingError
@@ -150,7 +155,8 @@ def serve(
                                  memory_budget=memory_budget, idle_unload_seconds=idle_unload_seconds, preload=preload,
                                  max_request_bytes=max_request_bytes, max_batch=max_batch,
                                  intra_op_threads=intra_op_threads, infer_workers=infer_workers,
-                                 bytes_factor=bytes_factor, batch_window_ms=batch_window_ms)
+                                 bytes_factor=bytes_factor, batch_window_ms=batch_window_ms,
+                                 models_file=models_file, models_file_interval=models_file_interval)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
