@@ -111,7 +111,7 @@ def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: 
         {"name": "ELASTISERVE_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "ELASTISERVE_VARIANT", "value": variant.name},
         {"name": "ELASTISERVE_PRECISION", "value": variant.precision.value},
-        {"name": "ELASTISERVE_MODEL_VARIANT", "value": "int8" if variant.precision == Precision.int8 else "fp32"},
+        {"name": "ELASTISERVE_MODEL_VARIANT", "value": variant.precision.value},  # its artifact: model[.int8|.pruned].onnx
         {"name": "ELASTISERVE_MODEL_VERSION", "value": version},
         {"name": "ELASTISERVE_MODEL_STORE", "value": ",".join(roots)},
         {"name": "ELASTISERVE_MODELS", "value": ",".join(f"{n}={u}" for n, u in models)},

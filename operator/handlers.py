@@ -569,8 +569,9 @@ async def rollout_apply(
     canary_version = status.canary_version
     stable, canary = {}, {}
     for v in mspec.variants:
-        stable[v.name], canary[v.name] = split_versions(desired[v.name], plan.canary_share)
         entry = canaries.get(v.name)
+        ready = entry.get("ready", 0) if entry is not None and entry.get("version") == canary_version else 0
+        stable[v.name], canary[v.name] = split_versions(desired[v.name], plan.canary_share, ready)
         if entry is None or entry.get("version") != canary_version:
             obj = builders.build_deployment(mspec, name, namespace, uid, v, version=canary_version, canary=True)
             obj["spec"]["replicas"] = canary[v.name]

@@ -145,13 +145,19 @@ def advance(
                        ("RolloutPromoting", f"{canary_version} passed every step; updating the stable Deployments"))
 
 
-def split_versions(desired: int, share: float) -> tuple[int, int]:
+def split_versions(desired: int, share: float, canary_ready: int | None = None) -> tuple[int, int]:
     """(stable, canary) replicas for one variant. Capacity is split, never lost: stable + canary >= desired,
-    and while both versions serve, each keeps at least one replica."""
+    and while both versions serve, each keeps at least one replica.
+
+    ``canary_ready``: ready canary replicas now. The stable track gives up only what the canary already
+    serves, so a new version whose pods take a minute to start never leaves the model short of capacity
+    (None: assume the canary is ready, as in the simulator)."""
     if desired <= 0 or share <= 0:
         return desired, 0
     if share >= 1:
         return desired, desired  # promoting: the canary carries the load while the stable Deployments update
     canary = max(1, round(desired * share))
     stable = max(1, desired - canary)
+    if canary_ready is not None:
+        stable = max(stable, desired - min(canary_ready, canary))
     return stable, canary

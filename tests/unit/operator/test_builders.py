@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from elastiserve.api import parse_manifest
+from elastiserve.api.spec import Precision
 from elastiserve.operator import builders
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -52,6 +53,18 @@ def test_int8_variant_runs_the_quantized_artifact_with_its_own_resources():
     assert env["ELASTISERVE_MODEL_STORE"] == "file:///models/minilm,file:///models/legal,s3://models/medical"
     assert container["resources"]["requests"]["cpu"] == "500m"
 
+
+
+def test_pruned_variant_of_a_model_folder_serves_the_pruned_artifact():
+    md = manifest("full.yaml")
+    spec = md.spec.model_copy(deep=True)
+    spec.model.uri = "file:///models/minilm"
+    pruned = spec.variants[1].model_copy(update={"name": "pruned", "precision": Precision.pruned})
+    container = builders.build_deployment(spec, "e", "ns", "u", pruned)["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # A folder URI: the server picks model.pruned.onnx in it (serving/paths.py VARIANT_FILES).
+    assert env["ELASTISERVE_MODELS"].startswith("minilm=file:///models/minilm,")
+    assert env["ELASTISERVE_MODEL_VARIANT"] == "pruned"
 
 @pytest.mark.parametrize(
     "budget,request_,want",

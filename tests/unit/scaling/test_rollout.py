@@ -96,3 +96,14 @@ def test_split_never_loses_capacity(desired, share, want):
     stable, canary = split_versions(desired, share)
     assert (stable, canary) == want
     assert stable + canary >= desired
+
+
+@pytest.mark.parametrize(
+    "desired,share,ready,want",
+    [(10, 0.5, 0, (10, 5)), (10, 0.5, 2, (8, 5)), (10, 0.5, 5, (5, 5)), (10, 0.5, 9, (5, 5)), (2, 0.5, 0, (2, 1))],
+    ids=["canary-starting", "canary-partly-ready", "canary-ready", "more-ready-than-asked", "two-replicas"],
+)
+def test_stable_gives_up_only_what_the_canary_already_serves(desired, share, ready, want):
+    stable, canary = split_versions(desired, share, ready)
+    assert (stable, canary) == want
+    assert stable + min(ready, canary) >= desired
