@@ -892,8 +892,8 @@ class ModelCache:
             for victim, e in list(self._resident.items()):
                 if over() <= 0:
                     return
-                if (e.in_use and not allow_in_use) or victim in exclude:
-                    continue
+                if (e.in_use and not allow_in_use) or victim in exclude or self._switching(victim):
+                    continue  # a model being hot-switched keeps its old version until the swap
                 self.unload(victim, "evicted")
         if over() > 0:
             raise BudgetExhausted(
