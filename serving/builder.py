@@ -86,11 +86,20 @@ def _w(weights: Mapping[str, np.ndarray], key: str) -> np.ndarray:
         raise KeyError(f"weight {key!r} missing from checkpoint") from None
 
 
-def build_graph(cfg: BertConfig, weights: Mapping[str, np.ndarray], *, doc: str = "") -> onnx.ModelProto:
-    """Return the ONNX model for ``cfg`` with ``weights`` (HF BertModel naming, no prefix)."""
+def build_graph(cfg: BertConfig, weights: Mapping[str, np.ndarray], *, doc: str = "",
+                attention_heads: int | None = None) -> onnx.ModelProto:
+    """Return the ONNX model for ``cfg`` with ``weights`` (HF BertModel naming, no prefix).
+
+    ``attention_heads`` (head pruning, ``serving/prune.py``): heads actually present in every
+    layer's Q/K/V/output weights; the head size stays ``hidden_size // num_attention_heads``.
+    Default: ``cfg.num_attention_heads`` (the full model).
+    """
     g = _G()
-    H, nh = cfg.hidden_size, cfg.num_attention_heads
-    hd = H // nh
+    H = cfg.hidden_size
+    hd = H // cfg.num_attention_heads
+    nh = cfg.num_attention_heads if attention_heads is None else int(attention_heads)
+    if not 1 <= nh <= cfg.num_attention_heads:
+        raise ValueError(f"attention_heads must be in 1..{cfg.num_attention_heads}, not {nh}")
     eps = float(cfg.layer_norm_eps)
 
     one = g.const("c_one_f", np.array(1.0, np.float32))
@@ -101,7 +110,7 @@ def build_graph(cfg: BertConfig, weights: Mapping[str, np.ndarray], *, doc: str 
     ax2 = g.const("c_axes_2", np.array([2], np.int64))
     ax12 = g.const("c_axes_1_2", np.array([1, 2], np.int64))
     split_heads = g.const("c_shape_heads", np.array([0, 0, nh, hd], np.int64))
-    merge_heads = g.const("c_shape_hidden", np.array([0, 0, H], np.int64))
+    merge_heads = g.const("c_shape_hidden", np.array([0, 0, nh * hd], np.int64))
 
     # --- embeddings -------------------------------------------------------------------
     word = g.const("embeddings.word_embeddings.weight", _w(weights, "embeddings.word_embeddings.weight"))

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 #: Artifact file names inside a model directory, by variant.
-VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "pruned": "model.pruned.onnx"}
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "elastiserve.json"
 
