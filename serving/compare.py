@@ -1,4 +1,4 @@
-"""fp32 vs INT8: size, load time, latency and throughput per batch size, embedding quality."""
+"""fp32 vs INT8 vs pruned: size, load time, latency and throughput per batch size, embedding quality."""
 
 from __future__ import annotations
 
@@ -28,6 +28,12 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def default_variants(model_dir: Path) -> list[str]:
+    """fp32 first, then every other variant whose file is in ``model_dir`` (int8 when none is)."""
+    others = [v for v in paths.VARIANT_FILES if v != "fp32" and (Path(model_dir) / paths.VARIANT_FILES[v]).exists()]
+    return ["fp32"] + (others or ["int8"])
+
+
 def _load(path: Path, tok, threads: int | None) -> tuple[Embedder, float]:
     t0 = time.perf_counter()
     e = Embedder(make_session(path, threads), tok, name=path.name)
@@ -36,18 +42,27 @@ def _load(path: Path, tok, threads: int | None) -> tuple[Embedder, float]:
 
 def compare_variants(model_dir: Path | None = None, *, batch_sizes: Sequence[int] = (1, 8, 32), threads: int | None = None,
                      seconds_per_case: float = 1.5, min_reps: int = 5, sentences: Sequence[str] | None = None,
-                     variants: Sequence[str] = ("fp32", "int8")) -> dict:
+                     variants: Sequence[str] | None = None) -> dict:
     """Measure every variant present in ``model_dir``; speedups are relative to the first one.
+
+    ``variants`` default: fp32 plus whichever of the other variants (int8, pruned) exist in the
+    folder (at least one besides fp32 is required); explicitly named variants must all exist.
 
     Runs of the variants are interleaved (round robin) so background load hits them alike; the
     reported latency is the median per call, throughput = batch / median latency.
     """
     model_dir = Path(model_dir) if model_dir else paths.model_dir()
+    if variants is None:
+        variants = default_variants(model_dir)
+    unknown = [v for v in variants if v not in paths.VARIANT_FILES]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown} (known: {', '.join(paths.VARIANT_FILES)})")
     tok = dir_tokenizer(model_dir)
     files = {v: model_dir / paths.VARIANT_FILES[v] for v in variants}
     missing = [str(f) for f in files.values() if not f.exists()]
     if missing:
-        raise FileNotFoundError(f"missing model files: {missing} (run `elastiserve model build` / `quantize`)")
+        raise FileNotFoundError(f"missing model files: {missing} "
+                                "(run `elastiserve model build` / `quantize` / `prune`)")
 
     result: dict = {
         "model_dir": str(model_dir),
