@@ -543,7 +543,8 @@ class ModelCache:
         if self.metrics is None or not hasattr(self.metrics, "set_model_bytes"):
             return
         e = self._resident.get(name)
-        self.metrics.set_model_bytes(name, (e.nbytes if e else 0) + sum(r.nbytes for r in self._retiring if r.name == name))
+        retiring = sum(r.nbytes for r in self._retiring if r.name == name)
+        self.metrics.set_model_bytes(name, (e.nbytes if e else 0) + retiring)
 
     def is_loaded(self, name: str) -> bool:
         return name in self._resident

@@ -307,6 +307,7 @@ class Server:
             raise bad from None
         # shielded: a client that hangs up must not abort a switch half-way (it completes or fails whole)
         task = asyncio.ensure_future(self.cache.switch(name, source, version))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # outcome logged by the cache
         res = await asyncio.shield(task)
         body = {"name": name, "version": res.version, "active_version": res.version, **res.as_dict()}
         return web.json_response(body)
