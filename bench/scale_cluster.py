@@ -110,7 +110,7 @@ def run(n: int, window: float, workdir: Path) -> dict:
     op = None
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "modeldeployments.elastiserve.dev.yaml"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.elastiserve.dev", "--timeout=60s")
+        cluster.wait_established("modeldeployments.elastiserve.dev")
         cluster.kubectl("create", "namespace", NS)
         registry = CollectorRegistry()
         registry.register(ManyRates(n))

@@ -80,7 +80,7 @@ def install_chart(stack: Stack, cluster) -> None:
         "upgrade", "--install", "elastiserve", str(ROOT / "charts" / "elastiserve"), "-n", SYSTEM_NS,
         "--create-namespace", "--wait", "--timeout", "120s",
     )
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.elastiserve.dev", "--timeout=60s")
+    cluster.wait_established("modeldeployments.elastiserve.dev")
 
 
 def start_prometheus(stack: Stack, curve, origin: float, twins_dir: Path, ports: dict[str, int]):

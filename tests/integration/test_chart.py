@@ -125,7 +125,7 @@ def test_install_rbac_upgrade_uninstall(k8s_cluster: LocalCluster, namespace: st
     assert "STATUS: deployed" in install.stdout
     available = deployments_available(k8s_cluster, namespace, release)
     assert available == {f"{release}-elastiserve-operator": 1, f"{release}-elastiserve-activator": 1}, available
-    k8s_cluster.kubectl("wait", "--for=condition=Established", f"crd/{MDEP_CRD}", "--timeout=60s")
+    k8s_cluster.wait_established(MDEP_CRD)
     crd = k8s_cluster.kubectl_json("get", "crd", MDEP_CRD)
     assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == release
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"

@@ -218,7 +218,7 @@ def test_operator_killed_mid_scale_converges_without_double_scaling(
 
 def test_two_replicas_one_active_and_takeover(k8s_cluster, namespace, prometheus_factory, operator_factory):
     k8s_cluster.kubectl("apply", "-f", str(ROOT / "crds" / "kopf-peering.yaml"))
-    k8s_cluster.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
+    k8s_cluster.wait_established("kopfpeerings.kopf.dev")
     # A namespaced operator peers through a KopfPeering in its namespace (the chart creates the
     # cluster-wide one for a cluster-wide operator).
     k8s_cluster.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "elastiserve-ha"}},

@@ -181,6 +181,16 @@ class LocalCluster:
         """``kubectl ... -o json`` parsed."""
         return json.loads(self.kubectl(*args, "-o", "json", timeout=timeout).stdout)
 
+    def wait_established(self, crd: str, timeout: float = 60) -> None:
+        """Wait until a CRD is served. (``kubectl wait --for=condition=Established`` fails at once, instead
+        of waiting, when it reads the CRD before the API server has written any condition.)"""
+
+        def established() -> bool:
+            conditions = self.kubectl_json("get", "crd", crd).get("status", {}).get("conditions") or []
+            return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+
+        wait_until(established, timeout=timeout, interval=0.2, what=f"CRD {crd} Established")
+
     def helm(
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:

@@ -44,9 +44,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def crd(k8s_cluster):
     k8s_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    k8s_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/modeldeployments.elastiserve.dev", "--timeout=60s"
-    )
+    k8s_cluster.wait_established("modeldeployments.elastiserve.dev")
     return CRD_FILE
 
 
