@@ -79,6 +79,9 @@ class SelectPolicy(str, Enum):
 # --------------------------------------------------------------------------- model
 
 
+Version = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=20)]
+
+
 class SubModel(ApiModel):
     """A sub-model served by the same replicas and loaded lazily on first request."""
 
@@ -86,6 +89,9 @@ class SubModel(ApiModel):
     """Name clients use in the request path (``/v2/models/{name}/infer``)."""
     uri: Uri
     """Where the artifact lives: ``file://``, an absolute path, ``s3://`` or ``http(s)://``."""
+    version: Version | None = None
+    """This sub-model's own version: ``$version`` in its URI becomes it (default: the model's version).
+    Changing it hot-switches the sub-model inside the running replicas, with no pod restart."""
 
 
 class LazyLoading(ApiModel):
@@ -114,8 +120,9 @@ class ModelSpec(ApiModel):
     """Where the main model's artifact lives."""
     format: Literal["onnx"] = "onnx"
     """Artifact format. Only ONNX is served today."""
-    version: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=20)] = "v1"
-    """Model version; changing it starts a rollout. ``$version`` in any URI is replaced by it."""
+    version: Version = "v1"
+    """Model version; changing it starts a rollout. ``$version`` in any URI is replaced by it (sub-models
+    with their own ``version`` use that)."""
     sub_models: list[SubModel] = Field(default_factory=list, max_length=256)
     """Further models served by the same replicas, loaded lazily."""
     lazy_loading: LazyLoading = Field(default_factory=LazyLoading)

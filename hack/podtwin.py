@@ -11,7 +11,10 @@ this starts a real ``elastiserve serve`` process on a loopback port, with the po
 - publishes them as Prometheus file-SD targets (``targets.json``) with ``namespace`` and ``pod`` labels,
   like Kubernetes service discovery would;
 - exports each twin's real CPU and memory under cAdvisor's names
-  (``container_cpu_usage_seconds_total``, ``container_memory_working_set_bytes``) from ``/proc``.
+  (``container_cpu_usage_seconds_total``, ``container_memory_working_set_bytes``) from ``/proc``;
+- mounts the pod's ConfigMap volumes like a kubelet: their keys become files in a folder of the twin
+  (paths under the mount path in the pod's environment are rewritten to it), refreshed about every
+  second, so a ConfigMap edit reaches a running server without a restart.
 
 When a pod goes away its process is stopped. More replicas therefore really do split the load: each
 request is served by one of the real processes.
@@ -56,6 +59,8 @@ class Twin:
     started: float
     ready_at: float | None = None
     log: Path | None = None
+    volumes: dict[str, Path] = field(default_factory=dict)
+    """ConfigMap name → the folder its keys are written to."""
 
     @property
     def url(self) -> str:
@@ -87,6 +92,7 @@ class PodTwins:
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
     """Set by stop_all: a sync still running in another thread must not start new processes after it."""
+    volumes_refreshed: float = 0.0
 
     def __post_init__(self) -> None:
         from kubernetes import client as k8s
@@ -121,13 +127,46 @@ class PodTwins:
                 env[e.name] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), ""), e.value)
         return env
 
+    def _volumes(self, pod) -> tuple[dict[str, Path], dict[str, Path]]:
+        """ConfigMap volumes of the pod: (mount path → local folder, ConfigMap name → local folder)."""
+        by_volume = {v.name: v.config_map.name for v in pod.spec.volumes or [] if v.config_map is not None}
+        mounts, folders = {}, {}
+        for m in pod.spec.containers[0].volume_mounts or []:
+            if m.name in by_volume:
+                folder = self.workdir / "volumes" / pod.metadata.name / m.name
+                folder.mkdir(parents=True, exist_ok=True)
+                mounts[m.mount_path.rstrip("/")] = folder
+                folders[by_volume[m.name]] = folder
+        return mounts, folders
+
+    def _refresh_volumes(self, namespace: str, folders: dict[str, Path]) -> None:
+        """Write each ConfigMap's keys as files (atomic replace, only when the content changed)."""
+        for cm_name, folder in folders.items():
+            try:
+                data = self.core.read_namespaced_config_map(cm_name, namespace).data or {}
+            except Exception:
+                continue  # not created yet, or the API server is busy: keep what is there
+            for key, value in data.items():
+                path = folder / key
+                if not path.exists() or path.read_text() != value:
+                    tmp = folder / f".{key}.tmp"
+                    tmp.write_text(value)
+                    tmp.replace(path)
+
     def _start(self, pod) -> Twin:
         labels = pod.metadata.labels or {}
         port = free_port()
         log = self.workdir / f"{pod.metadata.name}.log"
+        env = self._env(pod)
+        mounts, folders = self._volumes(pod)
+        self._refresh_volumes(pod.metadata.namespace, folders)
+        for key, value in env.items():
+            for mount, folder in mounts.items():
+                if value == mount or value.startswith(mount + "/"):
+                    env[key] = str(folder) + value[len(mount):]
         proc = subprocess.Popen(
             [*self.serve_cmd, "--host", "127.0.0.1", "--port", str(port)],
-            env=self._env(pod),
+            env=env,
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -141,6 +180,7 @@ class PodTwins:
             proc=proc,
             started=time.monotonic(),
             log=log,
+            volumes=folders,
         )
 
     @staticmethod
@@ -188,6 +228,11 @@ class PodTwins:
                 if twin.ready_at is None and self._ready(twin):
                     twin.ready_at = time.monotonic()
                     changed = True
+            now = time.monotonic()
+            if now - self.volumes_refreshed >= 1.0:  # a kubelet syncs ConfigMap volumes periodically, too
+                self.volumes_refreshed = now
+                for twin in self.twins.values():
+                    self._refresh_volumes(twin.namespace, twin.volumes)
         if changed:
             self._write_files()
         return changed

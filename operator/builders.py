@@ -93,6 +93,48 @@ def store_root(uri: str) -> str:
     return trimmed.rsplit("/", 1)[0] if trimmed.endswith(".onnx") else trimmed
 
 
+def versioned_store_root(uri: str, version: str) -> str:
+    """The store root of a sub-model that may change version in place: the part of its URI before
+    ``$version`` (every version lives below it), else :func:`store_root` of the resolved URI."""
+    if "$version" in uri:
+        return uri.split("$version", 1)[0].rstrip("/")
+    return store_root(with_version(uri, version))
+
+
+SUBMODELS_DIR = "/etc/elastiserve/submodels"
+SUBMODELS_KEY = "models"
+
+
+def submodels_name(name: str, canary: bool = False) -> str:
+    return f"{name}-canary-submodels" if canary else f"{name}-submodels"
+
+
+def submodel_uris(spec: ModelDeploymentSpec, version: str | None = None) -> list[tuple[str, str]]:
+    """(name, URI) of each sub-model: ``$version`` is the sub-model's own version, else the model's."""
+    version = version or spec.model.version
+    return [(s.name, with_version(s.uri, s.version or version)) for s in spec.model.sub_models]
+
+
+def build_submodels(
+    spec: ModelDeploymentSpec, name: str, namespace: str, uid: str, version: str | None = None, canary: bool = False
+) -> dict[str, Any]:
+    """The sub-model list a track's servers read from a mounted file (``--models-file``). Editing a
+    sub-model changes only this ConfigMap: the kubelet refreshes the file and the servers hot-switch,
+    so the pods are not restarted."""
+    lines = "".join(f"{n}={u}\n" for n, u in submodel_uris(spec, version))
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": submodels_name(name, canary),
+            "namespace": namespace,
+            "labels": common_labels(name) | {LABEL_TRACK: "canary" if canary else "stable"},
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "data": {SUBMODELS_KEY: lines},
+    }
+
+
 def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: str | None = None) -> list[dict[str, Any]]:
     """The model server's configuration (``elastiserve serve`` reads these variables).
 
@@ -103,8 +145,10 @@ def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: 
     version = version or spec.model.version
     lazy = spec.model.lazy_loading
     main_uri = variant_uri(spec, variant, version)
-    models = [(spec.model.name, main_uri)] + [(s.name, with_version(s.uri, version)) for s in spec.model.sub_models]
-    roots = list(dict.fromkeys(store_root(u) for _, u in models))
+    models = [(spec.model.name, main_uri)]  # sub-models come from the mounted file (build_submodels)
+    roots = list(dict.fromkeys([store_root(main_uri)] + [
+        versioned_store_root(s.uri, s.version or version) for s in spec.model.sub_models
+    ]))
     preload = ",".join(lazy.preload)
     env: list[dict[str, Any]] = [
         {"name": "ELASTISERVE_MODELDEPLOYMENT", "value": name},
@@ -123,8 +167,10 @@ def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: 
         },
         {"name": "ELASTISERVE_PRELOAD", "value": f"{preload},$(ELASTISERVE_HOTSET)" if preload else "$(ELASTISERVE_HOTSET)"},
     ]
+    if spec.model.sub_models:
+        env.append({"name": "ELASTISERVE_MODELS_FILE", "value": f"{SUBMODELS_DIR}/{SUBMODELS_KEY}"})
     if not lazy.enabled:
-        env[-2] = {"name": "ELASTISERVE_PRELOAD", "value": "all"}
+        env = [{"name": "ELASTISERVE_PRELOAD", "value": "all"} if e["name"] == "ELASTISERVE_PRELOAD" else e for e in env]
     return env + [e.to_api() for e in spec.template.env]
 
 
@@ -205,6 +251,15 @@ def build_deployment(
             },
         },
     }
+    if spec.model.sub_models:
+        # The servers hot-switch a sub-model whose URI changes in the file, but a new name needs a new
+        # process: the names (not the URIs) are part of the pod template, so adding one rolls the pods.
+        body["spec"]["template"]["metadata"]["annotations"]["elastiserve.dev/submodels"] = ",".join(
+            s.name for s in spec.model.sub_models)
+        container["volumeMounts"] = [{"name": "submodels", "mountPath": SUBMODELS_DIR, "readOnly": True}]
+        body["spec"]["template"]["spec"]["volumes"] = [
+            {"name": "submodels", "configMap": {"name": submodels_name(name, canary)}}
+        ]
     body["metadata"]["annotations"] = {ANNOTATION_HASH: spec_hash(body["spec"])}
     return body
 
@@ -342,7 +397,8 @@ def desired_objects(
     """Everything the reconcile handler applies for a spec (the HPA floor starts at the minimum).
 
     ``stable_version``: during a rollout the stable Deployments keep serving the old version."""
-    objs = [build_deployment(spec, name, namespace, uid, v, version=stable_version) for v in spec.variants]
+    objs = [build_submodels(spec, name, namespace, uid, stable_version)] if spec.model.sub_models else []
+    objs += [build_deployment(spec, name, namespace, uid, v, version=stable_version) for v in spec.variants]
     objs.append(build_service(spec, name, namespace, uid))
     objs.append(build_pods_service(spec, name, namespace, uid))
     if spec.actuation == Actuation.HPA:

@@ -184,6 +184,8 @@ async def apply_owned(
         if variant not in wanted:
             await kube.delete("Deployment", namespace, entry["name"])
             logger.info(f"deleted Deployment {entry['name']}: variant {variant} left the spec")
+    if not mspec.model.sub_models:
+        await kube.delete("ConfigMap", namespace, builders.submodels_name(name))  # the last sub-model was removed
     primary_key = (namespace, name, mspec.primary.name)
     if mspec.actuation == Actuation.HPA:
         hpa_managed(memo).add(primary_key)
@@ -565,6 +567,8 @@ async def rollout_apply(
         for variant, entry in canaries.items():
             await kube.delete("Deployment", namespace, entry["name"])
             memo_applied(memo).pop((namespace, name, f"{variant}@canary"), None)
+        if canaries and mspec.model.sub_models:
+            await kube.delete("ConfigMap", namespace, builders.submodels_name(name, canary=True))
         return desired, {}
     canary_version = status.canary_version
     stable, canary = {}, {}
@@ -573,11 +577,15 @@ async def rollout_apply(
         ready = entry.get("ready", 0) if entry is not None and entry.get("version") == canary_version else 0
         stable[v.name], canary[v.name] = split_versions(desired[v.name], plan.canary_share, ready)
         if entry is None or entry.get("version") != canary_version:
+            if mspec.model.sub_models:  # before the pods that mount it
+                await kube.apply(builders.build_submodels(mspec, name, namespace, uid, canary_version, canary=True))
             obj = builders.build_deployment(mspec, name, namespace, uid, v, version=canary_version, canary=True)
             obj["spec"]["replicas"] = canary[v.name]
             await kube.apply(obj)
         if status.phase == "Promoting" and current.get(v.name, {}).get("version") != canary_version:
             # Rolling update of the stable Deployment to the new version (maxUnavailable 0).
+            if mspec.model.sub_models:
+                await kube.apply(builders.build_submodels(mspec, name, namespace, uid, canary_version))
             await kube.apply(builders.build_deployment(mspec, name, namespace, uid, v, version=canary_version))
             logger.info(f"promoting {canary_version}: stable Deployment of {v.name} updated")
     return stable, canary

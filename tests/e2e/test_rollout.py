@@ -72,6 +72,7 @@ class Load:
 
     twins: object
     key: str
+    model: str = "minilm"
     rps: float = 20.0
     results: list[Result] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -83,7 +84,7 @@ class Load:
 
     def _one(self, url: str) -> tuple[int, np.ndarray | None]:
         body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXT]}]}).encode()
-        req = urllib.request.Request(f"{url}/v2/models/minilm/infer", data=body, method="POST",
+        req = urllib.request.Request(f"{url}/v2/models/{self.model}/infer", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
@@ -107,6 +108,9 @@ class Load:
                 break
             i += 1
             self.stop.wait(max(0.0, 1 / self.rps - (time.monotonic() - started)))
+
+    def pods_since(self, t: float) -> set[str]:
+        return {r.pod for r in self.since(t)}
 
     def since(self, t: float) -> list[Result]:
         return [r for r in list(self.results) if r.at >= t]
@@ -136,14 +140,11 @@ def _ready_replicas(cluster, ns, name) -> int:
     return sum((d.get("status", {}).get("readyReplicas") or 0) for d in _deployments(cluster, ns, name).values())
 
 
-def test_good_version_rolls_out_and_a_broken_one_rolls_back(
-    k8s_cluster, namespace, prometheus_factory, operator_factory, tmp_path
-):
+def _twins(k8s_cluster, namespace, prometheus_factory, tmp_path):
+    """Pod twins for the namespace and a Prometheus scraping them every second."""
     podtwin = _load("podtwin")
     from kubernetes import config as k8s_config
 
-    store = tmp_path / "store"
-    expected = _store(store)
     twins_dir = tmp_path / "twins"
     twins_dir.mkdir()
     (twins_dir / "targets.json").write_text("[]")
@@ -156,9 +157,19 @@ def test_good_version_rolls_out_and_a_broken_one_rolls_back(
     prom.start()
 
     k8s_config.load_kube_config(str(k8s_cluster.kubeconfig))
-    twins = podtwin.PodTwins(namespace, twins_dir, extra_env={"ELASTISERVE_INTRA_OP_THREADS": "1"})
+    twins = podtwin.PodTwins(namespace, twins_dir, extra_env={"ELASTISERVE_INTRA_OP_THREADS": "1",
+                                                             "ELASTISERVE_MODELS_FILE_INTERVAL": "1"})
     stop_twins = threading.Event()
     threading.Thread(target=twins.run, args=(stop_twins, 0.1), daemon=True).start()
+    return prom, twins, stop_twins
+
+
+def test_good_version_rolls_out_and_a_broken_one_rolls_back(
+    k8s_cluster, namespace, prometheus_factory, operator_factory, tmp_path
+):
+    store = tmp_path / "store"
+    expected = _store(store)
+    prom, twins, stop_twins = _twins(k8s_cluster, namespace, prometheus_factory, tmp_path)
     load = Load(twins, f"{namespace}/lm")
     loader = threading.Thread(target=load.run, daemon=True)
     try:
@@ -254,6 +265,68 @@ def test_good_version_rolls_out_and_a_broken_one_rolls_back(
             "requests_while_bad_canary_served": len(window),
             "first_failure_to_rollback_s": round(detect, 1),
         }))
+    finally:
+        load.stop.set()
+        stop_twins.set()
+        twins.stop_all()
+
+
+def test_a_submodel_version_bump_switches_inside_the_running_pods(
+    k8s_cluster, namespace, prometheus_factory, operator_factory, tmp_path
+):
+    """subModels[].version changes only the sub-model ConfigMap: no pod restarts, every request served."""
+    from elastiserve.serving.builder import build_tiny_model
+    from elastiserve.serving.runtime import Embedder
+
+    store = tmp_path / "store"
+    build_tiny_model(store / "main" / "v1", seed=1)
+    expected = {}
+    for version, seed in (("v1", 11), ("v2", 12)):
+        build_tiny_model(store / "legal" / version, seed=seed)
+        expected[version] = Embedder.from_dir(store / "legal" / version, "fp32").embed([TEXT])[0]
+    prom, twins, stop_twins = _twins(k8s_cluster, namespace, prometheus_factory, tmp_path)
+    load = Load(twins, f"{namespace}/sub", model="legal")
+    loader = threading.Thread(target=load.run, daemon=True)
+    sub_models = [{"name": "legal", "uri": f"file://{store}/legal/$version", "version": "v1"}]
+    try:
+        operator_factory(namespace=namespace, prometheus_url=prom.url)
+        k8s_cluster.apply(manifest(
+            "sub",
+            model={"name": "minilm", "uri": f"file://{store}/main/$version", "version": "v1", "subModels": sub_models},
+            variants=[{"name": "fp32", "capacityQps": 100}],
+            replicas={"min": 2, "max": 2},
+            syncPeriodSeconds=SYNC_SECONDS,
+        ), namespace=namespace)
+        wait_until(lambda: len(load._endpoints()) == 2, timeout=120, what="two servers behind the model")
+        loader.start()
+        wait_until(lambda: len([r for r in load.results if r.status == 200]) >= 20, timeout=60, what="legal v1 serving")
+        assert {_version_of(r.vector, expected) for r in load.results} == {"v1"}
+        pids = {name: t.proc.pid for name, t in twins.twins.items()}
+        generations = {n: d["metadata"]["generation"] for n, d in _deployments(k8s_cluster, namespace, "sub").items()}
+
+        t_bump = time.monotonic()
+        sub_models[0]["version"] = "v2"
+        k8s_cluster.kubectl("patch", "mdep", "sub", "-n", namespace, "--type=merge",
+                            "-p", json.dumps({"spec": {"model": {"subModels": sub_models}}}))
+
+        def switched() -> bool:
+            recent = load.since(time.monotonic() - 1.0)
+            return (len(load.pods_since(t_bump)) == 2 and recent
+                    and all(_version_of(r.vector, expected) == "v2" for r in recent))
+
+        wait_until(switched, timeout=90, what="both servers answering with legal v2")
+        t_switched = time.monotonic()
+        during = load.since(t_bump)
+        assert all(r.status == 200 for r in during), sorted({r.status for r in during})
+        assert {_version_of(r.vector, expected) for r in during} == {"v1", "v2"}
+        # The same processes, the same Deployments: nothing was restarted.
+        assert {name: t.proc.pid for name, t in twins.twins.items()} == pids
+        assert {n: d["metadata"]["generation"] for n, d in _deployments(k8s_cluster, namespace, "sub").items()} == generations
+        cm = k8s_cluster.kubectl_json("get", "configmap", "sub-submodels", "-n", namespace)
+        assert cm["data"]["models"] == f"legal=file://{store}/legal/v2\n"
+        print("sub-model hot switch:", json.dumps({
+            "bump_to_all_v2_s": round(t_switched - t_bump, 1), "requests_during_switch": len(during),
+            "failed": sum(r.status != 200 for r in during)}))
     finally:
         load.stop.set()
         stop_twins.set()

@@ -47,11 +47,46 @@ def test_int8_variant_runs_the_quantized_artifact_with_its_own_resources():
     int8 = builders.build_deployment(md.spec, "e", "ns", "u", md.spec.variants[1])
     container = int8["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["ELASTISERVE_MODELS"].startswith("minilm=file:///models/minilm/model.int8.onnx,")
+    assert env["ELASTISERVE_MODELS"] == "minilm=file:///models/minilm/model.int8.onnx"
     assert env["ELASTISERVE_VARIANT"] == "int8" and env["ELASTISERVE_MODEL_VARIANT"] == "int8"
     # The server may read only the folders of the declared artifacts.
     assert env["ELASTISERVE_MODEL_STORE"] == "file:///models/minilm,file:///models/legal,s3://models/medical"
+    # Sub-models come from a mounted ConfigMap, so editing one never changes the pod template.
+    assert env["ELASTISERVE_MODELS_FILE"] == "/etc/elastiserve/submodels/models"
+    volume, = int8["spec"]["template"]["spec"]["volumes"]
+    assert volume["configMap"]["name"] == "e-submodels"
     assert container["resources"]["requests"]["cpu"] == "500m"
+
+
+def test_a_submodel_version_bump_changes_the_configmap_not_the_pods():
+    md = manifest("full.yaml")
+    spec = md.spec.model_copy(deep=True)
+    legal = spec.model.sub_models[0]
+    legal.uri, legal.version = "s3://models/legal/$version/model.onnx", "v1"
+    before = builders.desired_objects(spec, "e", "ns", "u")
+    legal.version = "v2"
+    after = builders.desired_objects(spec, "e", "ns", "u")
+    deployments = lambda objs: [o for o in objs if o["kind"] == "Deployment"]  # noqa: E731
+    assert deployments(before) == deployments(after)
+    cm_before, cm_after = before[0], after[0]
+    assert cm_before["metadata"]["name"] == "e-submodels"
+    assert "legal=s3://models/legal/v1/model.onnx\n" in cm_before["data"]["models"]
+    assert "legal=s3://models/legal/v2/model.onnx\n" in cm_after["data"]["models"]
+    # A new sub-model name needs new processes: the template changes (and the pods roll).
+    spec.model.sub_models.append(legal.model_copy(update={"name": "tax"}))
+    added = [o for o in builders.desired_objects(spec, "e", "ns", "u") if o["kind"] == "Deployment"]
+    assert added[0]["spec"]["template"] != deployments(after)[0]["spec"]["template"]
+    # Every version of the sub-model lives below its store root.
+    env = {e["name"]: e.get("value") for e in deployments(after)[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "s3://models/legal" in env["ELASTISERVE_MODEL_STORE"].split(",")
+
+
+def test_without_submodels_there_is_no_models_file():
+    md = manifest("minimal.yaml")
+    objs = builders.desired_objects(md.spec, "e", "ns", "u")
+    assert [o["kind"] for o in objs if o["kind"] == "ConfigMap"] == []
+    container = objs[0]["spec"]["template"]["spec"]["containers"][0]
+    assert "ELASTISERVE_MODELS_FILE" not in {e["name"] for e in container["env"]} and "volumeMounts" not in container
 
 
 
@@ -63,7 +98,7 @@ def test_pruned_variant_of_a_model_folder_serves_the_pruned_artifact():
     container = builders.build_deployment(spec, "e", "ns", "u", pruned)["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     # A folder URI: the server picks model.pruned.onnx in it (serving/paths.py VARIANT_FILES).
-    assert env["ELASTISERVE_MODELS"].startswith("minilm=file:///models/minilm,")
+    assert env["ELASTISERVE_MODELS"] == "minilm=file:///models/minilm"
     assert env["ELASTISERVE_MODEL_VARIANT"] == "pruned"
 
 @pytest.mark.parametrize(
