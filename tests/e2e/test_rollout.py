@@ -264,6 +264,7 @@ def test_good_version_rolls_out_and_a_broken_one_rolls_back(
             "bad_version_failures": len(failures),
             "requests_while_bad_canary_served": len(window),
             "first_failure_to_rollback_s": round(detect, 1),
+            "rollback_event": rolled_back[0]["message"],
         }))
     finally:
         load.stop.set()
