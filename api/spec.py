@@ -206,7 +206,9 @@ class Variant(ApiModel):
     capacity_qps: float = Field(default=10.0, gt=0, le=1e6)
     """Requests per second one replica serves at its latency SLO (measured with ``elastiserve model compare``)."""
     quality_cost: float = Field(default=0.0, ge=0, le=1)
-    """Quality lost against fp32 (1 - mean cosine); burst traffic is bounded by ``burst.qualityBudget``."""
+    """Quality lost against fp32 (1 - mean cosine, from ``elastiserve model compare``). Burst variants take
+    overflow in ascending ``qualityCost`` (INT8 before a pruned variant); together they provide at most
+    ``burst.qualityBudget`` of the capacity."""
     model_uri: Uri | None = None
     """Artifact of this variant (defaults to the model's URI with the precision as suffix)."""
     image: Annotated[str, StringConstraints(max_length=512)] | None = None

@@ -32,13 +32,20 @@ def max_equivalents(spec: ModelDeploymentSpec) -> int:
     return primary_max + math.floor(burst + 1e-9)
 
 
-def _burst_replicas(spec: ModelDeploymentSpec, variant: Variant, overflow: float, total: float) -> int:
+def _burst_replicas(spec: ModelDeploymentSpec, variant: Variant, overflow: float, budget_left: float) -> int:
+    """Replicas of one burst variant for ``overflow`` primary-equivalents, within its bounds and what is
+    left of the quality budget (in primary-equivalents)."""
     cap_p = spec.primary.capacity_qps
     bounds = spec.bounds(variant)
     want = overflow * cap_p / variant.capacity_qps
-    # Quality budget: burst capacity may be at most `qualityBudget` of the model's capacity.
-    budget_cap = spec.burst.quality_budget * total * cap_p / variant.capacity_qps
+    budget_cap = max(budget_left, 0.0) * cap_p / variant.capacity_qps
     return clamp(min(want, budget_cap), bounds.min, bounds.max)
+
+
+def bursts_by_quality(spec: ModelDeploymentSpec) -> list[Variant]:
+    """Burst variants in the order they take overflow: least quality lost first (e.g. INT8 before a
+    pruned variant), ties in spec order."""
+    return sorted(spec.bursts, key=lambda v: v.quality_cost)
 
 
 def split(
@@ -61,15 +68,18 @@ def split(
     want_primary = total if primary_total is None else min(total, primary_total)
     out[primary.name] = clamp(want_primary, pb.min, pb.max)
     overflow = total - out[primary.name]
-    for b in spec.bursts:
+    # Quality budget: all burst variants together provide at most `qualityBudget` of the capacity.
+    budget_left = spec.burst.quality_budget * total
+    for b in bursts_by_quality(spec):
         if not spec.burst.enabled:
             out[b.name] = spec.bounds(b).min
             continue
-        n = _burst_replicas(spec, b, max(overflow, 0), total) if overflow > 0 else spec.bounds(b).min
+        n = _burst_replicas(spec, b, max(overflow, 0), budget_left) if overflow > 0 else spec.bounds(b).min
         out[b.name] = n
         if n > 0 and overflow > 0:
             reasons.append(f"{b.name} burst +{n} for {overflow:g} over {primary.name}")
         overflow -= n * b.capacity_qps / primary.capacity_qps
+        budget_left -= n * b.capacity_qps / primary.capacity_qps
     if overflow > 1e-9 and out[primary.name] < pb.max:
         # Burst could not take it all (bounds or quality budget): give the rest back to the primary.
         extra = clamp(overflow, 0, pb.max - out[primary.name])

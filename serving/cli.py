@@ -191,7 +191,7 @@ def serve(
     discover: bool = typer.Option(False, envvar="ELASTISERVE_DISCOVER_MODELS",
                                   help="Also serve every model folder found directly under local store roots."),
     variant: Optional[str] = typer.Option(None, envvar="ELASTISERVE_MODEL_VARIANT",
-                                          help="fp32 or int8: which artifact to load (default: "
+                                          help="fp32, int8 or pruned: which artifact to load (default: "
                                                "$ELASTISERVE_VARIANT if it is one of those, else fp32)."),
     memory_budget: str = typer.Option("1Gi", envvar="ELASTISERVE_MEMORY_BUDGET",
                                       help="Bytes of resident models (e.g. 536870912, 512Mi, 2Gi)."),

@@ -253,6 +253,26 @@ def test_overflow_beyond_primary_max_goes_to_int8():
     assert "bounded to 8" in d.summary() and "int8 burst +2" in d.summary()
 
 
+def test_bursts_fill_least_quality_lost_first_within_one_shared_budget():
+    # A pruned variant listed first, INT8 second: INT8 loses less quality (0.002 vs 0.28), so it takes
+    # the overflow first; the pruned one only what the INT8 bounds leave, and both share one budget.
+    spec = spec_of(
+        variants=[
+            {"name": "fp32", "capacityQps": 10, "replicas": {"min": 1, "max": 4}},
+            {"name": "pruned", "precision": "pruned", "role": "burst", "capacityQps": 20, "qualityCost": 0.28,
+             "replicas": {"min": 0, "max": 4}},
+            {"name": "int8", "precision": "int8", "role": "burst", "capacityQps": 20, "qualityCost": 0.002,
+             "replicas": {"min": 0, "max": 1}},
+        ],
+        replicas={"min": 1, "max": 4},
+    )
+    d = decide(spec, snap(cpu=90, qps=75), None, ScalerState(), T0, obs(fp32=4, int8=0, pruned=0))
+    # 8 equivalents allowed (4 fp32 + at most half of the capacity from bursts): int8 1 replica (2
+    # equivalents) first, pruned 1 replica for the remaining 2 equivalents of the shared budget.
+    assert d.desired == {"fp32": 4, "int8": 1, "pruned": 1}
+    assert d.summary().index("int8 burst") < d.summary().index("pruned burst")
+
+
 def test_short_forecast_peak_is_served_by_int8():
     spec = burst_spec(forecasting={"enabled": True})
     peak = forecast([20, 60, 60, 20, 15])  # above the reactive capacity for ~2 minutes, then back
