@@ -8,10 +8,8 @@ artifact is corrupt, so its servers answer 500 to every request (a broken releas
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 import threading
 import time
 import urllib.error
@@ -22,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support import wait_until
+from support import load_hack, wait_until
 from support.devstack import manifest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,12 +30,6 @@ TEXT = "the quick brown fox"
 SYNC_SECONDS = 5
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "hack" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _store(root: Path) -> dict[str, np.ndarray]:
@@ -142,7 +134,7 @@ def _ready_replicas(cluster, ns, name) -> int:
 
 def _twins(k8s_cluster, namespace, prometheus_factory, tmp_path):
     """Pod twins for the namespace and a Prometheus scraping them every second."""
-    podtwin = _load("podtwin")
+    podtwin = load_hack("podtwin")
     from kubernetes import config as k8s_config
 
     twins_dir = tmp_path / "twins"

@@ -7,7 +7,6 @@ model-server process per Running pod (hack/podtwin.py) serving the MiniLM INT8 m
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import subprocess
 import sys
@@ -19,19 +18,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from support import wait_until
+from support import load_hack, wait_until
 from support.devstack import free_port, manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus, pytest.mark.model, pytest.mark.e2e]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "hack" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +107,7 @@ def _served_total(twins) -> float:
 
 
 def test_zero_to_one_and_back(k8s_cluster, namespace, prometheus_factory, operator_factory, model_dir, tmp_path):
-    podtwin = _load("podtwin")
+    podtwin = load_hack("podtwin")
     from kubernetes import config as k8s_config
 
     twins_dir = tmp_path / "twins"

@@ -10,8 +10,12 @@ project is installed.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -51,3 +55,14 @@ def wait_until(
 
 
 __all__ = ["WaitTimeout", "wait_until"]
+
+
+def load_hack(name: str) -> ModuleType:
+    """Import ``hack/<name>.py`` (a script folder, not a package) as the module ``name``."""
+    path = Path(__file__).resolve().parents[2] / "hack" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

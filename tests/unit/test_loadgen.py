@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from support import load_hack
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _loadgen():
-    spec = importlib.util.spec_from_file_location("loadgen", ROOT / "hack" / "loadgen.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["loadgen"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_hack("loadgen")
 
 
 async def test_counts_follow_a_curve_that_starts_at_zero(tmp_path):
