@@ -23,14 +23,11 @@ import argparse
 import json
 import os
 import re
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 

@@ -24,19 +24,14 @@ seasonality, so the forecaster, fitted on the backfilled history, sees the next 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ import kopf
 import numpy as np
 
 from ..api import GROUP, PLURAL, VERSION, SpecError, parse_spec
-from ..api.decision import Forecast, MetricSnapshot, Observation, ScalerState
+from ..api.decision import Forecast, Observation, ScalerState
 from ..api.spec import Actuation, ModelDeploymentSpec
 from ..api.window import MetricWindow
 from ..metrics import MetricsError, NoData, PrometheusSource

@@ -12,7 +12,6 @@ version is remembered and not retried. A version asked for during a rollout is q
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime
 

@@ -105,7 +105,7 @@ def _markdown(result: BacktestResult, info: dict, title: str | None, plots: bool
         f"{tr['mean_qps']:.3g} qps, peak {tr['peak_qps']:.3g} qps){'; ' + '; '.join(tr['notes']) if tr['notes'] else ''}",
         f"- scored: {info['scored']['days']:.3g} days after {sc.i0 * sc.dt / 86400:.3g} days of warm-up history; "
         f"tick {sc.dt:g} s; SLO p95 ≤ {info['slo_ms']:.0f} ms",
-        f"- variants: " + ", ".join(f"{v.name} {v.capacity_qps:g} qps/replica, start-up {sc.cfg.startup(v):g} s, "
+        "- variants: " + ", ".join(f"{v.name} {v.capacity_qps:g} qps/replica, start-up {sc.cfg.startup(v):g} s, "
                                    f"cost ×{c:g}" for v, c in zip(sc.spec.variants, sc.costs)),
         f"- ours: qps target {sc.spec.metrics.rules.qps.effective_target:g} % of capacity; forecast "
         f"{fc.method if fc.enabled else 'off'} step {fc.step_seconds} s, horizon {fc.horizon_seconds} s, "

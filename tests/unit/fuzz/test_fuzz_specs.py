@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
