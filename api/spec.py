@@ -104,7 +104,11 @@ class LazyLoading(ApiModel):
     idle_unload_seconds: int = Field(default=600, ge=0, le=86400)
     """Unload a sub-model after this many seconds without a request (0 = never)."""
     preload: list[Name] = Field(default_factory=list, max_length=64)
-    """Sub-models loaded before a new replica reports ready (the operator adds its hot set)."""
+    """Sub-models loaded (and kept) before a new replica reports ready."""
+    hot_set_size: int = Field(default=4, ge=0, le=64)
+    """How many of the busiest sub-models (by request rate over ``metrics.windowSeconds``) a new replica
+    also loads at start-up, so it does not meet its first requests cold. The operator publishes them
+    in the ConfigMap ``<name>-hotset``; they stay evictable. 0 = off."""
 
     @property
     def memory_budget_bytes(self) -> int:

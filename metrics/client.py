@@ -20,7 +20,7 @@ from ..api.decision import SIGNALS, MetricSnapshot
 from ..api.spec import ModelDeploymentSpec
 from ..api.window import MetricWindow
 from .errors import AmbiguousSeries, MetricsError, NoData, QueryFailed
-from .queries import render, render_version
+from .queries import render, render_model_rates, render_version
 
 
 def clean(value: float | str | None) -> float | None:
@@ -36,6 +36,22 @@ class MetricSource(Protocol):
     """What the operator needs from a metrics backend (Prometheus, or an in-memory stub in benchmarks)."""
 
     def snapshot(self, spec: ModelDeploymentSpec, namespace: str, name: str, at: datetime | None = None) -> MetricSnapshot: ...
+
+    def model_rates(self, spec: ModelDeploymentSpec, namespace: str, name: str) -> dict[str, float]:
+        """Requests per second of each (sub-)model over the rate window ({} when nothing was served)."""
+        result = self._call(self._client.custom_query, render_model_rates(spec, namespace, name))
+        if not isinstance(result, list):
+            raise QueryFailed("Prometheus sent a malformed response: result is not a vector")
+        out: dict[str, float] = {}
+        for series in result:
+            try:
+                model = series["metric"]["model"]
+                value = clean(series["value"][1])
+            except (KeyError, TypeError, IndexError):
+                continue
+            if value is not None:
+                out[model] = value
+        return out
 
     def history(
         self, spec: ModelDeploymentSpec, namespace: str, name: str, end: datetime, seconds: int, step: int

@@ -78,6 +78,18 @@ VERSION_QUERIES: dict[str, str] = {
 }
 
 
+MODEL_RATES_QUERY = (
+    'sum by (model) (rate(elastiserve_requests_total{namespace="$namespace",modeldeployment="$name"}[$window]))'
+)
+"""Request rate per (sub-)model over the rate window: what the hot set is chosen from."""
+
+
+def render_model_rates(spec: ModelDeploymentSpec, namespace: str, name: str) -> str:
+    return Template(MODEL_RATES_QUERY).safe_substitute(
+        namespace=namespace, name=name, window=f"{spec.metrics.window_seconds}s"
+    )
+
+
 def track_pods_regex(spec: ModelDeploymentSpec, name: str, canary: bool) -> str:
     """Pods of the stable or the canary Deployments: ``<name>-<variant>[-canary]-<hash>-<id>``."""
     variants = "|".join(v.name for v in spec.variants)

@@ -139,8 +139,8 @@ def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: 
     """The model server's configuration (``elastiserve serve`` reads these variables).
 
     The store roots are exactly the folders of the declared artifacts, so the server refuses any other
-    path. The hot set (a ConfigMap the operator maintains) is appended to the preload list with the
-    kubelet's ``$(VAR)`` expansion, so a new replica preloads whatever is hot when it starts.
+    path. ``ELASTISERVE_HOTSET`` comes from the hot set ConfigMap the operator maintains: a new replica
+    also loads whatever is hot when it starts (evictable, unlike the spec's preload list).
     """
     version = version or spec.model.version
     lazy = spec.model.lazy_loading
@@ -165,7 +165,7 @@ def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: 
             "name": "ELASTISERVE_HOTSET",
             "valueFrom": {"configMapKeyRef": {"name": hotset_name(name), "key": "preload", "optional": True}},
         },
-        {"name": "ELASTISERVE_PRELOAD", "value": f"{preload},$(ELASTISERVE_HOTSET)" if preload else "$(ELASTISERVE_HOTSET)"},
+        {"name": "ELASTISERVE_PRELOAD", "value": preload},
     ]
     if spec.model.sub_models:
         env.append({"name": "ELASTISERVE_MODELS_FILE", "value": f"{SUBMODELS_DIR}/{SUBMODELS_KEY}"})

@@ -25,6 +25,7 @@ from ..api.window import MetricWindow
 from ..metrics import MetricsError, NoData, PrometheusSource
 from ..api.status import RolloutStatus
 from ..scaling import decide
+from ..scaling.hotset import hot_set
 from ..scaling.rollout import RolloutPlan, VersionHealth, advance, split_versions
 from . import builders, telemetry
 from .failpoints import failpoint
@@ -210,7 +211,7 @@ def hpa_managed(memo: Any) -> set[tuple[str, str, str]]:
 
 def shared_memo(**settings: Any) -> kopf.Memo:
     """The operator-level memo: containers every object's memo copy must share."""
-    return kopf.Memo(applied={}, hpa_variants=set(), sources={}, forecasters={}, last_cycle={}, locks={},
+    return kopf.Memo(applied={}, hpa_variants=set(), sources={}, forecasters={}, last_cycle={}, locks={}, hot_sets={},
                      kube=None, **settings)
 
 
@@ -432,11 +433,14 @@ async def _cycle(
         replicas={v: e["replicas"] for v, e in canaries.items()}), body, memo, logger, canary=True)
     failpoint("after-actuate")  # replicas patched, status not yet written
     routing = await route(mspec, name, namespace, uid, decision.desired, obs, st.get("routing"), body, memo)
+    hot = await publish_hot_set(mspec, name, namespace, uid, source, memo)
 
     # ---- status, Events, metrics
     summary = decision.summary()
     changed = decision.desired != obs.replicas
     patch.status["routing"] = routing
+    if hot is not None:
+        patch.status["hotSet"] = hot
     # Merge patches keep keys they do not mention: send cleared fields as null so they are removed
     # (an outage's metricsMissingSince must not outlive the outage).
     patch.status["scaler"] = decision.state.model_dump(by_alias=True, mode="json")
@@ -623,6 +627,32 @@ async def actuate(
             continue
         applied[(namespace, name, variant)] = replicas
         await kube.apply(builders.build_replicas(name, namespace, variant, replicas), SCALER_MANAGER)
+
+
+async def publish_hot_set(
+    mspec: ModelDeploymentSpec, name: str, namespace: str, uid: str, source: Any, memo: Any
+) -> list[str] | None:
+    """Publish the busiest sub-models in ``<name>-hotset`` for new replicas to load at start-up.
+
+    Returns the hot set, or None when there is nothing to publish (no sub-models, hot set off, or no
+    per-model rates this cycle: then the ConfigMap keeps its last list). Applied when the list changes,
+    and once after a restart."""
+    lazy = mspec.model.lazy_loading
+    if not mspec.model.sub_models or not lazy.enabled or lazy.hot_set_size <= 0:
+        return None
+    try:
+        rates = await asyncio.to_thread(source.model_rates, mspec, namespace, name)
+    except MetricsError:
+        return None
+    if not rates:
+        return None  # nothing served in the window (e.g. at zero): keep the last hot set
+    hot = hot_set(mspec, rates)
+    published = _memo_dict(memo, "hot_sets")
+    key = (namespace, name)
+    if published.get(key) != hot:
+        await _kube(memo).apply(builders.build_hotset(name, namespace, uid, hot))
+    published[key] = hot
+    return hot
 
 
 # --------------------------------------------------------------------------- drift

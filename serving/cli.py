@@ -199,6 +199,9 @@ def serve(
                                               help="Unload a model unused this long (0 = never)."),
     preload: Optional[List[str]] = typer.Option(None, envvar="ELASTISERVE_PRELOAD",
                                                 help="Models to load before reporting ready ('all' = every one)."),
+    hot: Optional[List[str]] = typer.Option(None, "--hot", envvar="ELASTISERVE_HOTSET",
+                                            help="Busy models to load at start-up after --preload, evictable "
+                                                 "(the operator's hot set; unknown names are skipped)."),
     max_request_bytes: str = typer.Option("1Mi", envvar="ELASTISERVE_MAX_REQUEST_BYTES",
                                           help="Largest accepted request body (413 above)."),
     max_batch: int = typer.Option(256, envvar="ELASTISERVE_MAX_BATCH", help="Most texts in one request."),
@@ -224,6 +227,7 @@ def serve(
     try:
         cfg = config_from_values(host=host, port=port, store=store, model=model, discover=discover, variant=variant,
                                  memory_budget=memory_budget, idle_unload_seconds=idle_unload_seconds, preload=preload,
+                                 hot=hot,
                                  max_request_bytes=max_request_bytes, max_batch=max_batch,
                                  intra_op_threads=intra_op_threads, infer_workers=infer_workers,
                                  bytes_factor=bytes_factor, batch_window_ms=batch_window_ms,

@@ -58,6 +58,7 @@ class ServerConfig:
     memory_budget: int = 1 << 30
     idle_unload_seconds: float = 300.0
     preload: list[str] = field(default_factory=list)
+    hot: list[str] = field(default_factory=list)  # the operator's hot set: loaded at start, evictable
     max_request_bytes: int = 1 << 20
     max_batch: int = 256
     intra_op_threads: int | None = None
@@ -111,6 +112,13 @@ class Server:
         for p in preload:
             self.cache._check_known(p)
         self.preload_names = preload
+        # The hot set is advisory (the operator's ranking of busy models): a name this server does not
+        # serve (e.g. a sub-model just removed) is skipped, not fatal.
+        known = set(self.cache.known())
+        unknown = [h for h in config.hot if h not in known]
+        if unknown:
+            log.warning("hot set: skipping unknown model(s) %s", ", ".join(unknown))
+        self.hot_names = [h for h in dict.fromkeys(config.hot) if h in known and h not in preload]
         self.watcher: ModelsFileWatcher | None = None
         if config.models_file:
             self.watcher = ModelsFileWatcher(config.models_file, self.store, self.cache,
@@ -132,9 +140,12 @@ class Server:
     async def _preload(self) -> None:
         try:
             self.preload_errors = await self.cache.preload(self.preload_names)
+            # Then the hot set, unpinned: within the budget it may be evicted like any cached model.
+            hot_errors = await self.cache.preload(self.hot_names, pin=False)
+            self.preload_errors.update({k: v for k, v in hot_errors.items() if k not in self.preload_errors})
         finally:
             self.ready = True
-            log.info("ready (preloaded %s)", ", ".join(self.preload_names) or "nothing")
+            log.info("ready (preloaded %s)", ", ".join(self.preload_names + self.hot_names) or "nothing")
 
     async def on_cleanup(self, app: web.Application) -> None:
         for t in self._tasks:
@@ -516,6 +527,7 @@ def run(config: ServerConfig) -> None:
 
 def config_from_values(*, host: str, port: int, store: list[str] | None, model: list[str] | None, discover: bool,
                        variant: str | None, memory_budget: str, idle_unload_seconds: float, preload: list[str] | None,
+                       hot: list[str] | None = None,
                        max_request_bytes: str, max_batch: int, intra_op_threads: int | None, infer_workers: int,
                        bytes_factor: float = 1.0, batch_window_ms: float = 0.0, models_file: str | None = None,
                        models_file_interval: float = 5.0) -> ServerConfig:
@@ -528,9 +540,10 @@ def config_from_values(*, host: str, port: int, store: list[str] | None, model: 
         label = os.environ.get("ELASTISERVE_VARIANT", "")
         variant = label if label in paths.VARIANT_FILES else "fp32"
     pre = [p.strip() for item in (preload or []) for p in item.split(",") if p.strip()]
+    hot_names = [h.strip() for item in (hot or []) for h in item.split(",") if h.strip()]
     return ServerConfig(host=host, port=port, stores=stores, models=models, discover=discover, variant=variant,
                         memory_budget=parse_bytes(memory_budget), idle_unload_seconds=idle_unload_seconds,
-                        preload=pre, max_request_bytes=parse_bytes(max_request_bytes), max_batch=max_batch,
+                        preload=pre, hot=hot_names, max_request_bytes=parse_bytes(max_request_bytes), max_batch=max_batch,
                         intra_op_threads=intra_op_threads, infer_workers=infer_workers, bytes_factor=bytes_factor,
                         batch_window_ms=batch_window_ms, models_file=models_file or None,
                         models_file_interval=models_file_interval)

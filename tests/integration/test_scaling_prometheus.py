@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -63,3 +64,40 @@ def test_load_scales_up_then_down_after_the_window(k8s_cluster, namespace, prome
     conds = {c["type"]: c["status"] for c in status["conditions"]}
     assert conds["MetricsAvailable"] == "True" and conds["Ready"] == "True"
     assert 'elastiserve_operator_scale_events_total{direction="down"' in op.metrics()
+
+
+def test_hot_set_follows_per_model_request_rates(k8s_cluster, namespace, prometheus_factory, operator_factory):
+    """The busiest sub-models are published in <name>-hotset for new replicas to load at start-up."""
+    exporter = RateExporter("hot").start()
+    exporter.set_models({"m": 0.1, "legal": 0.5, "tax": 0.3, "medical": 0.1})
+    exporter.set_rate(10.0)
+    prom = prometheus_factory([{"targets": [f"127.0.0.1:{exporter.port}"], "labels": {"namespace": namespace}}]).start()
+    operator_factory(namespace=namespace, prometheus_url=prom.url)
+    k8s_cluster.apply(manifest(
+        "hot",
+        model={"name": "m", "uri": "file:///models/m", "subModels": [
+            {"name": n, "uri": f"file:///models/{n}"} for n in ("legal", "tax", "medical")],
+            "lazyLoading": {"hotSetSize": 2, "preload": ["m"]}},
+        variants=[{"name": "fp32", "capacityQps": 100}],
+        replicas={"min": 1, "max": 2},
+        syncPeriodSeconds=5,
+        metrics={"windowSeconds": 10},
+    ), namespace=namespace)
+
+    def hotset():
+        got = k8s_cluster.kubectl("get", "configmap", "hot-hotset", "-n", namespace, "-o", "json", check=False)
+        return json.loads(got.stdout)["data"]["preload"] if got.returncode == 0 else None
+
+    # The two busiest declared sub-models; "m" is preloaded by the spec anyway, so it is left out.
+    wait_until(lambda: hotset() == "legal,tax", timeout=90, what="hot set legal,tax")
+    status = k8s_cluster.kubectl_json("get", "mdep", "hot", "-n", namespace)["status"]
+    assert status["hotSet"] == ["legal", "tax"]
+    # Every replica reads it from the ConfigMap (optional: a first replica starts without one).
+    env = k8s_cluster.kubectl_json("get", "deployment", "hot-fp32", "-n", namespace)["spec"]["template"]["spec"][
+        "containers"][0]["env"]
+    ref = next(e for e in env if e["name"] == "ELASTISERVE_HOTSET")["valueFrom"]["configMapKeyRef"]
+    assert ref == {"name": "hot-hotset", "key": "preload", "optional": True}
+
+    # Traffic moves: the ranking follows within a rate window and a sync or two.
+    exporter.set_models({"m": 0.1, "legal": 0.05, "tax": 0.25, "medical": 0.6})
+    wait_until(lambda: hotset() == "medical,tax", timeout=90, what="hot set medical,tax")

@@ -133,15 +133,26 @@ class RateExporter:
     port: int = 0
     hide: bool = False
     """True: export nothing (the series vanish, as when every replica is gone)."""
+    models: dict[str, float] = field(default_factory=lambda: {"m": 1.0})
+    """Share of the requests per (sub-)model (label ``model``); change with :meth:`set_models`."""
+    _per_model: dict[str, float] = field(default_factory=dict)
 
     def set_rate(self, rate: float) -> None:
         with self._lock:
             self._advance()
             self.rate = rate
 
+    def set_models(self, shares: dict[str, float]) -> None:
+        with self._lock:
+            self._advance()
+            self.models = dict(shares)
+
     def _advance(self) -> None:
         now = time.monotonic()
-        self._total += self.rate * (now - self._last)
+        served = self.rate * (now - self._last)
+        self._total += served
+        for model, share in self.models.items():
+            self._per_model[model] = self._per_model.get(model, 0.0) + served * share
         self._last = now
 
     def collect(self):
@@ -150,8 +161,10 @@ class RateExporter:
         with self._lock:
             self._advance()
             total = self._total
+            per_model = dict(self._per_model)
         c = CounterMetricFamily("elastiserve_requests", "requests", labels=["modeldeployment", "variant", "model", "code"])
-        c.add_metric([self.modeldeployment, self.variant, "m", "200"], total)
+        for model, count in per_model.items():
+            c.add_metric([self.modeldeployment, self.variant, model, "200"], count)
         yield c
         h = HistogramMetricFamily(
             "elastiserve_request_duration_seconds", "latency", labels=["modeldeployment", "variant", "model"]

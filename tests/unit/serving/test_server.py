@@ -327,3 +327,16 @@ async def test_micro_batching_merges_concurrent_requests(make_client):
         np.testing.assert_allclose(solo["embeddings"], bodies[3]["embeddings"], atol=1e-5)
     finally:
         await c.close()
+
+
+async def test_hot_set_loads_at_start_evictable_and_skips_unknown_names(make_client, caplog):
+    c = await make_client(preload=["alpha"], hot=["beta", "gone", "alpha"])
+    try:
+        await wait_ready(c)
+        ready = await (await c.get("/v2/health/ready")).json()
+        assert sorted(ready["resident"]) == ["alpha", "beta"]
+        resident = c.server.app[SERVER_KEY].cache._resident
+        assert resident["alpha"].pinned and not resident["beta"].pinned  # the hot set stays evictable
+        assert "skipping unknown model(s) gone" in caplog.text
+    finally:
+        await c.close()
