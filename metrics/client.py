@@ -37,21 +37,7 @@ class MetricSource(Protocol):
 
     def snapshot(self, spec: ModelDeploymentSpec, namespace: str, name: str, at: datetime | None = None) -> MetricSnapshot: ...
 
-    def model_rates(self, spec: ModelDeploymentSpec, namespace: str, name: str) -> dict[str, float]:
-        """Requests per second of each (sub-)model over the rate window ({} when nothing was served)."""
-        result = self._call(self._client.custom_query, render_model_rates(spec, namespace, name))
-        if not isinstance(result, list):
-            raise QueryFailed("Prometheus sent a malformed response: result is not a vector")
-        out: dict[str, float] = {}
-        for series in result:
-            try:
-                model = series["metric"]["model"]
-                value = clean(series["value"][1])
-            except (KeyError, TypeError, IndexError):
-                continue
-            if value is not None:
-                out[model] = value
-        return out
+    def model_rates(self, spec: ModelDeploymentSpec, namespace: str, name: str) -> dict[str, float]: ...
 
     def history(
         self, spec: ModelDeploymentSpec, namespace: str, name: str, end: datetime, seconds: int, step: int
@@ -179,6 +165,22 @@ class PrometheusSource:
                 out[signal], _ = self.instant(render_version(signal, spec, namespace, name, canary, window_seconds))
             except MetricsError:
                 out[signal] = None
+        return out
+
+    def model_rates(self, spec: ModelDeploymentSpec, namespace: str, name: str) -> dict[str, float]:
+        """Requests per second of each (sub-)model over the rate window ({} when nothing was served)."""
+        result = self._call(self._client.custom_query, render_model_rates(spec, namespace, name))
+        if not isinstance(result, list):
+            raise QueryFailed("Prometheus sent a malformed response: result is not a vector")
+        out: dict[str, float] = {}
+        for series in result:
+            try:
+                model = series["metric"]["model"]
+                value = clean(series["value"][1])
+            except (KeyError, TypeError, IndexError):
+                continue
+            if value is not None:
+                out[model] = value
         return out
 
     def history(

@@ -151,3 +151,22 @@ def test_malformed_responses_only_raise_metrics_errors(server, status, body):
         src.range("up", start, start + timedelta(minutes=5), 60)
     except MetricsError:
         pass
+
+
+def test_model_rates_one_value_per_model_skipping_garbage(server):
+    canned, url = server
+    series = [{"metric": {"model": "legal"}, "value": [1700000000.0, "2.5"]},
+              {"metric": {"model": "tax"}, "value": [1700000000.0, "NaN"]},  # no rate: left out
+              {"metric": {}, "value": [1700000000.0, "9"]},  # no model label: left out
+              {"metric": {"model": "medical"}, "value": [1700000000.0, "0"]}]
+    canned.status = 200
+    canned.body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": series}}).encode()
+    spec = parse_spec({"model": {"name": "m", "uri": "file:///m"}, "variants": [{"name": "fp32"}],
+                       "metrics": {"windowSeconds": 30}})
+    assert PrometheusSource(url).model_rates(spec, "ns", "emb") == {"legal": 2.5, "medical": 0.0}
+    query = canned.seen[-1][0]
+    assert "sum+by+%28model%29" in query or "sum%20by%20%28model%29" in query
+    assert "%5B30s%5D" in query  # over the rate window
+    canned.status, canned.body = 503, b"overloaded"
+    with pytest.raises(QueryFailed):
+        PrometheusSource(url).model_rates(spec, "ns", "emb")
