@@ -225,6 +225,21 @@ def drive(stack: Stack, cluster, curve, origin: float, twins_dir: Path, ports, L
     return timeline
 
 
+def _woke_per_events(cluster) -> bool:
+    """The operator's own account: the Service went to the activator (no replicas) and later back to the
+    pods. (A forecast pre-warm can wake the model before the timeline's first sample.) Events with the
+    same message are aggregated, so compare first occurrences."""
+    items = cluster.kubectl_json("get", "events", "-n", NAMESPACE,
+                                 "--field-selector", f"involvedObject.name={MDEP}")["items"]
+    first = {}
+    for e in items:
+        ts = e.get("firstTimestamp") or e.get("eventTime") or ""
+        reason = e.get("reason")
+        if reason in ("RoutedToActivator", "RoutedToPods") and ts and (reason not in first or ts < first[reason]):
+            first[reason] = ts
+    return "RoutedToActivator" in first and "RoutedToPods" in first and first["RoutedToActivator"] < first["RoutedToPods"]
+
+
 def write_report(stack: Stack, cluster, prom, timeline: Timeline) -> None:
     import matplotlib
 
@@ -264,7 +279,7 @@ def write_report(stack: Stack, cluster, prom, timeline: Timeline) -> None:
         "prescaled_before_peak": any("forecast p" in r and "floor" in r for r in reasons[:peak_at + 1]),
         "int8_burst": any(s.desired.get("int8", 0) > 0 and s.desired.get("fp32", 0) > 0 for s in samples),
         "scaled_to_zero": any(a > 0 and b == 0 for a, b in zip(totals, totals[1:])),
-        "woke_from_zero": any(a == 0 and b > 0 for a, b in zip(totals, totals[1:])),
+        "woke_from_zero": any(a == 0 and b > 0 for a, b in zip(totals, totals[1:])) or _woke_per_events(cluster),
         "requests": {"sent": timeline.stats.sent, "ok": timeline.stats.ok, "errors": timeline.stats.errors,
                      "via_activator": timeline.stats.via_activator},
     }

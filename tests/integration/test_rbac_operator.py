@@ -26,10 +26,15 @@ def test_operator_reconciles_and_scales_with_only_the_chart_rbac(k8s_cluster, cr
         k8s_cluster.apply(manifest("rbac", model={"name": "m", "uri": "file:///m.onnx"},
                                    variants=[{"name": "fp32"}, {"name": "int8", "precision": "int8", "role": "burst"}],
                                    replicas={"min": 2, "max": 4}), namespace=namespace)
-        deps = wait_until(lambda: k8s_cluster.kubectl_json("get", "deployments", "-n", namespace,
-                                                          "-l", "elastiserve.dev/modeldeployment=rbac")["items"],
-                          timeout=60, what="owned Deployments created under the chart's ServiceAccount")
-        assert {d["metadata"]["name"] for d in deps} == {"rbac-fp32", "rbac-int8"}
+
+        def names():
+            items = k8s_cluster.kubectl_json("get", "deployments", "-n", namespace,
+                                             "-l", "elastiserve.dev/modeldeployment=rbac")["items"]
+            return {d["metadata"]["name"] for d in items}
+
+        # Both variants' Deployments (applied one after the other: poll for the pair, not the first one).
+        wait_until(lambda: names() == {"rbac-fp32", "rbac-int8"}, timeout=60,
+                   what="owned Deployments created under the chart's ServiceAccount")
         wait_until(lambda: (k8s_cluster.kubectl_json("get", "mdep", "rbac", "-n", namespace).get("status") or {})
                    .get("lastDecision"), timeout=60, what="status written under the chart's ServiceAccount")
         events = k8s_cluster.kubectl_json("get", "events", "-n", namespace)["items"]
