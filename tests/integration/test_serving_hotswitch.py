@@ -13,71 +13,22 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import httpx
 import numpy as np
 import pytest
 from support import wait_until
 
 from elastiserve.serving.builder import build_tiny_model
+from support.serving import ServerProcess
 from elastiserve.serving.runtime import Embedder
 
-READY_DEADLINE = 60.0
 HIDDEN = 32
 PROBE = ["the quick brown fox", "hello world"]
 CONCURRENCY = 16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    def __init__(self, args: list[str], log: Path):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        cmd = [sys.executable, "-m", "elastiserve.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
-        self._logf = open(log, "wb")
-        env = {**os.environ, "ELASTISERVE_MODELDEPLOYMENT": "hs", "ELASTISERVE_VARIANT": "fp32"}
-        self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, env=env)
-        self.client = httpx.Client(base_url=self.base, timeout=30.0)
-
-    def wait_ready(self) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}")
-            return self.client.get("/v2/health/ready", timeout=2.0).status_code == 200
-
-        try:
-            wait_until(ready, timeout=READY_DEADLINE, interval=0.05, what="server ready")
-        except AssertionError as e:
-            raise AssertionError(f"{e}\n{self.log.read_text()[-3000:]}") from None
-
-    def metrics(self) -> str:
-        return self.client.get("/metrics").text
-
-    def stop(self) -> int:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._logf.close()
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +56,8 @@ def make_server(store, tmp_path):
     def make(*extra: str) -> ServerProcess:
         srv = ServerProcess(["--store", str(store), "--model", "enc=enc/v1", "--preload", "enc",
                              "--idle-unload-seconds", "0", "--infer-workers", "2", "--intra-op-threads", "1", *extra],
-                            tmp_path / f"server{len(servers)}.log")
+                            tmp_path / f"server{len(servers)}.log",
+                            {"ELASTISERVE_MODELDEPLOYMENT": "hs", "ELASTISERVE_VARIANT": "fp32"})
         servers.append(srv)
         srv.wait_ready()
         return srv

@@ -7,69 +7,15 @@ Most tests serve tiny random encoders generated here (fast, no weights needed); 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from elastiserve.serving.builder import build_tiny_model
+from support.serving import ServerProcess
 
-READY_DEADLINE = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    def __init__(self, args: list[str], env: dict[str, str], log: Path):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        cmd = [sys.executable, "-m", "elastiserve.serving.cli", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), *args]
-        self._logf = open(log, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, env={**os.environ, **env})
-        self.client = httpx.Client(base_url=self.base, timeout=30.0)
-
-    def wait_ready(self, deadline: float = READY_DEADLINE) -> None:
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if self.client.get("/v2/health/ready", timeout=2.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            # back off by waiting on the process itself: returns at once if the server dies
-            try:
-                self.proc.wait(timeout=0.05)
-            except subprocess.TimeoutExpired:
-                pass
-        raise AssertionError(f"not ready within {deadline}s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> int:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._logf.close()
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +35,8 @@ def server(store, tmp_path_factory):
     srv = ServerProcess(
         ["--store", str(store), "--model", "alpha,beta,gamma,corrupt", "--preload", "alpha",
          "--memory-budget", "100Mi", "--max-request-bytes", "4096", "--idle-unload-seconds", "0"],
-        {"ELASTISERVE_MODELDEPLOYMENT": "itest", "ELASTISERVE_VARIANT": "fp32"},
         tmp_path_factory.mktemp("logs") / "server.log",
+        {"ELASTISERVE_MODELDEPLOYMENT": "itest", "ELASTISERVE_VARIANT": "fp32"},
     )
     try:
         srv.wait_ready()
@@ -155,7 +101,7 @@ def test_metrics(server):
 
 
 def test_model_larger_than_budget(store, tmp_path):
-    srv = ServerProcess(["--store", str(store), "--model", "alpha", "--memory-budget", "1000"], {},
+    srv = ServerProcess(["--store", str(store), "--model", "alpha", "--memory-budget", "1000"],
                         tmp_path / "small.log")
     try:
         srv.wait_ready()
@@ -169,7 +115,7 @@ def test_model_larger_than_budget(store, tmp_path):
 
 
 def test_uri_outside_store_refused_at_startup(store, tmp_path):
-    srv = ServerProcess(["--store", str(store), "--model", f"evil={tmp_path}"], {}, tmp_path / "evil.log")
+    srv = ServerProcess(["--store", str(store), "--model", f"evil={tmp_path}"], tmp_path / "evil.log")
     try:
         code = srv.proc.wait(timeout=60)
     finally:
@@ -197,7 +143,7 @@ def test_real_minilm_over_http(tmp_path):
     ref = json.loads(ref_path.read_text())
     for variant, bound in (("fp32", 0.999), ("int8", 0.99)):
         srv = ServerProcess(["--store", str(tmp_path / "models"), "--variant", variant, "--preload", "minilm"],
-                            {"ELASTISERVE_CACHE": str(tmp_path)}, tmp_path / f"{variant}.log")
+                            tmp_path / f"{variant}.log", {"ELASTISERVE_CACHE": str(tmp_path)})
         try:
             srv.wait_ready()
             r = srv.client.post("/v2/models/minilm/infer", json=infer_body(ref["sentences"]))
