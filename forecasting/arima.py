@@ -40,7 +40,7 @@ import numpy as np
 from ..api.decision import Forecast
 from ..api.spec import ForecastingSpec
 from ..api.window import MetricWindow
-from .base import ErrorTracker, StepSeries, epoch, from_epoch, make_points, not_ready
+from .base import ErrorTracker, StepSeries, epoch, feed_window, from_epoch, make_points, not_ready
 from .fourier import Seasonality, plan_seasonality
 
 # The Kalman filter multiplies matrices of a few rows; OpenBLAS worker threads only add overhead there
@@ -178,20 +178,12 @@ class ArimaForecaster:
             return not_ready(now, self.method, f"forecaster error: {type(exc).__name__}: {exc}", self.spec.quantile)
 
     def _update(self, window: MetricWindow, now: datetime) -> Forecast:
-        if self.series is None:
-            if len(window) == 0:
-                return not_ready(now, self.method, "no data yet", self.spec.quantile)
-            self._setup(window.step_seconds)
+        early, first, new = feed_window(self, window, now)
+        if early is not None:
+            return early
         series = self.series
-        assert series is not None
-        first, new = series.feed(window)
-        if series.end_label is None:
-            return not_ready(now, self.method, "no complete step of data yet", self.spec.quantile)
+        assert series is not None and series.end_label is not None
         origin = from_epoch(series.end_label)
-        if len(new):
-            labels = first + self.step * np.arange(len(new), dtype=np.int64)
-            self._set_floor()
-            self.tracker.realise(labels, new)
         have, need = series.observed, self.required_points()
         if have < need:
             return not_ready(origin, self.method, self._short_history(have, need), self.spec.quantile)
@@ -221,10 +213,6 @@ class ArimaForecaster:
         what = f"two periods of {self.season.describe()}" if self.season.periods else "the minimum"
         notes = f"; {'; '.join(self.season_notes)}" if self.season_notes else ""
         return f"history {have} of {need} steps of {self.step} s ({what}){notes}"
-
-    def _set_floor(self) -> None:
-        assert self.series is not None
-        self.tracker.set_floor_from(self.series.values)
 
     def _refit_due(self, end_label: int) -> bool:
         fit = self.fit

@@ -195,3 +195,25 @@ class ErrorTracker:
     def reset(self) -> None:
         self.predictions.clear()
         self.terms.clear()
+
+
+def feed_window(fc, window: MetricWindow, now: datetime) -> tuple[Forecast | None, int, np.ndarray]:
+    """The first half of every forecaster's ``update()``: set its series up on the first window, feed the
+    window's new steps, and score the forecasts those steps realise (sMAPE floor from the whole history).
+
+    ``fc`` has ``series`` (None until set up), ``_setup(step)``, ``step``, ``tracker``, ``method`` and
+    ``spec``. Returns (a not-ready forecast when there is nothing to forecast from yet, else None; the
+    label of the first new step; the new steps' values), as :meth:`StepSeries.feed` gives them."""
+    if fc.series is None:
+        if len(window) == 0:
+            return not_ready(now, fc.method, "no data yet", fc.spec.quantile), 0, np.empty(0)
+        fc._setup(window.step_seconds)
+    series: StepSeries = fc.series
+    first, new = series.feed(window)
+    if series.end_label is None:
+        return not_ready(now, fc.method, "no complete step of data yet", fc.spec.quantile), first, new
+    if len(new):
+        labels = first + fc.step * np.arange(len(new), dtype=np.int64)
+        fc.tracker.set_floor_from(series.values)
+        fc.tracker.realise(labels, new)
+    return None, first, new

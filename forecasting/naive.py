@@ -18,7 +18,7 @@ import numpy as np
 from ..api.decision import Forecast
 from ..api.spec import ForecastingSpec
 from ..api.window import MetricWindow
-from .base import ErrorTracker, StepSeries, epoch, from_epoch, make_points, not_ready
+from .base import ErrorTracker, StepSeries, epoch, feed_window, from_epoch, make_points, not_ready
 
 
 class NaiveForecaster:
@@ -61,19 +61,12 @@ class NaiveForecaster:
             return not_ready(now, self.method, f"forecaster error: {type(exc).__name__}: {exc}", self.spec.quantile)
 
     def _update(self, window: MetricWindow, now: datetime) -> Forecast:
-        if self.series is None:
-            if len(window) == 0:
-                return not_ready(now, self.method, "no data yet", self.spec.quantile)
-            self._setup(window.step_seconds)
+        early, _, new = feed_window(self, window, now)
+        if early is not None:
+            return early
         series = self.series
-        assert series is not None
-        first, new = series.feed(window)
-        if series.end_label is None:
-            return not_ready(now, self.method, "no complete step of data yet", self.spec.quantile)
+        assert series is not None and series.end_label is not None
         if len(new):
-            labels = first + self.step * np.arange(len(new), dtype=np.int64)
-            self.tracker.set_floor_from(series.values)
-            self.tracker.realise(labels, new)
             self._cached = None
         origin = from_epoch(series.end_label)
         need = max(self.min_points, 2 * self.steps_ahead + 2)
