@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from elastiserve.serving import paths
 
@@ -17,35 +16,14 @@ pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    try:
-        paths.source_model_dir()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    ref = paths.reference_embeddings_path()
-    if not ref.exists():
-        pytest.skip(f"reference embeddings not found at {ref} (set ELASTISERVE_SHARED)")
-    cache = tmp_path_factory.mktemp("es-cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ELASTISERVE_CACHE", str(cache))
-    try:
-        import typer
-
-        from elastiserve.serving.cli import model_app
-
-        app = typer.Typer()
-        app.add_typer(model_app, name="model")
-        runner = CliRunner()
-        r = runner.invoke(app, ["model", "build"])
-        assert r.exit_code == 0, r.output
-        assert "min cosine" in r.output
-        r = runner.invoke(app, ["model", "quantize"])
-        assert r.exit_code == 0, r.output
-        d = paths.model_dir("minilm")
-        assert str(d).startswith(str(cache))  # written to the cache, never into the repo
-        yield d
-    finally:
-        mp.undo()
+def built(minilm_cli):
+    run, d = minilm_cli
+    r = run("build")
+    assert r.exit_code == 0, r.output
+    assert "min cosine" in r.output
+    r = run("quantize")
+    assert r.exit_code == 0, r.output
+    return d
 
 
 def test_fp32_matches_reference(built):

@@ -25,7 +25,6 @@ import httpx
 import numpy as np
 import pytest
 from support import wait_until
-from typer.testing import CliRunner
 
 from elastiserve.serving import paths
 
@@ -36,37 +35,16 @@ REF_MEAN_FLOOR, REF_MIN_FLOOR = 0.69, 0.40
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(minilm_cli):
     """(model folder, output of `model prune`) in a temporary cache."""
-    try:
-        paths.source_model_dir()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    ref = paths.reference_embeddings_path()
-    if not ref.exists():
-        pytest.skip(f"reference embeddings not found at {ref} (set ELASTISERVE_SHARED)")
-    cache = tmp_path_factory.mktemp("es-cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ELASTISERVE_CACHE", str(cache))
-    try:
-        import typer
-
-        from elastiserve.serving.cli import model_app
-
-        app = typer.Typer()
-        app.add_typer(model_app, name="model")
-        runner = CliRunner()
-        d = paths.model_dir("minilm")
-        assert str(d).startswith(str(cache))  # written to the cache, never into the repo
-        r = runner.invoke(app, ["model", "prune"])  # before the build: a clear error, no traceback
-        assert r.exit_code == 1 and "elastiserve model build" in r.output, r.output
-        r = runner.invoke(app, ["model", "build"])
-        assert r.exit_code == 0, r.output
-        r = runner.invoke(app, ["model", "prune"])
-        assert r.exit_code == 0, r.output
-        yield d, r.output
-    finally:
-        mp.undo()
+    run, d = minilm_cli
+    r = run("prune")  # before the build: a clear error, no traceback
+    assert r.exit_code == 1 and "elastiserve model build" in r.output, r.output
+    r = run("build")
+    assert r.exit_code == 0, r.output
+    r = run("prune")
+    assert r.exit_code == 0, r.output
+    return d, r.output
 
 
 def _reported(output: str, label: str) -> tuple[float, float]:

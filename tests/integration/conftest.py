@@ -1,0 +1,41 @@
+"""Fixtures shared by the integration tests of the model runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+
+@pytest.fixture(scope="module")
+def minilm_cli(tmp_path_factory) -> Iterator[tuple[Callable[..., Result], Path]]:
+    """``elastiserve model ...`` in a temporary model cache of this test module: yields (run, model folder),
+    ``run("build")`` invoking the command. Skips when the packaged MiniLM weights or the shared reference
+    embeddings are missing."""
+    import typer
+
+    from elastiserve.serving import paths
+    from elastiserve.serving.cli import model_app
+
+    try:
+        paths.source_model_dir()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    ref = paths.reference_embeddings_path()
+    if not ref.exists():
+        pytest.skip(f"reference embeddings not found at {ref} (set ELASTISERVE_SHARED)")
+    cache = tmp_path_factory.mktemp("es-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ELASTISERVE_CACHE", str(cache))
+    try:
+        app = typer.Typer()
+        app.add_typer(model_app, name="model")
+        runner = CliRunner()
+        d = paths.model_dir("minilm")
+        assert str(d).startswith(str(cache))  # written to the cache, never into the repo
+        yield (lambda *args: runner.invoke(app, ["model", *args])), d
+    finally:
+        mp.undo()
