@@ -161,11 +161,15 @@ class Server:
         headers = {"Retry-After": "1"} if status == 503 else None
         return web.json_response({"error": message, "code": code, **extra}, status=status, headers=headers)
 
-    async def _read_json(self, request: web.Request) -> dict:
+    async def _read_json(self, request: web.Request, *, empty_ok: bool = False) -> dict | None:
+        """The body as a JSON object (413 over the size limit, 400 otherwise); None for an empty body
+        when ``empty_ok``."""
         limit = self.config.max_request_bytes
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
         body = await request.read()  # aiohttp enforces client_max_size for chunked bodies too
+        if empty_ok and not body.strip():
+            return None
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
@@ -307,7 +311,7 @@ class Server:
         ``uri``) the current URI is loaded now (reloaded beside the old session if resident)."""
         name = request.match_info["name"]
         self.cache._check_known(name)
-        uri, version = self._load_params(await request.read())
+        uri, version = self._load_params(await self._read_json(request, empty_ok=True))
         try:
             source = self.store.resolve(name, uri) if uri is not None else None
         except ServingError as e:
@@ -323,17 +327,10 @@ class Server:
         body = {"name": name, "version": res.version, "active_version": res.version, **res.as_dict()}
         return web.json_response(body)
 
-    def _load_params(self, raw: bytes) -> tuple[str | None, str | None]:
-        if len(raw) > self.config.max_request_bytes:
-            raise web.HTTPRequestEntityTooLarge(max_size=self.config.max_request_bytes, actual_size=len(raw))
-        if not raw.strip():
+    @staticmethod
+    def _load_params(data: dict | None) -> tuple[str | None, str | None]:
+        if data is None:
             return None, None
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise BadRequest(f"request body is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise BadRequest("request body must be a JSON object")
         unknown = sorted(set(data) - {"parameters"})
         if unknown:
             raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; expected {{\"parameters\": "
