@@ -124,26 +124,18 @@ def test_uri_outside_store_refused_at_startup(store, tmp_path):
 
 
 @pytest.mark.model
-def test_real_minilm_over_http(tmp_path):
+def test_real_minilm_over_http(minilm_cli, tmp_path):
     """Build the real encoder (fp32 + int8) into a temp cache and serve both variants."""
     from elastiserve.serving import paths
-    from elastiserve.serving.builder import build_model
-    from elastiserve.serving.quantize import quantize_model
 
-    try:
-        paths.source_model_dir()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    ref_path = paths.reference_embeddings_path()
-    if not ref_path.exists():
-        pytest.skip(f"{ref_path} missing")
-    d = tmp_path / "models" / "minilm"
-    build_model(d)
-    quantize_model(d)
-    ref = json.loads(ref_path.read_text())
+    run, d = minilm_cli
+    for command in ("build", "quantize"):
+        r = run(command)
+        assert r.exit_code == 0, r.output
+    ref = json.loads(paths.reference_embeddings_path().read_text())
     for variant, bound in (("fp32", 0.999), ("int8", 0.99)):
-        srv = ServerProcess(["--store", str(tmp_path / "models"), "--variant", variant, "--preload", "minilm"],
-                            tmp_path / f"{variant}.log", {"ELASTISERVE_CACHE": str(tmp_path)})
+        srv = ServerProcess(["--store", str(d.parent), "--variant", variant, "--preload", "minilm"],
+                            tmp_path / f"{variant}.log")
         try:
             srv.wait_ready()
             r = srv.client.post("/v2/models/minilm/infer", json=infer_body(ref["sentences"]))
