@@ -102,6 +102,7 @@ def versioned_store_root(uri: str, version: str) -> str:
 
 
 SUBMODELS_DIR = "/etc/elastiserve/submodels"
+ANNOTATION_SUBMODELS = "elastiserve.dev/submodels"
 SUBMODELS_KEY = "models"
 
 
@@ -254,7 +255,7 @@ def build_deployment(
     if spec.model.sub_models:
         # The servers hot-switch a sub-model whose URI changes in the file, but a new name needs a new
         # process: the names (not the URIs) are part of the pod template, so adding one rolls the pods.
-        body["spec"]["template"]["metadata"]["annotations"]["elastiserve.dev/submodels"] = ",".join(
+        body["spec"]["template"]["metadata"]["annotations"][ANNOTATION_SUBMODELS] = ",".join(
             s.name for s in spec.model.sub_models)
         container["volumeMounts"] = [{"name": "submodels", "mountPath": SUBMODELS_DIR, "readOnly": True}]
         body["spec"]["template"]["spec"]["volumes"] = [

@@ -87,6 +87,9 @@ def owned_deployments(
             "name": name,
             "canary": labels.get(builders.LABEL_TRACK) == "canary",
             "version": labels.get(builders.LABEL_VERSION),
+            # it mounts the sub-model ConfigMap (see builders.build_deployment)
+            "submodels": builders.ANNOTATION_SUBMODELS in (
+                ((spec.get("template") or {}).get("metadata") or {}).get("annotations") or {}),
             "replicas": replicas,
             "ready": st.get("readyReplicas", 0) or 0,
             # A rolling update is done when every replica runs the newest template and is ready.
@@ -185,7 +188,7 @@ async def apply_owned(
         if variant not in wanted:
             await kube.delete("Deployment", namespace, entry["name"])
             logger.info(f"deleted Deployment {entry['name']}: variant {variant} left the spec")
-    if not mspec.model.sub_models:
+    if not mspec.model.sub_models and any(e.get("submodels") for e in current.values()):
         await kube.delete("ConfigMap", namespace, builders.submodels_name(name))  # the last sub-model was removed
     primary_key = (namespace, name, mspec.primary.name)
     if mspec.actuation == Actuation.HPA:

@@ -320,6 +320,14 @@ def test_a_submodel_version_bump_switches_inside_the_running_pods(
         print("sub-model hot switch:", json.dumps({
             "bump_to_all_v2_s": round(t_switched - t_bump, 1), "requests_during_switch": len(during),
             "failed": sum(r.status != 200 for r in during)}))
+
+        # The last sub-model removed: the template changes (the pods roll) and its ConfigMap goes.
+        k8s_cluster.kubectl("patch", "mdep", "sub", "-n", namespace, "--type=merge",
+                            "-p", json.dumps({"spec": {"model": {"subModels": []}}}))
+        wait_until(lambda: k8s_cluster.kubectl("get", "configmap", "sub-submodels", "-n", namespace,
+                                               check=False).returncode != 0, timeout=60, what="sub-model ConfigMap deleted")
+        template = _deployments(k8s_cluster, namespace, "sub")["sub-fp32"]["spec"]["template"]
+        assert "volumes" not in template["spec"] and "elastiserve.dev/submodels" not in template["metadata"]["annotations"]
     finally:
         load.stop.set()
         stop_twins.set()
