@@ -139,13 +139,20 @@ class PodTwins:
                 folders[by_volume[m.name]] = folder
         return mounts, folders
 
-    def _refresh_volumes(self, namespace: str, folders: dict[str, Path]) -> None:
-        """Write each ConfigMap's keys as files (atomic replace, only when the content changed)."""
+    def _refresh_volumes(self, namespace: str, folders: dict[str, Path], read: dict | None = None) -> None:
+        """Write each ConfigMap's keys as files (atomic replace, only when the content changed).
+        ``read``: ConfigMaps already read in this pass, by (namespace, name), so replicas share one read."""
+        read = {} if read is None else read
         for cm_name, folder in folders.items():
-            try:
-                data = self.core.read_namespaced_config_map(cm_name, namespace).data or {}
-            except Exception:
-                continue  # not created yet, or the API server is busy: keep what is there
+            key = (namespace, cm_name)
+            if key not in read:
+                try:
+                    read[key] = self.core.read_namespaced_config_map(cm_name, namespace).data or {}
+                except Exception:
+                    read[key] = None  # not created yet, or the API server is busy: keep what is there
+            data = read[key]
+            if data is None:
+                continue
             for key, value in data.items():
                 path = folder / key
                 if not path.exists() or path.read_text() != value:
@@ -231,8 +238,9 @@ class PodTwins:
             now = time.monotonic()
             if now - self.volumes_refreshed >= 1.0:  # a kubelet syncs ConfigMap volumes periodically, too
                 self.volumes_refreshed = now
+                read: dict = {}
                 for twin in self.twins.values():
-                    self._refresh_volumes(twin.namespace, twin.volumes)
+                    self._refresh_volumes(twin.namespace, twin.volumes, read)
         if changed:
             self._write_files()
         return changed
