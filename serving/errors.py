@@ -77,15 +77,25 @@ class SwitchFailed(ServingError):
 
 
 class ModelLoadError(ServingError):
+    """A sub-model could not be loaded. ``cause`` names what went wrong when it is known (a remote read:
+    ``no_credentials``, ``access_denied``, ``no_such_key``, ``endpoint_unreachable``, ``checksum_mismatch``...);
+    trouble reaching the store is a 503 (retry later), anything else a 500."""
+
     status = 500
     code = "model_load_failed"
+    TRANSIENT = frozenset({"endpoint_unreachable", "transfer_failed", "server_error"})
 
-    def __init__(self, name: str, reason: str):
-        self.name, self.reason = name, reason
+    def __init__(self, name: str, reason: str, *, cause: str | None = None, uri: str | None = None):
+        self.name, self.reason, self.cause, self.uri = name, reason, cause, uri
+        if cause in self.TRANSIENT:
+            self.status = 503
         super().__init__(f"model {name!r} failed to load: {reason}")
 
     def payload(self) -> dict:
-        return {**super().payload(), "model": self.name}
+        out = {**super().payload(), "model": self.name}
+        if self.cause is not None:
+            out.update(cause=self.cause, uri=self.uri)
+        return out
 
 
 class InvalidVersion(ServingError):

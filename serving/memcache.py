@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import gc
 import logging
 import time
@@ -355,7 +356,7 @@ class ModelCache:
             raise InvalidVersion(f"invalid version {version!r}: 1-63 letters, digits, '.', '_', '+' or '-', "
                                  "starting with a letter or digit")
         if source is not None and source.name != name:
-            source = ModelSource(name, source.location, source.remote)
+            source = dataclasses.replace(source, name=name)
         lock = self._switch_locks.setdefault(name, asyncio.Lock())
         async with lock:
             return await self._switch(name, source, version)

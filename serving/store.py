@@ -13,9 +13,9 @@ import json
 import os
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
 from . import paths
@@ -51,6 +51,8 @@ class ModelSource:
     name: str
     location: str
     remote: bool = False
+    # the disk cache remote files come through (an ArtifactCache); not part of the identity
+    artifacts: Any = field(default=None, compare=False, repr=False)
 
     def _is_file(self) -> bool:
         return self.location.endswith(".onnx")
@@ -66,6 +68,12 @@ class ModelSource:
         return posixpath.join(base, fname) if self.remote else str(Path(base) / fname)
 
     # -- blocking I/O (call from an executor) -------------------------------------------
+    def _error(self, e: Exception, uri: str) -> ModelLoadError:
+        from .remote import classify
+
+        err = classify(e, uri)
+        return ModelLoadError(self.name, str(err), cause=err.cause, uri=uri)
+
     def _fs(self):
         import fsspec
 
@@ -80,46 +88,69 @@ class ModelSource:
         try:
             if not self.remote:
                 return os.stat(art).st_size
+            if self.artifacts is not None:
+                return self.artifacts.stat(art).size
             info = self._fs().info(art)
             size = info.get("size")
             if size is None:
                 raise ModelLoadError(self.name, f"cannot determine the size of {art}")
             return int(size)
         except FileNotFoundError:
-            raise ModelLoadError(self.name, f"model file not found: {art}") from None
+            if not self.remote:
+                raise ModelLoadError(self.name, f"model file not found: {art}") from None
+            raise self._error(FileNotFoundError(art), art) from None
         except ServingError:
             raise
         except Exception as e:  # network errors and the like
-            raise ModelLoadError(self.name, f"cannot stat {art}: {e}") from e
+            raise self._error(e, art) from e
 
     def read(self, fname_or_uri: str) -> bytes:
         if not self.remote:
             return Path(fname_or_uri).read_bytes()
+        if self.artifacts is not None:
+            return self.artifacts.fetch(fname_or_uri).read_bytes()
         with self._fs().open(fname_or_uri, "rb") as f:
             return f.read()
 
     def load(self, variant: str, intra_op_threads: int | None = None):
-        """Load the ONNX session + tokenizer; returns a :class:`runtime.Embedder`."""
+        """Load the ONNX session + tokenizer; returns a :class:`runtime.Embedder`. Remote files come through
+        the artifact cache when there is one (a verified local copy), else are read into memory."""
         from .runtime import Embedder, make_session
         from .textproc import load_tokenizer
 
         art = self.artifact(variant)
+        current = art
+        cached = self.remote and self.artifacts is not None
         try:
             manifest: dict = {}
+            current = self.sibling(paths.CONFIG_FILE)
             try:
-                manifest = json.loads(self.read(self.sibling(paths.CONFIG_FILE)))
+                manifest = json.loads(self._read_optional(current) or b"{}")
             except (FileNotFoundError, ValueError):
                 manifest = {}
             max_length = int(manifest.get("max_length", 256))
-            try:
-                tok_json = self.read(self.sibling(paths.TOKENIZER_FILE)).decode("utf-8")
-            except FileNotFoundError:
-                raise ModelLoadError(self.name, f"{paths.TOKENIZER_FILE} not found next to {art}") from None
-            tok = load_tokenizer(tok_json, max_length, from_string=True)
-            model_src = art if not self.remote else self.read(art)
-            if not self.remote and not os.path.exists(art):
-                raise ModelLoadError(self.name, f"model file not found: {art}")
-            session = make_session(model_src, intra_op_threads)
+            current = self.sibling(paths.TOKENIZER_FILE)
+            tok_bytes = self._read_optional(current)
+            if tok_bytes is None:
+                raise ModelLoadError(self.name, f"{paths.TOKENIZER_FILE} not found next to {art}")
+            tok = load_tokenizer(tok_bytes.decode("utf-8"), max_length, from_string=True)
+            current = art
+            if cached:
+                with self.artifacts.local(art) as local_path:
+                    try:
+                        session = make_session(local_path, intra_op_threads)
+                    except Exception as e:  # the bytes match the store but are no model: do not keep them
+                        cleanup = e
+                    else:
+                        cleanup = None
+                if cleanup is not None:
+                    self.artifacts.drop(art, f"ONNX Runtime could not load it ({type(cleanup).__name__})")
+                    raise cleanup
+            else:
+                model_src = art if not self.remote else self.read(art)
+                if not self.remote and not os.path.exists(art):
+                    raise ModelLoadError(self.name, f"model file not found: {art}")
+                session = make_session(model_src, intra_op_threads)
             emb = Embedder(session, tok, name=self.name, variant=variant, manifest=manifest)
             if emb._output is None or not ({"input_ids", "attention_mask"} <= emb._inputs):
                 raise ModelLoadError(self.name, f"{art} is not a sentence encoder (inputs {sorted(emb._inputs)})")
@@ -127,16 +158,39 @@ class ModelSource:
         except ServingError:
             raise
         except FileNotFoundError as e:
+            if self.remote:
+                raise self._error(e, current) from e
             raise ModelLoadError(self.name, f"file not found: {e.filename or e}") from e
-        except Exception as e:  # corrupt protobuf, bad tokenizer json, ORT errors...
+        except Exception as e:  # corrupt protobuf, bad tokenizer json, ORT errors, remote errors...
+            from .remote import FetchError
+
+            if isinstance(e, FetchError) or (self.remote and not cached and _is_io_error(e)):
+                raise self._error(e, current) from e
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelLoadError(self.name, f"{type(e).__name__}: {msg[:300]}") from e
+
+    def _read_optional(self, path_or_uri: str) -> bytes | None:
+        """The file's bytes, or None when it does not exist."""
+        if self.remote and self.artifacts is not None:
+            with self.artifacts.local(path_or_uri, optional=True) as p:
+                return None if p is None else p.read_bytes()
+        try:
+            return self.read(path_or_uri)
+        except FileNotFoundError:
+            return None
+
+
+def _is_io_error(e: Exception) -> bool:
+    return isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "s3fs")
 
 
 class ModelStore:
     """The configured store roots; resolves ``name=uri`` pairs and rejects anything outside them."""
 
-    def __init__(self, roots: Iterable[str | Path] | None = None):
+    def __init__(self, roots: Iterable[str | Path] | None = None, *, artifacts: Any = None):
+        """``artifacts``: the :class:`~.diskcache.ArtifactCache` remote sources read through (None: read
+        remote files straight into memory, as without a disk cache)."""
+        self.artifacts = artifacts
         roots = [str(r) for r in (roots or [paths.models_root()])]
         if not roots:
             raise ValueError("at least one model store root is required")
@@ -197,7 +251,7 @@ class ModelStore:
         norm = f"{parts.scheme}://{parts.netloc}{parts.path}"
         for root in self.remote_roots:
             if norm.startswith(root) or norm.rstrip("/") + "/" == root:
-                return ModelSource(name, norm.rstrip("/"), remote=True)
+                return ModelSource(name, norm.rstrip("/"), remote=True, artifacts=self.artifacts)
         raise UnsafeModelURI(f"model {name!r}: {uri!r} is outside the model store "
                              f"({', '.join(self.remote_roots) or 'no remote roots'})")
 
