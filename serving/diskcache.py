@@ -199,6 +199,18 @@ class ArtifactCache:
             return RemoteObject(uri, int(size), str(etag).strip('"') if etag else None)
         return self._retrying(head, uri, "HEAD")
 
+    def size(self, uri: str) -> int:
+        """The object's size: from the store, else (store unreachable) from the newest cached copy."""
+        try:
+            return self.stat(uri).size
+        except FetchError as e:
+            if e.retryable:
+                with self._lock:
+                    cands = [c for c in self._entries.values() if c.uri == uri]
+                if cands:
+                    return max(cands, key=lambda c: c.last_used).size
+            raise
+
     # -- the main entry point --------------------------------------------------------------------
     @contextlib.contextmanager
     def local(self, uri: str, *, optional: bool = False) -> Iterator[Path | None]:

@@ -89,7 +89,7 @@ class ModelSource:
             if not self.remote:
                 return os.stat(art).st_size
             if self.artifacts is not None:
-                return self.artifacts.stat(art).size
+                return self.artifacts.size(art)
             info = self._fs().info(art)
             size = info.get("size")
             if size is None:

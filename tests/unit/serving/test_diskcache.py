@@ -180,7 +180,7 @@ def test_unreachable_store_serves_the_cached_copy(tmp_path, remote):
     cache = make(tmp_path, remote)
     p = cache.fetch(uri)
     remote.down = True
-    assert cache.fetch(uri) == p and cache.status()["stale_uses"] == 1
+    assert cache.size(uri) == 100 and cache.fetch(uri) == p and cache.status()["stale_uses"] == 1
     with pytest.raises(FetchError, match="endpoint unreachable") as ei:
         cache.fetch(other)
     assert ei.value.cause == "endpoint_unreachable"
@@ -283,3 +283,23 @@ async def test_remote_models_load_through_the_cache_and_bad_ones_are_not_kept(tm
         await cache.get("empty")
     assert ei.value.cause == "no_such_key" and ei.value.payload()["uri"].endswith("empty/model.onnx")
     cache.close()
+
+
+def test_model_source_identity_ignores_the_cache():
+    from elastiserve.serving.loader import ModelSource
+
+    assert ModelSource("a", "s3://b/a", remote=True) == ModelSource("a", "s3://b/a", remote=True, artifacts=object())
+
+
+def test_server_with_an_s3_store_gets_a_disk_cache_and_a_bad_secret_folder_is_a_start_error(tmp_path):
+    from elastiserve.serving.loader import ServingError
+    from elastiserve.serving.server import Server, ServerConfig
+
+    cfg = dict(stores=["s3://bucket/models"], models={"a": None}, artifact_cache_dir=str(tmp_path / "art"),
+               artifact_cache_budget="1Gi")
+    srv = Server(ServerConfig(**cfg))
+    assert srv.artifacts is not None and srv.artifacts.budget == 1 << 30
+    assert srv.cache.sources["a"].artifacts is srv.artifacts and (tmp_path / "art").is_dir()
+    with pytest.raises(ServingError, match="s3-credentials-dir"):
+        Server(ServerConfig(**cfg, s3_credentials_dir=str(tmp_path / "no-such-secret")))
+    assert Server(ServerConfig(stores=[str(tmp_path)], models={"a": None})).artifacts is None
