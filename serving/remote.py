@@ -253,7 +253,7 @@ class Remote:
             client_kwargs["endpoint_url"] = st.endpoint_url
         if st.region:
             client_kwargs["region_name"] = st.region
-        kw: dict[str, Any] = dict(skip_instance_cache=True, use_listings_cache=False, retries=1,
+        kw: dict[str, Any] = dict(skip_instance_cache=True, use_listings_cache=False,
                                   client_kwargs=client_kwargs,
                                   config_kwargs={"connect_timeout": self.connect_timeout,
                                                  "read_timeout": self.read_timeout,
@@ -261,7 +261,9 @@ class Remote:
         if st.access_key_id:
             kw.update(key=st.access_key_id, secret=st.secret_access_key, token=st.session_token)
         log.info("S3: %s", st.describe())
-        return s3fs.S3FileSystem(**kw)
+        fs = s3fs.S3FileSystem(**kw)
+        fs.retries = 1  # s3fs' own retry loop (a class attribute): one try, with_retry() retries
+        return fs
 
     def info(self, uri: str) -> dict:
         fs = self.fs(uri)
