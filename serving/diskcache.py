@@ -202,7 +202,7 @@ class ArtifactCache:
     def size(self, uri: str) -> int:
         """The object's size: from the store, else (store unreachable) from the newest cached copy."""
         try:
-            return self.stat(uri).size
+            return self._revalidate(uri).size
         except FetchError as e:
             if e.retryable:
                 with self._lock:
@@ -245,13 +245,19 @@ class ArtifactCache:
             self._note(f"dropped {uri}: {reason}")
         return len(victims)
 
-    def _acquire(self, uri: str) -> CacheEntry:
+    def _revalidate(self, uri: str) -> RemoteObject:
+        """:meth:`stat`; an object gone from the store takes its cached copies with it."""
         try:
-            obj = self.stat(uri)
+            return self.stat(uri)
         except FetchError as e:
             if e.cause == "no_such_key":
                 self.drop(uri, "the object was deleted from the store")
-                raise
+            raise
+
+    def _acquire(self, uri: str) -> CacheEntry:
+        try:
+            obj = self._revalidate(uri)
+        except FetchError as e:
             if e.retryable:
                 stale = self._newest(uri)
                 if stale is not None:
