@@ -98,6 +98,7 @@ def main() -> None:
     state = work / "s3"
     try:
         aws = s3_up(state)
+        os.environ.update(aws)  # the no-cache reference path reads them (plain fsspec/s3fs)
         settings = S3Settings(endpoint_url=aws["AWS_ENDPOINT_URL"], region=aws["AWS_REGION"],
                               access_key_id=aws["AWS_ACCESS_KEY_ID"], secret_access_key=aws["AWS_SECRET_ACCESS_KEY"])
         remote = Remote(settings)

@@ -169,8 +169,7 @@ def classify(e: BaseException, uri: str, endpoint: str | None = None) -> FetchEr
         if n in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
             return FetchError(uri, "no_credentials",
                               "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or mount a "
-                              "Secret with those keys and pass its folder as --s3-credentials-dir "
-                              "(ModelDeployment spec.storage.credentialsSecret)")
+                              "Secret with those keys and pass its folder as --s3-credentials-dir")
         if isinstance(x, ChecksumMismatch):
             return FetchError(uri, "checksum_mismatch", f"checksum mismatch: {x}")
         code = _client_error_code(x)
