@@ -41,7 +41,7 @@ CHECKSUMS_FILE = "SHA256SUMS"
 DATA = "data"
 META = "meta.json"
 TMP = ".tmp"
-CHUNK = 8 << 20
+CHUNK = 16 << 20
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -62,7 +62,7 @@ class CacheEntry:
     uri: str
     etag: str | None
     size: int
-    sha256: str
+    digest: str  # algo:hex of the verified bytes
     verified_by: str
     last_used: float
     users: int = 0
@@ -131,7 +131,7 @@ class ArtifactCache:
                 size = (d / DATA).stat().st_size
                 if size != meta["size"]:
                     raise ValueError("size differs from the metadata")
-                self._entries[d.name] = CacheEntry(d.name, meta["uri"], meta.get("etag"), size, meta["sha256"],
+                self._entries[d.name] = CacheEntry(d.name, meta["uri"], meta.get("etag"), size, meta["digest"],
                                                    meta.get("verified_by", "size"), (d / META).stat().st_mtime)
             except (OSError, ValueError, KeyError) as e:
                 log.warning("artifact cache: removing unusable entry %s (%s)", d, e)
@@ -356,7 +356,7 @@ class ArtifactCache:
         if verified_by == "size":
             log.warning("artifact cache: %s has no SHA256SUMS entry and a multipart ETag: only its size "
                         "was verified", uri)
-        meta = {"uri": uri, "etag": obj.etag, "size": obj.size, "sha256": sha, "verified_by": verified_by,
+        meta = {"uri": uri, "etag": obj.etag, "size": obj.size, "digest": sha, "verified_by": verified_by,
                 "fetched_at": time.time()}
         (tmp / META).write_text(json.dumps(meta))
         dest = self.root / key
@@ -375,10 +375,13 @@ class ArtifactCache:
         return entry
 
     def _stream(self, obj: RemoteObject, tmp: Path, expected_sha256: str | None) -> str:
-        """One attempt: stream the object into ``tmp/data`` hashing as it goes, then verify."""
+        """One attempt: stream the object into ``tmp/data`` hashing as it goes, then verify. Returns the
+        digest as ``algo:hex`` - one hash only, the one that verifies (sha256 when there is no MD5 ETag)."""
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+        by_etag = not expected_sha256 and bool(obj.etag and _MD5_RE.match(obj.etag))
+        algo = "md5" if by_etag else "sha256"
+        h = hashlib.new(algo, usedforsecurity=False)
         done = 0
         try:
             with self.remote.open(obj.uri, self.chunk_bytes) as src, open(tmp / DATA, "wb") as dst:
@@ -387,8 +390,7 @@ class ArtifactCache:
                     if not chunk:
                         break
                     dst.write(chunk)
-                    sha.update(chunk)
-                    md5.update(chunk)
+                    h.update(chunk)
                     done += len(chunk)
                     if self.on_chunk is not None:
                         self.on_chunk(obj.uri, done, obj.size)
@@ -396,12 +398,12 @@ class ArtifactCache:
                 os.fsync(dst.fileno())
             if done != obj.size:
                 raise ChecksumMismatch(f"got {done} bytes, the store announced {obj.size}")
-            digest = sha.hexdigest()
+            digest = h.hexdigest()
             if expected_sha256 and digest != expected_sha256:
                 raise ChecksumMismatch(f"sha256 {digest} differs from {expected_sha256} in {CHECKSUMS_FILE}")
-            if not expected_sha256 and obj.etag and _MD5_RE.match(obj.etag) and md5.hexdigest() != obj.etag:
-                raise ChecksumMismatch(f"md5 {md5.hexdigest()} differs from the ETag {obj.etag}")
-            return digest
+            if by_etag and digest != obj.etag:
+                raise ChecksumMismatch(f"md5 {digest} differs from the ETag {obj.etag}")
+            return f"{algo}:{digest}"
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -79,7 +79,8 @@ def assert_nothing_partial(disk: ArtifactCache) -> None:
     assert not tmp.exists() or list(tmp.iterdir()) == [], list(tmp.iterdir())
     for e in disk.entries():  # every entry on disk is exactly what its metadata says
         data = disk.path_of(e.key).read_bytes()
-        assert len(data) == e.size and hashlib.sha256(data).hexdigest() == e.sha256
+        algo, digest = e.digest.split(":")
+        assert len(data) == e.size and hashlib.new(algo, data).hexdigest() == digest
 
 
 async def embed(cache: ModelCache, name: str) -> np.ndarray:
