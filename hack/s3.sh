@@ -94,12 +94,17 @@ cmd_up() {
 JSON
   printf 'http://127.0.0.1:%s' "${s3port}" >"${S3_DIR}/endpoint"
   # Every internal port (and its gRPC twin) is a free one, so several servers
-  # can run side by side.
+  # can run side by side. weed binds /tmp/seaweedfs-<svc>-grpc-<port>.sock per
+  # gRPC port and for the filer's and gateway's HTTP: `down` removes them.
+  local mg vg fg sg fp
+  mg=$(free_port) vg=$(free_port) fg=$(free_port) sg=$(free_port) fp=$(free_port)
+  printf 'master-grpc %s\nvolume-grpc %s\nfiler-grpc %s\ns3-grpc %s\nfiler %s\ns3 %s\n' \
+    "${mg}" "${vg}" "${fg}" "${sg}" "${fp}" "${s3port}" >"${S3_DIR}/socket-ports"
   "$(WEED_BIN)" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="${S3_DIR}/data" \
-    -master.port="$(free_port)" -master.port.grpc="$(free_port)" \
-    -volume.port="$(free_port)" -volume.port.grpc="$(free_port)" -volume.max=0 \
-    -filer -filer.port="$(free_port)" -filer.port.grpc="$(free_port)" \
-    -s3 -s3.port="${s3port}" -s3.port.grpc="$(free_port)" -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="${S3_DIR}/s3.json" \
+    -master.port="$(free_port)" -master.port.grpc="${mg}" \
+    -volume.port="$(free_port)" -volume.port.grpc="${vg}" -volume.max=0 \
+    -filer -filer.port="${fp}" -filer.port.grpc="${fg}" \
+    -s3 -s3.port="${s3port}" -s3.port.grpc="${sg}" -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="${S3_DIR}/s3.json" \
     -master.volumeSizeLimitMB=64 >"${S3_DIR}/weed.log" 2>&1 &
   echo $! >"${S3_DIR}/weed.pid"
   if ! wait_for 60 "the S3 endpoint" s3_any_answer; then
@@ -115,6 +120,12 @@ cmd_down() {
     pid=$(cat "${S3_DIR}/weed.pid")
     kill "${pid}" 2>/dev/null || true
     wait_for 20 "weed to exit" bash -c "! kill -0 ${pid}" || kill -9 "${pid}" 2>/dev/null || true
+  fi
+  if [[ -f "${S3_DIR}/socket-ports" ]]; then
+    local svc port
+    while read -r svc port; do
+      rm -f "/tmp/seaweedfs-${svc}-${port}.sock"
+    done <"${S3_DIR}/socket-ports"
   fi
   rm -rf "${S3_DIR}"
   log "down"

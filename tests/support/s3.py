@@ -110,6 +110,7 @@ class S3Server:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        self._remove_sockets()
 
     def kill(self) -> None:
         """Stop at once (SIGKILL), as a crash would."""
@@ -117,6 +118,15 @@ class S3Server:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        """weed binds Unix sockets in /tmp: ``seaweedfs-<service>-grpc-<port>.sock`` per gRPC port and
+        ``seaweedfs-<filer|s3>-<port>.sock`` for the filer's and the gateway's HTTP."""
+        for svc in ("master", "volume", "filer", "s3"):
+            Path(f"/tmp/seaweedfs-{svc}-grpc-{self.ports[svc + '_grpc']}.sock").unlink(missing_ok=True)
+        for svc in ("filer", "s3"):
+            Path(f"/tmp/seaweedfs-{svc}-{self.ports[svc]}.sock").unlink(missing_ok=True)
 
     def restart(self) -> None:
         self.stop()
