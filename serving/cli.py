@@ -219,6 +219,21 @@ def serve(
                                                    "ConfigMap); polled, models whose URI changes are hot-switched."),
     models_file_interval: float = typer.Option(5.0, envvar="ELASTISERVE_MODELS_FILE_INTERVAL",
                                                help="Seconds between two reads of --models-file."),
+    artifact_cache_dir: Optional[str] = typer.Option(None, envvar="ELASTISERVE_ARTIFACT_CACHE_DIR",
+                                                     help="Disk cache of artifacts read from s3:// or http(s):// "
+                                                          "stores (default: $ELASTISERVE_CACHE/artifacts; in a pod "
+                                                          "an emptyDir)."),
+    artifact_cache_budget: str = typer.Option("4Gi", envvar="ELASTISERVE_ARTIFACT_CACHE_BUDGET",
+                                              help="Bytes of cached artifacts on disk (LRU beyond), independent of "
+                                                   "--memory-budget."),
+    s3_credentials_dir: Optional[str] = typer.Option(None, envvar="ELASTISERVE_S3_CREDENTIALS_DIR",
+                                                     help="Folder of a mounted Secret with files AWS_ACCESS_KEY_ID, "
+                                                          "AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN, "
+                                                          "AWS_ENDPOINT_URL, AWS_REGION); they override the "
+                                                          "environment variables of the same names."),
+    fetch_attempts: int = typer.Option(4, envvar="ELASTISERVE_FETCH_ATTEMPTS",
+                                       help="Tries per remote read (exponential backoff from 0.25 s, at most 4 s "
+                                            "between tries)."),
 ) -> None:
     """Serve sub-models over HTTP (KServe v2 / Open Inference Protocol), loading them lazily."""
     from .loader import ServingError
@@ -231,7 +246,9 @@ def serve(
                                  max_request_bytes=max_request_bytes, max_batch=max_batch,
                                  intra_op_threads=intra_op_threads, infer_workers=infer_workers,
                                  bytes_factor=bytes_factor, batch_window_ms=batch_window_ms,
-                                 models_file=models_file, models_file_interval=models_file_interval)
+                                 models_file=models_file, models_file_interval=models_file_interval,
+                                 artifact_cache_dir=artifact_cache_dir, artifact_cache_budget=artifact_cache_budget,
+                                 s3_credentials_dir=s3_credentials_dir, fetch_attempts=fetch_attempts)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)

@@ -35,6 +35,7 @@ from typing import Callable
 from aiohttp import web
 
 from . import paths
+from .diskcache import artifact_cache_for
 from .loader import (ModelCache, ModelsFileWatcher, ModelStore, ServingError, parse_bytes, parse_model_pairs,
                      read_models_file, valid_version)
 from .metrics import UNKNOWN_MODEL, ServingMetrics
@@ -69,12 +70,18 @@ class ServerConfig:
     variant_label: str | None = None
     models_file: str | None = None  # name=uri lines, polled; changed URIs are hot-switched
     models_file_interval: float = 5.0
+    # remote stores (s3://, http(s)://): the disk cache of artifacts and the S3 credentials
+    artifact_cache_dir: str | None = None  # None = $ELASTISERVE_CACHE/artifacts
+    artifact_cache_budget: int = 4 << 30
+    s3_credentials_dir: str | None = None  # a mounted Secret's folder (files named AWS_ACCESS_KEY_ID, ...)
+    fetch_attempts: int = 4
 
     def __post_init__(self) -> None:
         if self.variant not in paths.VARIANT_FILES:
             raise ValueError(f"variant must be one of {sorted(paths.VARIANT_FILES)}, not {self.variant!r}")
         self.memory_budget = parse_bytes(self.memory_budget)
         self.max_request_bytes = parse_bytes(self.max_request_bytes)
+        self.artifact_cache_budget = parse_bytes(self.artifact_cache_budget)
         if self.models_file_interval <= 0:
             raise ValueError(f"the models file poll interval must be positive, not {self.models_file_interval}")
 
@@ -87,6 +94,8 @@ class Server:
         self.config = config
         self.metrics = ServingMetrics(config.modeldeployment, config.variant_label)
         self.store = ModelStore(config.stores)
+        self.artifacts = artifact_cache_for(config, self.store)
+        self.store.artifacts = self.artifacts
         sources = self.store.discover() if config.discover else {}
         models = dict(config.models)
         self.models_file_pairs: dict[str, str | None] | None = None
@@ -217,7 +226,8 @@ class Server:
     async def list_models(self, request: web.Request) -> web.Response:
         return web.json_response({"models": [self.cache.status(n) for n in self.cache.known()],
                                   "variant": self.config.variant, "budget_bytes": self.cache.budget,
-                                  "resident_bytes": self.cache.resident_bytes})
+                                  "resident_bytes": self.cache.resident_bytes,
+                                  "artifact_cache": self.artifacts.status() if self.artifacts else None})
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -527,7 +537,9 @@ def config_from_values(*, host: str, port: int, store: list[str] | None, model: 
                        hot: list[str] | None = None,
                        max_request_bytes: str, max_batch: int, intra_op_threads: int | None, infer_workers: int,
                        bytes_factor: float = 1.0, batch_window_ms: float = 0.0, models_file: str | None = None,
-                       models_file_interval: float = 5.0) -> ServerConfig:
+                       models_file_interval: float = 5.0, artifact_cache_dir: str | None = None,
+                       artifact_cache_budget: str = "4Gi", s3_credentials_dir: str | None = None,
+                       fetch_attempts: int = 4) -> ServerConfig:
     """Shared by the CLI: flags (with env fallbacks already applied by typer) -> ServerConfig."""
     stores = [s for item in (store or []) for s in item.split(",") if s.strip()] or [str(paths.models_root())]
     models = parse_model_pairs(model or [])
@@ -543,4 +555,6 @@ def config_from_values(*, host: str, port: int, store: list[str] | None, model: 
                         preload=pre, hot=hot_names, max_request_bytes=parse_bytes(max_request_bytes), max_batch=max_batch,
                         intra_op_threads=intra_op_threads, infer_workers=infer_workers, bytes_factor=bytes_factor,
                         batch_window_ms=batch_window_ms, models_file=models_file or None,
-                        models_file_interval=models_file_interval)
+                        models_file_interval=models_file_interval, artifact_cache_dir=artifact_cache_dir or None,
+                        artifact_cache_budget=parse_bytes(artifact_cache_budget),
+                        s3_credentials_dir=s3_credentials_dir or None, fetch_attempts=fetch_attempts)
