@@ -319,13 +319,13 @@ def test_activator_command_line(rendered):
 def test_tracing_settings_reach_the_operator_and_the_activator(helm):
     out = docs(helm.template(sets=["tracing.enabled=true", "tracing.endpoint=http://jaeger.tracing:4318",
                                    "tracing.samplingRatio=0.05", "operator.extraEnv[0].name=EXTRA",
-                                   "operator.extraEnv[0].value=1"]).stdout)
+                                   "operator.extraEnv[0].value=abc"]).stdout)
     want = [{"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://jaeger.tracing:4318"},
             {"name": "OTEL_TRACES_SAMPLER", "value": "parentbased_traceidratio"},
             {"name": "OTEL_TRACES_SAMPLER_ARG", "value": "0.05"}]
     operator = one(out, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
     activator = one(out, "Deployment", "-activator")["spec"]["template"]["spec"]["containers"][0]
-    assert operator["env"] == want + [{"name": "EXTRA", "value": "1"}]
+    assert operator["env"] == want + [{"name": "EXTRA", "value": "abc"}]
     assert activator["env"] == want
 
 
