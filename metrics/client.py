@@ -16,11 +16,15 @@ import requests
 from urllib3.util.retry import Retry
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 
+from .. import tracing
 from ..api.decision import SIGNALS, MetricSnapshot
 from ..api.spec import ModelDeploymentSpec
 from ..api.window import MetricWindow
 from .errors import AmbiguousSeries, MetricsError, NoData, QueryFailed
 from .queries import render, render_model_rates, render_version
+
+
+TRACER = tracing.tracer("elastiserve.metrics")
 
 
 def clean(value: float | str | None) -> float | None:
@@ -67,7 +71,13 @@ class PrometheusSource:
 
     # ------------------------------------------------------------------ raw queries
 
-    def _call(self, fn, *args, **kwargs):
+    def _call(self, fn, query: str, **kwargs):
+        # A span per query (part of the operator's cycle trace): its PromQL and how long it took.
+        with TRACER.start_as_current_span(f"prometheus {fn.__name__}", kind=tracing.SpanKind.CLIENT, attributes={
+                "db.system": "prometheus", "db.query.text": query}):
+            return self._request(fn, query, **kwargs)
+
+    def _request(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except requests.Timeout:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from ..api.base import parse_bytes
@@ -136,8 +137,13 @@ def build_submodels(
     }
 
 
-def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: str | None = None) -> list[dict[str, Any]]:
+def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: str | None = None,
+               inherited: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]]:
     """The model server's configuration (``elastiserve serve`` reads these variables).
+
+    ``inherited``: settings the operator passes on from its own environment (the ``OTEL_*`` tracing
+    variables, see ``elastiserve.tracing``); the spec's ``template.env`` comes after them, so a
+    ModelDeployment may still choose, say, its own sampling ratio.
 
     The store roots are exactly the folders of the declared artifacts, so the server refuses any other
     path. ``ELASTISERVE_HOTSET`` comes from the hot set ConfigMap the operator maintains: a new replica
@@ -172,6 +178,7 @@ def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: 
         env.append({"name": "ELASTISERVE_MODELS_FILE", "value": f"{SUBMODELS_DIR}/{SUBMODELS_KEY}"})
     if not lazy.enabled:
         env = [{"name": "ELASTISERVE_PRELOAD", "value": "all"} if e["name"] == "ELASTISERVE_PRELOAD" else e for e in env]
+    env += [{"name": k, "value": v} for k, v in inherited]
     return env + [e.to_api() for e in spec.template.env]
 
 
@@ -184,6 +191,7 @@ def build_deployment(
     *,
     version: str | None = None,
     canary: bool = False,
+    inherited_env: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """The Deployment of one variant (stable, or the canary of a rollout), without ``spec.replicas``."""
     t = spec.template
@@ -204,7 +212,7 @@ def build_deployment(
         "image": variant.image or t.image,
         "args": list(variant.args if variant.args is not None else t.args),
         "ports": [{"name": p.name, "containerPort": p.container_port, "protocol": "TCP"} for p in t.ports],
-        "env": server_env(spec, name, variant, version),
+        "env": server_env(spec, name, variant, version, inherited_env),
         "resources": resources,
         "readinessProbe": {
             "httpGet": {"path": t.readiness_path, "port": port.name},
@@ -393,13 +401,15 @@ def build_hotset(name: str, namespace: str, uid: str, models: list[str]) -> dict
 
 
 def desired_objects(
-    spec: ModelDeploymentSpec, name: str, namespace: str, uid: str, stable_version: str | None = None
+    spec: ModelDeploymentSpec, name: str, namespace: str, uid: str, stable_version: str | None = None,
+    inherited_env: Sequence[tuple[str, str]] = (),
 ) -> list[dict[str, Any]]:
     """Everything the reconcile handler applies for a spec (the HPA floor starts at the minimum).
 
     ``stable_version``: during a rollout the stable Deployments keep serving the old version."""
     objs = [build_submodels(spec, name, namespace, uid, stable_version)] if spec.model.sub_models else []
-    objs += [build_deployment(spec, name, namespace, uid, v, version=stable_version) for v in spec.variants]
+    objs += [build_deployment(spec, name, namespace, uid, v, version=stable_version, inherited_env=inherited_env)
+             for v in spec.variants]
     objs.append(build_service(spec, name, namespace, uid))
     objs.append(build_pods_service(spec, name, namespace, uid))
     if spec.actuation == Actuation.HPA:

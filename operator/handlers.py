@@ -18,6 +18,7 @@ from typing import Any
 import kopf
 import numpy as np
 
+from .. import tracing
 from ..api import GROUP, PLURAL, VERSION, SpecError, parse_spec
 from ..api.decision import Forecast, Observation, ScalerState
 from ..api.spec import Actuation, ModelDeploymentSpec
@@ -35,6 +36,7 @@ WAKE_ANNOTATION = "elastiserve.dev/activate"
 """Set by the activator (``<unix time>:<pending requests>``) to wake a model at zero."""
 from .status import decision_conditions, forecast_status, iso, set_condition, variant_summary
 
+TRACER = tracing.tracer("elastiserve.operator")
 TICK_SECONDS = 5.0
 """How often each object's timer wakes; a cycle runs when its spec's syncPeriodSeconds has passed."""
 
@@ -50,6 +52,11 @@ def notice(body: Any, *, reason: str, message: str) -> None:
 def _now(memo: Any) -> datetime:
     clock = getattr(memo, "clock", None)
     return clock() if clock else datetime.now(timezone.utc)
+
+
+def _inherited_env(memo: Any) -> list[tuple[str, str]]:
+    """What model-server pods inherit from the operator's environment (tracing settings)."""
+    return list(getattr(memo, "pod_env", None) or [])
 
 
 def _kube(memo: Any) -> Kube:
@@ -162,7 +169,7 @@ async def apply_owned(
     changes versions, not this one)."""
     kube = _kube(memo)
     current = observed(index, namespace, name)
-    objs = builders.desired_objects(mspec, name, namespace, uid, stable_version)
+    objs = builders.desired_objects(mspec, name, namespace, uid, stable_version, _inherited_env(memo))
     if routing == "activator" and getattr(memo, "activator", None) is not None:
         # At zero the public Service stays pointed at the activator; a spec change must not flip it.
         objs = [builders.build_service_to_activator(mspec, name, namespace, uid) if o["kind"] == "Service"
@@ -361,7 +368,11 @@ async def cycle(
     lock = _memo_dict(memo, "locks").setdefault(key, asyncio.Lock())
     async with lock:
         _memo_dict(memo, "last_cycle")[key] = time.monotonic()
-        await _cycle(mspec, name, namespace, uid, meta, status, body, patch, logger, memo, owned_deployments, pending)
+        # One trace per cycle: its Prometheus queries, forecast, decide() and API calls are its spans.
+        with TRACER.start_as_current_span("cycle", attributes={
+                "k8s.namespace.name": namespace, "elastiserve.modeldeployment": name,
+                "elastiserve.generation": meta.get("generation") or 0, "elastiserve.woken": bool(pending)}):
+            await _cycle(mspec, name, namespace, uid, meta, status, body, patch, logger, memo, owned_deployments, pending)
 
 
 async def _cycle(
@@ -393,7 +404,7 @@ async def _cycle(
         return
 
     source = await _source(memo, mspec, namespace)
-    with telemetry.RECONCILE_SECONDS.labels("metrics").time():
+    with telemetry.RECONCILE_SECONDS.labels("metrics").time(), TRACER.start_as_current_span("metrics"):
         snapshot = await asyncio.to_thread(source.snapshot, mspec, namespace, name, None)
     if pending:
         snapshot = snapshot.model_copy(
@@ -401,7 +412,7 @@ async def _cycle(
         )
     for signal in snapshot.errors:
         telemetry.PROMETHEUS_ERRORS.labels(namespace, name, signal).inc()
-    with telemetry.RECONCILE_SECONDS.labels("forecast").time():
+    with telemetry.RECONCILE_SECONDS.labels("forecast").time(), TRACER.start_as_current_span("forecast"):
         at_zero = sum(e["replicas"] for e in current.values()) == 0
         forecast = await _forecast(memo, source, mspec, namespace, name, now, at_zero)
 
@@ -420,8 +431,11 @@ async def _cycle(
         ready={v: e["ready"] + (canaries.get(v, {}).get("ready", 0) if counting_canary else 0) for v, e in current.items()},
     )
     state = ScalerState.model_validate(st.get("scaler") or {})
-    with telemetry.RECONCILE_SECONDS.labels("decide").time():
+    with telemetry.RECONCILE_SECONDS.labels("decide").time(), TRACER.start_as_current_span("decide") as span:
         decision = decide(mspec, snapshot, forecast, state, now, obs)
+        span.set_attributes({"elastiserve.desired": sum(decision.desired.values()),
+                             "elastiserve.replicas": sum(obs.replicas.values()),
+                             "elastiserve.reasons": list(decision.reasons)})
     if plan.reasons:
         decision = decision.model_copy(update={"reasons": decision.reasons + list(plan.reasons)})
 
@@ -472,7 +486,10 @@ async def _cycle(
     if changed:
         patch.status["lastScaleTime"] = iso(now)
         patch.status["lastScaleReason"] = summary[:1024]
-        notice(body, reason="ScaledToZero" if decision.scale_to_zero else "Scaled", message=summary[:1000])
+        # The trace id leads from `kubectl describe mdep` to the cycle's trace (see docs/observability.md).
+        tid = tracing.trace_id()
+        notice(body, reason="ScaledToZero" if decision.scale_to_zero else "Scaled",
+               message=summary[:960] + (f" (trace {tid})" if tid else ""))
         logger.info(f"scaled: {summary}")
     else:
         logger.debug(f"hold: {summary}")
@@ -586,14 +603,16 @@ async def rollout_apply(
         if entry is None or entry.get("version") != canary_version:
             if mspec.model.sub_models:  # before the pods that mount it
                 await kube.apply(builders.build_submodels(mspec, name, namespace, uid, canary_version, canary=True))
-            obj = builders.build_deployment(mspec, name, namespace, uid, v, version=canary_version, canary=True)
+            obj = builders.build_deployment(mspec, name, namespace, uid, v, version=canary_version, canary=True,
+                                            inherited_env=_inherited_env(memo))
             obj["spec"]["replicas"] = canary[v.name]
             await kube.apply(obj)
         if status.phase == "Promoting" and current.get(v.name, {}).get("version") != canary_version:
             # Rolling update of the stable Deployment to the new version (maxUnavailable 0).
             if mspec.model.sub_models:
                 await kube.apply(builders.build_submodels(mspec, name, namespace, uid, canary_version))
-            await kube.apply(builders.build_deployment(mspec, name, namespace, uid, v, version=canary_version))
+            await kube.apply(builders.build_deployment(mspec, name, namespace, uid, v, version=canary_version,
+                                                       inherited_env=_inherited_env(memo)))
             logger.info(f"promoting {canary_version}: stable Deployment of {v.name} updated")
     return stable, canary
 

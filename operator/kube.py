@@ -16,9 +16,18 @@ import kopf
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from .. import tracing
+
 TEMPLATE_MANAGER = "elastiserve"
 SCALER_MANAGER = "elastiserve-scaler"
 APPLY = "application/apply-patch+yaml"
+TRACER = tracing.tracer("elastiserve.operator.kube")
+
+
+def _span(verb: str, kind: str, namespace: str, name: str, **attrs: Any):
+    """A CLIENT span for one API request (a child of the cycle that made it)."""
+    return TRACER.start_as_current_span(f"{verb} {kind}", kind=tracing.SpanKind.CLIENT, attributes={
+        "k8s.namespace.name": namespace, "k8s.object.name": name, **attrs})
 
 
 def api_message(exc: ApiException) -> str:
@@ -62,18 +71,22 @@ class Kube:
         meta = obj["metadata"]
         self.calls += 1
         kwargs = {"dry_run": "All"} if dry_run else {}
-        self._patcher(obj["kind"])(
-            meta["name"], meta["namespace"], body=obj, field_manager=manager, force=True, _content_type=APPLY, **kwargs
-        )
+        with _span("apply", obj["kind"], meta["namespace"], meta["name"], **{
+                "elastiserve.field_manager": manager, "elastiserve.dry_run": dry_run}):
+            self._patcher(obj["kind"])(
+                meta["name"], meta["namespace"], body=obj, field_manager=manager, force=True, _content_type=APPLY, **kwargs
+            )
 
     def delete_sync(self, kind: str, namespace: str, name: str) -> bool:
         self.calls += 1
-        try:
-            self._deleter(kind)(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
+        with _span("delete", kind, namespace, name) as span:
+            try:
+                self._deleter(kind)(name, namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    span.set_attribute("elastiserve.found", False)
+                    return False
+                raise
         return True
 
     async def apply(self, obj: dict[str, Any], manager: str = TEMPLATE_MANAGER, dry_run: bool = False) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import kopf
 
+from .. import tracing
 from . import handlers  # noqa: F401  (registers the handlers)
 from . import telemetry
 
@@ -91,6 +92,8 @@ def run_operator(
         activator=_activator(activator_service, activator_address),
     )
     memo.kube = Kube()
+    if tracing.configure("elastiserve-operator"):
+        memo.pod_env = tracing.inherited_env()  # model-server pods send their spans to the same place
     asyncio.run(
         kopf.operator(
             clusterwide=all_namespaces,

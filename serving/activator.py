@@ -19,19 +19,23 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from .. import tracing
+
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
     "transfer-encoding", "upgrade", "host", "content-length",
 }
 MODEL_HEADER = "X-Elastiserve-Model"
+TRACE_HEADERS = {"traceparent", "tracestate"}  # replaced by the forward span's own context
 WAKE_ANNOTATION = "elastiserve.dev/activate"
+TRACER = tracing.tracer("elastiserve.serving.activator")
 
 
 class EndpointResolver(Protocol):
@@ -121,6 +125,8 @@ class _Model:
     pending: int = 0
     waking: asyncio.Task | None = None
     woke_at: float | None = None
+    wake_span: Any = None  # the span context of the wake under way: held requests link to it
+    wake_parent: Any = None  # the hold span that started it (its wake is its child, not a link)
     endpoint_index: int = 0
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -198,6 +204,7 @@ class Activator:
 
     # ------------------------------------------------------------------ the hold-and-forward path
 
+    @tracing.server_span(TRACER)
     async def handle(self, request: web.Request) -> web.StreamResponse:
         key = self.model_key(request)
         if key is None:
@@ -209,7 +216,14 @@ class Activator:
         body = await request.read()
         endpoints = await self.resolver.ready(key)
         if not endpoints:
-            endpoints, status = await self._hold(key)
+            with TRACER.start_as_current_span("activator.hold", attributes={"elastiserve.model": key}) as span:
+                held = time.perf_counter()
+                endpoints, status = await self._hold(key)
+                span.set_attribute("elastiserve.held_seconds", round(time.perf_counter() - held, 6))
+                span.set_attribute("elastiserve.outcome", "ready" if endpoints else str(status))
+                wake = self.models[key].wake_span if key in self.models else None
+                if wake is not None and self.models[key].wake_parent != span.get_span_context():
+                    span.add_link(wake)  # the wake-up this request waited for (started by another one)
             if not endpoints:
                 self.m_requests.labels(ns, name, str(status)).inc()
                 if status == 503:
@@ -241,6 +255,8 @@ class Activator:
                     # No wake under way (first request, or an earlier wake gave up): start one.
                     model.woke_at = time.perf_counter()
                     model.ready_event = asyncio.Event()
+                    # The wake task copies this context: its span is a child of this request's hold.
+                    model.wake_span, model.wake_parent = None, tracing.current_span_context()
                     model.waking = asyncio.create_task(self._wake_and_watch(key, model, model.ready_event))
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -263,6 +279,12 @@ class Activator:
             self.m_pending.labels(ns, name).set(model.pending)
 
     async def _wake_and_watch(self, key: str, model: _Model, ready: asyncio.Event) -> None:
+        with TRACER.start_as_current_span("activator.wake", attributes={"elastiserve.model": key}) as span:
+            model.wake_span = span.get_span_context()
+            await self._wake_until_ready(key, model, ready)
+            span.set_attribute("elastiserve.ready", ready.is_set())
+
+    async def _wake_until_ready(self, key: str, model: _Model, ready: asyncio.Event) -> None:
         ns, name = key.split("/", 1)
         try:
             await self.waker.wake(key, model.pending)
@@ -284,17 +306,25 @@ class Activator:
         model = self.models.setdefault(key, _Model())
         base = endpoints[model.endpoint_index % len(endpoints)]
         model.endpoint_index += 1
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP and k != MODEL_HEADER}
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in HOP_BY_HOP and k != MODEL_HEADER and k.lower() not in TRACE_HEADERS}
         url = base.rstrip("/") + request.rel_url.path_qs
         try:
-            async with self._session.request(request.method, url, data=body, headers=headers) as upstream:
-                payload = await upstream.read()
-                out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
-                return web.Response(status=upstream.status, body=payload, headers=out_headers)
+            with TRACER.start_as_current_span("activator.forward", kind=tracing.SpanKind.CLIENT,
+                                              attributes={"elastiserve.model": key, "server.address": base}):
+                tracing.inject(headers)  # the replica's span continues this trace
+                return await self._send(request, url, body, headers)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             return web.json_response(
                 {"error": f"replica {base} of {key} failed: {type(exc).__name__}"}, status=502, headers={"Retry-After": "1"}
             )
+
+    async def _send(self, request: web.Request, url: str, body: bytes, headers: dict[str, str]) -> web.Response:
+        assert self._session is not None
+        async with self._session.request(request.method, url, data=body, headers=headers) as upstream:
+            payload = await upstream.read()
+            out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+            return web.Response(status=upstream.status, body=payload, headers=out_headers)
 
 
 class _NullWaker:
@@ -327,4 +357,5 @@ def activator(
         waker = _NullWaker()
     resolver: EndpointResolver = FileResolver(endpoints_file) if endpoints_file else KubernetesResolver()
     act = Activator(resolver, waker, queue_size=queue_size, timeout=timeout)
+    tracing.configure("elastiserve-activator")
     web.run_app(act.app(), host=host, port=port, print=lambda *_: print(f"activator listening on {host}:{port}", flush=True))

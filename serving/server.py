@@ -34,6 +34,7 @@ from typing import Callable
 
 from aiohttp import web
 
+from .. import tracing
 from . import paths
 from .diskcache import artifact_cache_for
 from .loader import (ModelCache, ModelsFileWatcher, ModelStore, ServingError, parse_bytes, parse_model_pairs,
@@ -46,6 +47,7 @@ SERVER_NAME = "elastiserve"
 INPUT_NAME = "text"
 OUTPUT_NAME = "embeddings"
 CACHE_HEADER = "X-Elastiserve-Cache"
+TRACER = tracing.tracer("elastiserve.serving.server")
 
 
 @dataclass
@@ -195,19 +197,32 @@ class Server:
         return texts
 
     async def _embed(self, name: str, texts: list[str]):
+        asked = time.time_ns()
         async with self.cache.acquire(name) as (entry, hit):
-            if self.config.batch_window_ms > 0 and texts:
-                b = entry.batcher  # one per loaded session: after a hot switch, old and new never mix
-                if b is None or b.model is not entry.model:
-                    b = entry.batcher = MicroBatcher(entry.model, self.infer_pool,
-                                                     self.config.batch_window_ms / 1e3, self.config.max_batch)
-                    if not entry.retiring:
-                        self._batchers[name] = b  # the active version's batcher (introspection)
-                emb = await b.submit(texts)
-            else:
-                loop = asyncio.get_running_loop()
-                emb = await loop.run_in_executor(self.infer_pool, entry.model.embed, texts)
+            if not hit and tracing.enabled():
+                # The load happened inside acquire(): a span over that stretch, after the fact.
+                load = TRACER.start_span("model.load", start_time=asked, attributes={
+                    "elastiserve.model": name, "elastiserve.model.version": entry.version or "",
+                    "elastiserve.model.bytes": entry.nbytes, "elastiserve.variant": self.config.variant})
+                load.end()
+            with TRACER.start_as_current_span("inference", attributes={
+                    "elastiserve.model": name, "elastiserve.model.version": entry.version or "",
+                    "elastiserve.variant": self.config.variant, "elastiserve.batch_size": len(texts),
+                    "elastiserve.cache": "hit" if hit else "miss"}):
+                emb = await self._run_model(name, entry, texts)
             return emb, hit, entry
+
+    async def _run_model(self, name: str, entry, texts: list[str]):
+        if self.config.batch_window_ms > 0 and texts:
+            b = entry.batcher  # one per loaded session: after a hot switch, old and new never mix
+            if b is None or b.model is not entry.model:
+                b = entry.batcher = MicroBatcher(entry.model, self.infer_pool,
+                                                 self.config.batch_window_ms / 1e3, self.config.max_batch)
+                if not entry.retiring:
+                    self._batchers[name] = b  # the active version's batcher (introspection)
+            return await b.submit(texts)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.infer_pool, entry.model.embed, texts)
 
     # -- handlers ---------------------------------------------------------------------------
     async def live(self, request: web.Request) -> web.Response:
@@ -255,6 +270,7 @@ class Server:
             body["error"] = st["last_error"]
         return web.json_response(body, status=200 if ok else 503)
 
+    @tracing.server_span(TRACER)
     async def infer(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         self.cache._check_known(name)
@@ -299,6 +315,7 @@ class Server:
                 raise BadRequest(f"shape {shape} does not match {len(texts)} data elements")
         return self._check_batch(texts)
 
+    @tracing.server_span(TRACER)
     async def embed_v1(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         self.cache._check_known(name)
@@ -525,6 +542,8 @@ def build_app(config: ServerConfig, **kw) -> web.Application:
 def run(config: ServerConfig) -> None:
     logging.basicConfig(level=os.environ.get("ELASTISERVE_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if tracing.configure("elastiserve-server"):
+        log.info("tracing: spans go to the OTLP endpoint in OTEL_EXPORTER_OTLP_*ENDPOINT")
     app = build_app(config)
     log.info("serving %s (variant %s, budget %d bytes, idle unload %ss) on %s:%d",
              ", ".join(app[SERVER_KEY].cache.known()), config.variant, config.memory_budget,

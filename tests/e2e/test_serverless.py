@@ -1,7 +1,9 @@
 """Serverless on real parts: zero → burst of first requests → served → idle → zero → one request → served.
 
 Real control plane (kwok pods), real Prometheus, the real operator and activator processes, and one real
-model-server process per Running pod (hack/podtwin.py) serving the MiniLM INT8 model.
+model-server process per Running pod (hack/podtwin.py) serving the MiniLM INT8 model. Every component
+sends traces to a real Jaeger: the request that wakes the model and a cycle that scaled are read back
+through Jaeger's query API.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -79,14 +82,14 @@ def _events(cluster, ns, reason):
     return [e for e in cluster.kubectl_json("get", "events", "-n", ns)["items"] if e.get("reason") == reason]
 
 
-async def _burst(url: str, key: str, n: int) -> list[tuple[int, float]]:
+async def _burst(url: str, key: str, n: int, traceparent: str | None = None) -> list[tuple[int, float]]:
     body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["wake up"]}]}
+    headers = {"X-Elastiserve-Model": key} | ({"traceparent": traceparent} if traceparent else {})
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as session:
 
         async def one():
             t0 = time.monotonic()
-            async with session.post(f"{url}/v2/models/minilm/infer", json=body,
-                                    headers={"X-Elastiserve-Model": key}) as r:
+            async with session.post(f"{url}/v2/models/minilm/infer", json=body, headers=headers) as r:
                 await r.read()
                 return r.status, time.monotonic() - t0
 
@@ -106,7 +109,18 @@ def _served_total(twins) -> float:
     return total
 
 
-def test_zero_to_one_and_back(k8s_cluster, namespace, prometheus_factory, operator_factory, model_dir, tmp_path):
+def _by_name(spans, service, name):
+    found = [s for s in spans if s.service == service and s.name == name]
+    assert len(found) == 1, f"{service}:{name} x{len(found)} in {sorted(f'{s.service}:{s.name}' for s in spans)}"
+    return found[0]
+
+
+def _request_tree_complete(spans) -> bool:
+    names = {(s.service, s.name) for s in spans}
+    return {("elastiserve-activator", "activator.wake"), ("elastiserve-server", "inference")} <= names
+
+
+def test_zero_to_one_and_back(k8s_cluster, namespace, prometheus_factory, operator_factory, model_dir, tmp_path, jaeger):
     podtwin = load_hack("podtwin")
     from kubernetes import config as k8s_config
 
@@ -132,10 +146,12 @@ def test_zero_to_one_and_back(k8s_cluster, namespace, prometheus_factory, operat
     activator = subprocess.Popen(
         [sys.executable, "-m", "elastiserve.cli", "activator", "--host", "127.0.0.1", "--port", str(act_port),
          "--endpoints-file", str(twins_dir / "endpoints.json"), "--timeout", "60"],
-        env=dict(k8s_cluster.env), stdout=act_log, stderr=subprocess.STDOUT,
+        env=dict(k8s_cluster.env) | jaeger.env(), stdout=act_log, stderr=subprocess.STDOUT,
     )
     try:
-        operator_factory("--activator-address", "192.0.2.10:8080", namespace=namespace, prometheus_url=prom.url)
+        # The operator traces its cycles; the model-server pods inherit its OTEL_* settings.
+        operator_factory("--activator-address", "192.0.2.10:8080", namespace=namespace, prometheus_url=prom.url,
+                         env=jaeger.env())
         k8s_cluster.apply(manifest(
             "lm",
             model={"name": "minilm", "uri": f"file://{model_dir}", "lazyLoading": {"preload": ["minilm"]}},
@@ -193,7 +209,9 @@ def test_zero_to_one_and_back(k8s_cluster, namespace, prometheus_factory, operat
         # One request at zero: served; the cold start broken into its parts.
         timeline = Timeline(k8s_cluster, namespace, "lm").start()
         t0 = time.monotonic()
-        (status, latency), = asyncio.run(_burst(f"http://127.0.0.1:{act_port}", f"{namespace}/lm", 1))
+        trace_id, client_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+        (status, latency), = asyncio.run(_burst(f"http://127.0.0.1:{act_port}", f"{namespace}/lm", 1,
+                                               traceparent=f"00-{trace_id}-{client_span}-01"))
         marks = timeline.finish()
         assert status == 200
         twin = next(iter(twins.twins.values()))
@@ -206,6 +224,37 @@ def test_zero_to_one_and_back(k8s_cluster, namespace, prometheus_factory, operat
             "beyond_server_start_s": round(latency - start_to_ready, 3),
         }
         print("cold start, one request:", json.dumps(figures))
+
+        # That request is one trace in Jaeger: held by the activator while the model woke, then served.
+        spans = jaeger.wait_for(trace_id, _request_tree_complete, what="the wake-up request's trace")
+        front = _by_name(spans, "elastiserve-activator", "POST /{tail}")
+        hold = _by_name(spans, "elastiserve-activator", "activator.hold")
+        wake = _by_name(spans, "elastiserve-activator", "activator.wake")
+        forward = _by_name(spans, "elastiserve-activator", "activator.forward")
+        served = _by_name(spans, "elastiserve-server", "POST /v2/models/{name}/infer")
+        inference = _by_name(spans, "elastiserve-server", "inference")
+        assert front.parent_id == client_span
+        assert hold.parent_id == front.span_id and wake.parent_id == hold.span_id
+        assert forward.parent_id == front.span_id and served.parent_id == forward.span_id
+        assert inference.parent_id == served.span_id
+        assert hold.tags["elastiserve.outcome"] == "ready" and wake.tags["elastiserve.ready"] is True
+        assert inference.tags["elastiserve.model"] == "minilm" and inference.tags["elastiserve.variant"] == "int8"
+
+        # A cycle that scaled: its Event names its trace, which holds the queries, decide() and the patch.
+        scaled = [e for e in _events(k8s_cluster, namespace, "Scaled") if "(trace " in e.get("message", "")]
+        assert scaled, "no Scaled Event carries a trace id"
+        cycle_id = scaled[-1]["message"].rsplit("(trace ", 1)[1].rstrip(")")
+        cycle = jaeger.wait_for(cycle_id, lambda ss: any(s.name == "apply Deployment" for s in ss),
+                                what="the scaling cycle's trace")
+        root = _by_name(cycle, "elastiserve-operator", "cycle")
+        assert root.parent_id is None and root.tags["elastiserve.modeldeployment"] == "lm"
+        decide_span = _by_name(cycle, "elastiserve-operator", "decide")
+        assert decide_span.parent_id == root.span_id and decide_span.tags["elastiserve.reasons"]
+        queries = [s for s in cycle if s.name.startswith("prometheus ")]
+        assert queries and all(s.tags["db.query.text"] for s in queries)
+        patches = [s for s in cycle if s.name == "apply Deployment"
+                   and s.tags.get("elastiserve.field_manager") == "elastiserve-scaler"]
+        assert patches, sorted(s.name for s in cycle)
 
         # Turning scale-to-zero off restores the minimum.
         k8s_cluster.kubectl("patch", "mdep", "lm", "-n", namespace, "--type=merge",

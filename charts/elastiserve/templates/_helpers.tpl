@@ -107,6 +107,21 @@ app.kubernetes.io/part-of: elastiserve
 {{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.peering.enabled) }}
 {{- fail (printf "operator.replicas=%d needs operator.peering.enabled=true: without kopf peering every replica would scale the same models" (int .Values.operator.replicas)) }}
 {{- end }}
+{{- if and .Values.tracing.enabled (empty .Values.tracing.endpoint) }}
+{{- fail "tracing.enabled=true needs tracing.endpoint: the OTLP/HTTP address of a collector or Jaeger (e.g. --set tracing.endpoint=http://jaeger-collector.tracing:4318)" }}
+{{- end }}
+{{- end }}
+
+{{/* The standard OpenTelemetry variables (tracing.*); empty when tracing is off. */}}
+{{- define "elastiserve.tracingEnv" -}}
+{{- if .Values.tracing.enabled }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .Values.tracing.endpoint | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: parentbased_traceidratio
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ .Values.tracing.samplingRatio | toString | quote }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -133,6 +133,8 @@ SCHEMA_CASES = [
     ("monitoring.interval=soon", "/monitoring/interval"),
     ("activator.queueSize=0", "/activator/queueSize"),
     ("operator.metricsPort=70000", "/operator/metricsPort"),
+    ("tracing.samplingRatio=2", "/tracing/samplingRatio"),
+    ("tracing.endpoint=jaeger:4318", "/tracing/endpoint"),
 ]
 
 
@@ -149,8 +151,9 @@ def test_schema_rejects_bad_values_with_a_message(helm, value, message):
     [
         (["rbac.namespaced=true"], "rbac.namespaced=true needs watchNamespaces"),
         (["operator.replicas=2"], "operator.replicas=2 needs operator.peering.enabled=true"),
+        (["tracing.enabled=true"], "tracing.enabled=true needs tracing.endpoint"),
     ],
-    ids=["namespaced-without-namespaces", "ha-without-peering"],
+    ids=["namespaced-without-namespaces", "ha-without-peering", "tracing-without-endpoint"],
 )
 def test_cross_field_rules_fail_with_a_fix(helm, sets, message):
     proc = helm.template(sets=sets, check=False)
@@ -311,6 +314,25 @@ def test_operator_command_line(helm, sets, expected):
 def test_activator_command_line(rendered):
     container = one(rendered["default"], "Deployment", "-activator")["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["activator", "--kubernetes", "--port=8080", "--queue-size=1000", "--timeout=30"]
+
+
+def test_tracing_settings_reach_the_operator_and_the_activator(helm):
+    out = docs(helm.template(sets=["tracing.enabled=true", "tracing.endpoint=http://jaeger.tracing:4318",
+                                   "tracing.samplingRatio=0.05", "operator.extraEnv[0].name=EXTRA",
+                                   "operator.extraEnv[0].value=abc"]).stdout)
+    want = [{"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://jaeger.tracing:4318"},
+            {"name": "OTEL_TRACES_SAMPLER", "value": "parentbased_traceidratio"},
+            {"name": "OTEL_TRACES_SAMPLER_ARG", "value": "0.05"}]
+    operator = one(out, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
+    activator = one(out, "Deployment", "-activator")["spec"]["template"]["spec"]["containers"][0]
+    assert operator["env"] == want + [{"name": "EXTRA", "value": "abc"}]
+    assert activator["env"] == want
+
+
+def test_tracing_is_off_by_default(rendered):
+    for suffix in ("-operator", "-activator"):
+        container = one(rendered["default"], "Deployment", suffix)["spec"]["template"]["spec"]["containers"][0]
+        assert not any(e["name"].startswith("OTEL_") for e in container.get("env") or [])
 
 
 # --------------------------------------------------------------------------- RBAC

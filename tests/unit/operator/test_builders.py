@@ -144,3 +144,26 @@ def test_version_placeholder_and_model_folders():
     assert canary["spec"]["selector"]["matchLabels"][builders.LABEL_TRACK] == "canary"
     env = {e["name"]: e.get("value") for e in canary["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["ELASTISERVE_MODELS"] == "m=file:///store/v8/m"
+
+
+
+def test_pods_inherit_the_operators_tracing_settings_before_the_template_env():
+    md = manifest("full.yaml")  # its template.env sets a variable of its own
+    spec = md.spec
+    inherited = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger.tracing:4318"), ("OTEL_TRACES_SAMPLER_ARG", "0.01")]
+
+    def env_of(dep):
+        return [(e["name"], e.get("value")) for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]]
+
+    own = [(e.name, e.value) for e in spec.template.env]
+    assert own
+    for canary in (False, True):
+        env = env_of(builders.build_deployment(spec, "e", "ns", "u", spec.variants[0], canary=canary,
+                                               inherited_env=inherited))
+        # inherited after the operator's own variables, the spec's env last (it may choose its own sampling)
+        assert env[-len(own) - len(inherited):] == inherited + own
+    for dep in (o for o in builders.desired_objects(spec, "e", "ns", "u", inherited_env=inherited)
+                if o["kind"] == "Deployment"):
+        assert env_of(dep)[-len(own) - len(inherited):] == inherited + own
+    assert not any(n.startswith("OTEL_") for n, _ in env_of(builders.build_deployment(spec, "e", "ns", "u",
+                                                                                      spec.variants[0])))
