@@ -44,7 +44,10 @@ RUN groupadd --system --gid 10001 elastiserve \
 COPY --from=build /opt/elastiserve /opt/elastiserve
 
 # Read-only root filesystem in Kubernetes: caches go to /tmp (an emptyDir in the chart).
+# `elastiserve serve` defaults to 127.0.0.1 (for a developer's shell); in a container it must listen on
+# every address, or probes, Services and `docker run -p` cannot reach it.
 ENV PATH=/opt/elastiserve/bin:$PATH \
+    ELASTISERVE_HOST=0.0.0.0 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/tmp/matplotlib \

@@ -81,6 +81,12 @@ def test_build_installs_the_package_and_onnxruntime_and_smoke_tests_them():
     assert "import onnxruntime" in run
 
 
+def test_the_model_server_listens_on_every_address_in_a_container():
+    env = " ".join(arg for ins, arg in stages(DOCKERFILE.read_text())[-1] if ins == "ENV")
+    # read by `elastiserve serve` (whose own default, 127.0.0.1, no probe or Service could reach)
+    assert re.search(r"\bELASTISERVE_HOST=0\.0\.0\.0\b", env)
+
+
 def test_oci_labels():
     labels = " ".join(arg for ins, arg in stages(DOCKERFILE.read_text())[-1] if ins == "LABEL")
     for key in ("title", "description", "version", "revision", "licenses"):
