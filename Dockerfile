@@ -20,6 +20,9 @@ WORKDIR /src
 # The repository root is the `elastiserve` package (pyproject maps it with package-dir), so the
 # context is the root; .dockerignore lets through only the package's folders and pyproject.toml.
 COPY . .
+# Not from /src: `python -m`/`-c` put the working directory first on sys.path, where the package's
+# own `operator/` folder would shadow the standard library's `operator` module.
+WORKDIR /
 RUN python -m venv /opt/elastiserve \
  && /opt/elastiserve/bin/pip install --no-cache-dir /src \
  && /opt/elastiserve/bin/elastiserve --help \
