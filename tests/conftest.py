@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
 
-pytest_plugins = ["support.cluster", "support.prometheus", "support.devstack"]
+pytest_plugins = ["support.cluster", "support.prometheus", "support.devstack", "support.real_node"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
