@@ -522,7 +522,7 @@ cmd_down() { with_lock do_down; }
 # node-up: add the real node to a running cluster
 do_node_up() {
   [[ -f "${MARKER}" ]] && all_alive && load_ports || die "no running cluster in ${STATE}: run 'hack/cluster.sh up' first"
-  trap 'rc=$?; trap - EXIT; if ((rc != 0)); then log "real node start failed; stopping it (logs: ${STATE}/logs/node-*.log)"; node_down >/dev/null 2>&1 || true; fi; exit ${rc}' EXIT
+  trap 'rc=$?; trap - EXIT; if ((rc != 0)); then log "real node start failed; stopping it (logs: ${STATE}/logs/{containerd,kubelet,kube-proxy}.log)"; node_down >/dev/null 2>&1 || true; fi; exit ${rc}' EXIT
   node_up
   trap - EXIT
 }
