@@ -186,6 +186,16 @@ def test_a_modeldeployment_gets_a_ready_model_server_pod_that_serves_through_its
 
     out = wait_until(embed, timeout=30, interval=0.5, what=f"POST {url}")
     assert out["dim"] == 384 and len(out["embeddings"]) == 2
+    # ...and through the in-cluster activator, which finds the replica with its KubernetesResolver
+    # (the EndpointSlices of minilm-pods, read with its ServiceAccount) and forwards to the pod
+    activator = k.kubectl_json("-n", SYSTEM_NS, "get", "service", f"{RELEASE}-elastiserve-activator")
+    via = urllib.request.Request(
+        f"http://{activator['spec']['clusterIP']}:80/v1/models/minilm:embed",
+        data=json.dumps({"texts": ["through the activator"]}).encode(),
+        headers={"Content-Type": "application/json", "X-Elastiserve-Model": f"{ns}/minilm"})
+    with urllib.request.urlopen(via, timeout=30) as resp:  # noqa: S310 - our own Service
+        assert resp.status == 200
+        assert json.loads(resp.read())["dim"] == 384
     # the limits are cgroup (v1) limits: CFS quota 500m of a 100ms period, and the memory limit
     uid = pod["metadata"]["uid"]
     cpu = _pod_cgroup("cpu", uid)
