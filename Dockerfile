@@ -20,6 +20,9 @@ WORKDIR /src
 # The repository root is the `elastiserve` package (pyproject maps it with package-dir), so the
 # context is the root; .dockerignore lets through only the package's folders and pyproject.toml.
 COPY . .
+# Not from /src: `python -m`/`-c` put the working directory first on sys.path, where the package's
+# own `operator/` folder would shadow the standard library's `operator` module.
+WORKDIR /
 RUN python -m venv /opt/elastiserve \
  && /opt/elastiserve/bin/pip install --no-cache-dir /src \
  && /opt/elastiserve/bin/elastiserve --help \
@@ -44,7 +47,10 @@ RUN groupadd --system --gid 10001 elastiserve \
 COPY --from=build /opt/elastiserve /opt/elastiserve
 
 # Read-only root filesystem in Kubernetes: caches go to /tmp (an emptyDir in the chart).
+# `elastiserve serve` defaults to 127.0.0.1 (for a developer's shell); in a container it must listen on
+# every address, or probes, Services and `docker run -p` cannot reach it.
 ENV PATH=/opt/elastiserve/bin:$PATH \
+    ELASTISERVE_HOST=0.0.0.0 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/tmp/matplotlib \

@@ -97,16 +97,36 @@ GO
 }
 
 build_kubernetes() {
-  local out tmp wd logf start v=${KUBERNETES_VERSION}
-  out=$(k8s_dir)
-  if component_done "${out}"; then log "kubernetes ${v}: cached (${out})"; return; fi
+  build_k8s_binaries kubernetes "$(k8s_dir)" kubectl \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubectl
+}
+
+# The real node's binaries (hack/node.sh): same modules and wrapper as the control plane, so with a
+# warm Go cache only the kubelet's and kube-proxy's own packages compile.
+build_node_binaries() {
+  build_k8s_binaries node "$(node_dir)" kubelet \
+    k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy
+}
+
+# build_k8s_binaries NAME OUTDIR SMOKE_BINARY PACKAGE... : binaries of k8s.io/kubernetes at
+# ${KUBERNETES_VERSION}, from one `go build` in a generated wrapper module
+build_k8s_binaries() {
+  local name=$1 out=$2 smoke=$3
+  shift 3
+  local pkgs=("$@")
+  local tmp wd logf start v=${KUBERNETES_VERSION}
+  if component_done "${out}"; then log "${name} ${v}: cached (${out})"; return; fi
   start=$(now_s)
-  wd="${BUILD_ROOT}/kubernetes-${v}"
+  wd="${BUILD_ROOT}/${name}-${v}"
   tmp="${out}.tmp"
-  logf="${LOG_ROOT}/build-kubernetes-${v}.log"
+  logf="${LOG_ROOT}/build-${name}-${v}.log"
   : >"${logf}"
-  log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl ${v} (log: ${logf})"
-  prepare_wrapper "${wd}" "elastiserve.local/build/kubernetes"
+  log "building ${pkgs[*]##*/} ${v} (log: ${logf})"
+  prepare_wrapper "${wd}" "elastiserve.local/build/${name}"
   local major minor patch staging
   IFS=. read -r major minor patch <<<"${v#v}"
   staging="v0.${minor}.${patch}"
@@ -114,7 +134,7 @@ build_kubernetes() {
   # ...) at ./staging via replace directives, which only apply to the main
   # module. Repeat each of them, pointed at the published v0.X.Y release.
   local gomod
-  (cd "${wd}" && run_step "${logf}" "kubernetes: download k8s.io/kubernetes" go mod download "k8s.io/kubernetes@${v}")
+  (cd "${wd}" && run_step "${logf}" "${name}: download k8s.io/kubernetes" go mod download "k8s.io/kubernetes@${v}")
   gomod="${GOMODCACHE}/cache/download/k8s.io/kubernetes/@v/${v}.mod"
   [[ -f "${gomod}" ]] || die "k8s.io/kubernetes go.mod not found at ${gomod}; log: ${logf}"
   local goline replaces
@@ -122,7 +142,7 @@ build_kubernetes() {
   replaces=$(sed -nE 's#^[[:space:]]*(k8s\.io/[A-Za-z0-9._/-]+)[[:space:]]+=>[[:space:]]+\./staging/.*#\1#p' "${gomod}" | sort -u)
   [[ -n "${replaces}" ]] || die "no staging replace directives found in ${gomod}"
   {
-    printf 'module elastiserve.local/build/kubernetes\n\n%s\n\n' "${goline:-go 1.24.0}"
+    printf 'module elastiserve.local/build/%s\n\n%s\n\n' "${name}" "${goline:-go 1.24.0}"
     # keep the upstream GODEBUG defaults of the release
     sed -nE '/^godebug[[:space:]]*\(/,/^\)/p; /^godebug [^(]/p' "${gomod}"
     printf '\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "${v}"
@@ -134,12 +154,6 @@ build_kubernetes() {
   } >"${wd}/go.mod"
   echo "generated go.mod:" >>"${logf}"
   cat "${wd}/go.mod" >>"${logf}"
-  local pkgs=(
-    k8s.io/kubernetes/cmd/kube-apiserver
-    k8s.io/kubernetes/cmd/kube-controller-manager
-    k8s.io/kubernetes/cmd/kube-scheduler
-    k8s.io/kubernetes/cmd/kubectl
-  )
   local ld="-s -w" p bd
   bd=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -151,13 +165,14 @@ build_kubernetes() {
     cd "${wd}" || exit 1
     local gets=()
     for p in "${pkgs[@]}"; do gets+=("${p}@${v}"); done
-    run_step "${logf}" "kubernetes: resolve modules" go get "${gets[@]}"
-    # one invocation for all four binaries: they share most packages
-    run_step "${logf}" "kubernetes: compile 4 binaries" go build -trimpath -tags providerless -ldflags "${ld}" -o "${tmp}/" "${pkgs[@]}"
+    run_step "${logf}" "${name}: resolve modules" go get "${gets[@]}"
+    # one invocation for all binaries: they share most packages
+    run_step "${logf}" "${name}: compile ${#pkgs[@]} binaries" go build -trimpath -tags providerless -ldflags "${ld}" -o "${tmp}/" "${pkgs[@]}"
   )
-  "${tmp}/kubectl" version --client >>"${logf}" 2>&1 || die "built kubectl does not run; log: ${logf}"
-  finish_component "${out}" "${tmp}" "kubernetes-${v}" $(($(now_s) - start))
-  log "kubernetes ${v}: done in $(fmt_duration $(($(now_s) - start)))"
+  "${tmp}/${smoke}" --version >>"${logf}" 2>&1 || "${tmp}/${smoke}" version --client >>"${logf}" 2>&1 ||
+    die "built ${smoke} does not run; log: ${logf}"
+  finish_component "${out}" "${tmp}" "${name}-${v}" $(($(now_s) - start))
+  log "${name} ${v}: done in $(fmt_duration $(($(now_s) - start)))"
 }
 
 # build_simple NAME VERSION OUTDIR MAIN_PACKAGE LDFLAGS
@@ -191,6 +206,29 @@ build_kwok() {
 build_helm() {
   build_simple helm "${HELM_VERSION}" "$(helm_dir)" helm.sh/helm/v3/cmd/helm \
     "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+}
+
+build_crictl() {
+  build_simple crictl "${CRI_TOOLS_VERSION}" "$(crictl_dir)" sigs.k8s.io/cri-tools/cmd/crictl \
+    "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=${CRI_TOOLS_VERSION}"
+}
+
+node_built() { component_done "$(node_dir)" && component_done "$(crictl_dir)"; }
+
+# `hack/cluster.sh build-node`: the kubelet, kube-proxy and crictl for the real node (hack/node.sh)
+cmd_build_node() {
+  if node_built; then
+    log "node components cached under ${BIN_ROOT}"
+    return 0
+  fi
+  go_env
+  local start
+  start=$(now_s)
+  build_node_binaries
+  build_crictl
+  local total=$(($(now_s) - start))
+  printf 'node-total\t%s\n' "${total}" >>"${LOG_ROOT}/build-times.tsv"
+  log "node components built in $(fmt_duration "${total}")"
 }
 
 all_built() {

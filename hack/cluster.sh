@@ -4,12 +4,17 @@
 # nodes/kubelets), built from Go modules and run as processes on 127.0.0.1.
 # See docs/local-cluster.md.
 #
-# Usage: hack/cluster.sh build|up|down|env|status
-#   build   build every component once into ${ELASTISERVE_CACHE:-~/.cache/elastiserve}/bin
-#   up      start the control plane (idempotent); admin kubeconfig in $STATE/kubeconfig
-#   down    stop everything `up` started and remove the state dir
-#   env     print `export KUBECONFIG=...` (and PATH) lines: eval "$(hack/cluster.sh env)"
-#   status  show what runs (exit 1 when the cluster is not fully up)
+# Usage: hack/cluster.sh build|up|down|env|status|build-node|node-up|node-down|image
+#   build       build every component once into ${ELASTISERVE_CACHE:-~/.cache/elastiserve}/bin
+#   up          start the control plane (idempotent); admin kubeconfig in $STATE/kubeconfig;
+#               with ELASTISERVE_REAL_NODE=1 also a real node (see node-up)
+#   down        stop everything `up` started (the real node too), restore host state, remove the state dir
+#   env         print `export KUBECONFIG=...` (and PATH) lines: eval "$(hack/cluster.sh env)"
+#   status      show what runs (exit 1 when the cluster is not fully up)
+#   build-node  build the kubelet, kube-proxy and crictl (cached by version) for the real node
+#   node-up     add a real node (containerd, runc, CNI bridge, kubelet, kube-proxy) to a running cluster
+#   node-down   stop the real node and restore the host state it changed
+#   image       build the project's image (cached by content hash), load it into the real node, print its name
 set -euo pipefail
 
 # shellcheck source=hack/lib.sh
@@ -18,9 +23,11 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 source "${HACK_DIR}/build.sh"
 # shellcheck source=hack/run.sh
 source "${HACK_DIR}/run.sh"
+# shellcheck source=hack/node.sh
+source "${HACK_DIR}/node.sh"
 
 usage() {
-  sed -n '7,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '7,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 main() {
@@ -31,10 +38,14 @@ main() {
     down) cmd_down ;;
     env) cmd_env ;;
     status) cmd_status ;;
+    build-node) cmd_build_node ;;
+    node-up) cmd_node_up ;;
+    node-down) cmd_node_down ;;
+    image) cmd_image ;;
     -h | --help | help) usage ;;
     *)
       usage
-      die "unknown command '${cmd}' (expected build|up|down|env|status)"
+      die "unknown command '${cmd}' (expected build|up|down|env|status|build-node|node-up|node-down|image)"
       ;;
   esac
 }

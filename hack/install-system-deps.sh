@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages elastiserve's tests and demo use, only if something is missing.
 set -euo pipefail
+# The real node's and the image build's packages (containerd, runc, CNI plugins, buildah, debootstrap).
+"$(dirname "$0")/install-node-deps.sh"
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)

@@ -34,6 +34,8 @@ etcd_dir() { printf '%s/etcd-%s' "${BIN_ROOT}" "${ETCD_VERSION}"; }
 k8s_dir() { printf '%s/kubernetes-%s' "${BIN_ROOT}" "${KUBERNETES_VERSION}"; }
 kwok_dir() { printf '%s/kwok-%s' "${BIN_ROOT}" "${KWOK_VERSION}"; }
 helm_dir() { printf '%s/helm-%s' "${BIN_ROOT}" "${HELM_VERSION}"; }
+node_dir() { printf '%s/node-%s' "${BIN_ROOT}" "${KUBERNETES_VERSION}"; }
+crictl_dir() { printf '%s/crictl-%s' "${BIN_ROOT}" "${CRI_TOOLS_VERSION}"; }
 
 ETCD_BIN() { printf '%s/etcd' "$(etcd_dir)"; }
 APISERVER_BIN() { printf '%s/kube-apiserver' "$(k8s_dir)"; }
@@ -42,6 +44,12 @@ SCHEDULER_BIN() { printf '%s/kube-scheduler' "$(k8s_dir)"; }
 KUBECTL_BIN() { printf '%s/kubectl' "$(k8s_dir)"; }
 KWOK_BIN() { printf '%s/kwok' "$(kwok_dir)"; }
 HELM_BIN() { printf '%s/helm' "$(helm_dir)"; }
+KUBELET_BIN() { printf '%s/kubelet' "$(node_dir)"; }
+KUBE_PROXY_BIN() { printf '%s/kube-proxy' "$(node_dir)"; }
+CRICTL_BIN() { printf '%s/crictl' "$(crictl_dir)"; }
+
+# The pod sandbox image of the real node (hack/image.sh pause builds it, hack/node.sh imports it).
+PAUSE_REF="localhost/elastiserve-pause:${KUBERNETES_VERSION}"
 
 # Seconds since the epoch, as an integer.
 now_s() { date +%s; }

@@ -153,6 +153,8 @@ gen_pki() {
   sign_cert kube-controller-manager "/CN=system:kube-controller-manager" "${client}"
   sign_cert kube-scheduler "/CN=system:kube-scheduler" "${client}"
   sign_cert kwok "/O=system:masters/CN=kwok-controller" "${client}"
+  # the API server's identity towards a real node's kubelet (kubectl logs/exec/port-forward)
+  sign_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "${client}"
   # front proxy (aggregation layer): lets aggregated APIs and the delegated
   # authentication of the controller-manager/scheduler trust request headers
   gen_key "${pki}/front-proxy-ca.key"
@@ -273,6 +275,7 @@ wait_component() {
 
 create_nodes() {
   local i manifest=""
+  ((NODE_COUNT > 0)) || return 0
   for ((i = 0; i < NODE_COUNT; i++)); do
     manifest+="---
 apiVersion: v1
@@ -316,6 +319,9 @@ do_up() {
   if [[ -f "${MARKER}" ]]; then
     if all_alive && load_ports && kctl get --raw /readyz >/dev/null 2>&1; then
       log "already running (kubeconfig: ${STATE}/kubeconfig)"
+      if [[ "${ELASTISERVE_REAL_NODE:-0}" == 1 ]]; then
+        node_up
+      fi
       return 0
     fi
     log "found a stale or partial cluster in ${STATE}; cleaning it up first"
@@ -369,6 +375,9 @@ do_up() {
     --requestheader-extra-headers-prefix X-Remote-Extra- \
     --proxy-client-cert-file "${pki}/front-proxy-client.crt" \
     --proxy-client-key-file "${pki}/front-proxy-client.key" \
+    --kubelet-preferred-address-types InternalIP \
+    --kubelet-client-certificate "${pki}/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "${pki}/apiserver-kubelet-client.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "${pki}/sa.pub" \
     --service-account-signing-key-file "${pki}/sa.key" \
@@ -423,14 +432,20 @@ do_up() {
   wait_component kwok 60 "kwok /healthz" http_ok "http://127.0.0.1:${KWOK_PORT}/healthz"
 
   create_nodes
-  wait_component kwok 120 "${NODE_COUNT} Ready kwok nodes" \
-    kctl wait --for=condition=Ready node -l type=kwok --timeout=2s
+  if ((NODE_COUNT > 0)); then
+    wait_component kwok 120 "${NODE_COUNT} Ready kwok nodes" \
+      kctl wait --for=condition=Ready node -l type=kwok --timeout=2s
+  fi
   # the serviceaccount controller must have created 'default' before pods can be admitted
   wait_component kube-controller-manager 60 "the default ServiceAccount" \
     kctl -n default get serviceaccount default
 
+  if [[ "${ELASTISERVE_REAL_NODE:-0}" == 1 ]]; then
+    node_up
+  fi
+
   trap - EXIT INT TERM
-  log "cluster up in $(fmt_duration $(($(now_s) - start))): kube-apiserver https://127.0.0.1:${APISERVER_PORT}, ${NODE_COUNT} kwok nodes"
+  log "cluster up in $(fmt_duration $(($(now_s) - start))): kube-apiserver https://127.0.0.1:${APISERVER_PORT}, ${NODE_COUNT} kwok nodes$([[ "${ELASTISERVE_REAL_NODE:-0}" == 1 ]] && echo ", real node ${REAL_NODE_NAME}")"
   log "kubeconfig: ${STATE}/kubeconfig  (eval \"\$(hack/cluster.sh env)\")"
 }
 
@@ -444,7 +459,9 @@ do_down() {
   if [[ ! -f "${MARKER}" ]]; then
     die "${STATE} is not an elastiserve cluster dir (no marker file); not touching it"
   fi
-  # clients first, then the API server, then its storage
+  # the real node first (it restores host state and needs the API server for nothing but a last
+  # delete), then the clients, then the API server, then its storage
+  node_down
   stop_procs kwok kube-scheduler kube-controller-manager
   stop_procs kube-apiserver
   stop_procs etcd
@@ -481,6 +498,7 @@ do_status() {
   done
   echo "kube-apiserver: https://127.0.0.1:${APISERVER_PORT:-?}  etcd: http://127.0.0.1:${ETCD_PORT:-?}"
   echo "kubeconfig: ${STATE}/kubeconfig"
+  node_status || rc=1
   if kctl get --raw /readyz >/dev/null 2>&1; then
     echo "readyz: ok"
     kctl get nodes -o wide 2>/dev/null || true
@@ -500,5 +518,27 @@ with_lock() {
 
 cmd_up() { with_lock do_up; }
 cmd_down() { with_lock do_down; }
+
+# node-up: add the real node to a running cluster
+do_node_up() {
+  [[ -f "${MARKER}" ]] && all_alive && load_ports || die "no running cluster in ${STATE}: run 'hack/cluster.sh up' first"
+  trap 'rc=$?; trap - EXIT; if ((rc != 0)); then log "real node start failed; stopping it (logs: ${STATE}/logs/{containerd,kubelet,kube-proxy}.log)"; node_down >/dev/null 2>&1 || true; fi; exit ${rc}' EXIT
+  node_up
+  trap - EXIT
+}
+cmd_node_up() { with_lock do_node_up; }
+cmd_node_down() { with_lock node_down; }
+
+# image: build the project's image (cached by content) and import it into the running real node
+cmd_image() {
+  local archive
+  archive=$(bash "${HACK_DIR}/image.sh" build | tail -n 1) || die "image build failed"
+  local ref
+  ref=$(bash "${HACK_DIR}/image.sh" ref)
+  if node_present && alive containerd; then
+    node_import "${archive}" "${ref}"
+  fi
+  printf '%s\n' "${ref}"
+}
 cmd_env() { do_env; }
 cmd_status() { do_status; }

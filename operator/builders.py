@@ -25,6 +25,8 @@ LABEL_MANAGED = "app.kubernetes.io/managed-by"
 MANAGER = "elastiserve"
 ANNOTATION_HASH = "elastiserve.dev/spec-hash"
 CONTAINER = "model-server"
+LISTEN_HOST = "0.0.0.0"
+"""The model server's listen address in a pod: every address, so the kubelet's probes and the Service reach it."""
 RUNTIME_OVERHEAD_BYTES = 256 * 2**20
 """Memory a model-server process needs besides model weights (Python, ONNX Runtime arenas)."""
 
@@ -178,8 +180,18 @@ def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: 
         env.append({"name": "ELASTISERVE_MODELS_FILE", "value": f"{SUBMODELS_DIR}/{SUBMODELS_KEY}"})
     if not lazy.enabled:
         env = [{"name": "ELASTISERVE_PRELOAD", "value": "all"} if e["name"] == "ELASTISERVE_PRELOAD" else e for e in env]
-    env += [{"name": k, "value": v} for k, v in inherited]
-    return env + [e.to_api() for e in spec.template.env]
+    user = [e.to_api() for e in spec.template.env]
+    # `elastiserve serve` listens on 127.0.0.1:8080 by default (right for a developer's shell, unreachable
+    # in a pod): listen on every address of the pod, on the port the probes and the Service target. A
+    # user's own ELASTISERVE_HOST/ELASTISERVE_PORT in template.env wins (one entry per name: server-side
+    # apply rejects duplicate env names).
+    named = {e["name"] for e in user}
+    listen = [
+        {"name": "ELASTISERVE_HOST", "value": LISTEN_HOST},
+        {"name": "ELASTISERVE_PORT", "value": str(spec.template.ports[0].container_port)},
+    ]
+    inherited_env = [{"name": k, "value": v} for k, v in inherited if k not in named]
+    return env + [e for e in listen if e["name"] not in named] + inherited_env + user
 
 
 def build_deployment(

@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
 
-pytest_plugins = ["support.cluster", "support.prometheus", "support.devstack", "support.s3", "support.jaeger"]
+pytest_plugins = ["support.cluster", "support.prometheus", "support.devstack", "support.s3", "support.jaeger",
+                  "support.real_node"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -81,6 +81,26 @@ def test_build_installs_the_package_and_onnxruntime_and_smoke_tests_them():
     assert "import onnxruntime" in run
 
 
+def test_build_steps_do_not_run_inside_the_copied_package():
+    """`python -m venv`/`python -c` put the working directory first on sys.path: run from /src (the
+    context, whose `operator/` folder is the package's) they import it instead of the standard library's
+    `operator`, and the build fails (found by the first real build, hack/image.sh)."""
+    workdir, copied_to = "/", None
+    for ins, arg in stages(DOCKERFILE.read_text())[0]:
+        if ins == "WORKDIR":
+            workdir = arg
+        elif ins == "COPY" and arg.split()[0] == ".":
+            copied_to = workdir if arg.split()[1] in (".", "./") else arg.split()[1]
+        elif ins == "RUN" and "python" in arg:
+            assert copied_to and workdir.rstrip("/") != copied_to.rstrip("/"), (workdir, copied_to)
+
+
+def test_the_model_server_listens_on_every_address_in_a_container():
+    env = " ".join(arg for ins, arg in stages(DOCKERFILE.read_text())[-1] if ins == "ENV")
+    # read by `elastiserve serve` (whose own default, 127.0.0.1, no probe or Service could reach)
+    assert re.search(r"\bELASTISERVE_HOST=0\.0\.0\.0\b", env)
+
+
 def test_oci_labels():
     labels = " ".join(arg for ins, arg in stages(DOCKERFILE.read_text())[-1] if ins == "LABEL")
     for key in ("title", "description", "version", "revision", "licenses"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,49 @@ def test_version_placeholder_and_model_folders():
     env = {e["name"]: e.get("value") for e in canary["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["ELASTISERVE_MODELS"] == "m=file:///store/v8/m"
 
+
+def _serve_params(env: dict[str, str], monkeypatch) -> dict:
+    """The options `elastiserve serve` resolves from a container's environment (parsed, not run)."""
+    import typer
+
+    from elastiserve.serving.cli import serve
+
+    app = typer.Typer()
+    app.command("serve")(serve)
+    for key in [k for k in os.environ if k.startswith("ELASTISERVE_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    command = typer.main.get_command(app)  # one command: the command itself, not a group
+    with command.make_context("serve", []) as ctx:
+        return ctx.params
+
+
+def test_model_server_listens_where_the_probes_and_the_service_connect(monkeypatch):
+    md = parse_manifest({"apiVersion": "elastiserve.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "m"},
+                         "spec": {"model": {"name": "m", "uri": "file:///store/m"},
+                                  "template": {"ports": [{"name": "web", "containerPort": 9000}]}}})
+    dep = builders.build_deployment(md.spec, "m", "ns", "u", md.spec.primary)
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    params = _serve_params(env, monkeypatch)
+    # A pod's probes and its Service connect to the pod IP: 127.0.0.1 (the serve default) is unreachable.
+    assert params["host"] == "0.0.0.0"
+    assert params["port"] == 9000 == container["ports"][0]["containerPort"]
+    assert container["readinessProbe"]["httpGet"]["port"] == container["ports"][0]["name"] == "web"
+    assert builders.build_service(md.spec, "m", "ns", "u")["spec"]["ports"][0]["targetPort"] == "web"
+    # Without the pod's environment, a developer's `elastiserve serve` stays on loopback.
+    assert _serve_params({}, monkeypatch)["host"] == "127.0.0.1"
+
+
+def test_a_listen_address_in_the_template_env_replaces_the_default():
+    md = parse_manifest({"apiVersion": "elastiserve.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "m"},
+                         "spec": {"model": {"name": "m", "uri": "file:///store/m"},
+                                  "template": {"env": [{"name": "ELASTISERVE_HOST", "value": "::"}]}}})
+    names = [e["name"] for e in builders.server_env(md.spec, "m", md.spec.primary)]
+    assert len(names) == len(set(names)), "server-side apply rejects duplicate env names"
+    env = {e["name"]: e.get("value") for e in builders.server_env(md.spec, "m", md.spec.primary)}
+    assert env["ELASTISERVE_HOST"] == "::" and env["ELASTISERVE_PORT"] == "8080"
 
 
 def test_pods_inherit_the_operators_tracing_settings_before_the_template_env():

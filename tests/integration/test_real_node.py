@@ -1,0 +1,234 @@
+"""`helm install` on a real node: the operator, the activator and a model server run as real pods.
+
+Unlike the kwok clusters of the other integration tests, the node here runs containers (containerd +
+runc, CNI bridge, kubelet, kube-proxy; see hack/node.sh), from the image built out of the
+repository's Dockerfile (hack/image.sh). What this proves and kwok cannot: the image starts each
+process, the chart's Deployments become Ready by their real probes with in-cluster config and their
+ServiceAccounts, the operator creates model-server pods that listen where their probes and Service
+connect, the CPU/memory limits are cgroup limits, and nothing addressed to the pod or Service ranges
+leaves the machine.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import http.server
+import ipaddress
+import json
+import re
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support import wait_until
+from support.real_node import NFT_TABLE, NODE_GATEWAY, NODE_NAME, POD_CIDR, RealCluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.node]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "elastiserve"
+RELEASE = "es"
+SYSTEM_NS = "elastiserve-system"
+
+
+def _http_get(url: str, timeout: float = 3) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - our own pods/Services
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _nft_counters() -> dict[str, int]:
+    """Packets counted by each egress-guard rule, keyed by the rule's comment."""
+    out = subprocess.run(["nft", "-j", "list", "table", "inet", NFT_TABLE], capture_output=True, text=True,
+                         check=True, timeout=10).stdout
+    counters: dict[str, int] = {}
+    for item in json.loads(out)["nftables"]:
+        rule = item.get("rule")
+        if not rule:
+            continue
+        packets = sum(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+        counters[rule.get("comment", f"{rule['chain']}#{rule['handle']}")] = packets
+    return counters
+
+
+def _pod_cgroup(subsystem: str, uid: str) -> Path:
+    matches = list(Path(f"/sys/fs/cgroup/{subsystem}/kubepods").glob(f"**/pod{uid}"))
+    assert len(matches) == 1, f"pod cgroup pod{uid} under /sys/fs/cgroup/{subsystem}/kubepods: {matches}"
+    return matches[0]
+
+
+@pytest.fixture(scope="module")
+def installed(real_cluster: RealCluster) -> RealCluster:
+    """The chart installed from our image, pulled never: operator and activator Ready for real."""
+    k = real_cluster.cluster
+    k.helm("install", RELEASE, str(CHART), "--namespace", SYSTEM_NS, "--create-namespace",
+           "--set", f"image.repository={real_cluster.repository}", "--set", f"image.tag={real_cluster.tag}",
+           "--set", "image.pullPolicy=Never", "--wait", "--timeout", "240s", timeout=300)
+    return real_cluster
+
+
+@pytest.fixture
+def namespace_real(real_cluster: RealCluster, request: pytest.FixtureRequest):
+    """A fresh namespace on the real-node cluster, deleted after the test."""
+    k = real_cluster.cluster
+    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:40].strip("-")
+    k.kubectl("create", "namespace", name)
+    wait_until(lambda: k.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode == 0,
+               timeout=60, what=f"ServiceAccount default in {name}")
+    try:
+        yield name
+    finally:
+        k.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+def test_the_node_is_real_and_ready(real_cluster: RealCluster):
+    node = real_cluster.cluster.kubectl_json("get", "node", NODE_NAME)
+    ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    assert ready["Ready"] == "True"
+    assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+    # the node's address is the bridge's: the kubelet never listens on the machine's uplink
+    assert {a["type"]: a["address"] for a in node["status"]["addresses"]}["InternalIP"] == NODE_GATEWAY
+    # system- and kube-reserved keep a share of the machine's cores for everything else
+    cap, alloc = node["status"]["capacity"], node["status"]["allocatable"]
+    to_milli = lambda q: int(q[:-1]) if q.endswith("m") else int(q) * 1000  # noqa: E731
+    assert to_milli(alloc["cpu"]) == to_milli(cap["cpu"]) - 1000
+
+
+def test_helm_install_runs_operator_and_activator_in_cluster(installed: RealCluster):
+    k = installed.cluster
+    pods = k.kubectl_json("-n", SYSTEM_NS, "get", "pods")["items"]
+    assert {p["metadata"]["labels"].get("app.kubernetes.io/component") for p in pods} >= {"operator", "activator"}
+    for pod in pods:
+        assert pod["spec"]["nodeName"] == NODE_NAME
+        statuses = pod["status"]["containerStatuses"]
+        assert all(s["ready"] and "running" in s["state"] for s in statuses), pod["metadata"]["name"]
+        assert all(s["image"].endswith(installed.tag) or installed.tag in s["image"] for s in statuses)
+        # the operator and the activator talk to the API server with their ServiceAccounts' tokens
+        assert pod["spec"]["serviceAccountName"].endswith(pod["metadata"]["labels"]["app.kubernetes.io/component"])
+
+
+@pytest.fixture(scope="module")
+def model_store(minilm_cli) -> Iterator[str]:
+    """The built MiniLM served over HTTP on the node's bridge address (reachable by the pods only)."""
+    run, model_dir = minilm_cli
+    if not (model_dir / "model.onnx").exists():
+        result = run("build")
+        assert result.exit_code == 0, result.output
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # the pods' requests are not test output
+            pass
+
+    handler = functools.partial(Quiet, directory=str(model_dir.parent))
+    server = http.server.ThreadingHTTPServer((NODE_GATEWAY, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{NODE_GATEWAY}:{server.server_address[1]}/{model_dir.name}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_modeldeployment_gets_a_ready_model_server_pod_that_serves_through_its_service(
+        installed: RealCluster, model_store: str, namespace_real: str):
+    k = installed.cluster
+    ns = namespace_real
+    k.apply({
+        "apiVersion": "elastiserve.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "minilm", "namespace": ns},
+        "spec": {
+            # preloaded: Ready means the server fetched the model from the store and loaded it
+            "model": {"name": "minilm", "uri": model_store,
+                      "lazyLoading": {"memoryBudget": "512Mi", "preload": ["minilm"]}},
+            "template": {
+                "image": installed.image,
+                "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "500m", "memory": "1Gi"}},
+            },
+            "replicas": {"min": 1, "max": 1},
+        },
+    })
+    created = time.monotonic()
+
+    def ready_pod():
+        for pod in k.kubectl_json("-n", ns, "get", "pods", "-l", "elastiserve.dev/modeldeployment=minilm")["items"]:
+            conds = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+            if conds.get("Ready") == "True":
+                return pod
+        return None
+
+    pod = wait_until(ready_pod, timeout=300, interval=1, what="a Ready model-server pod")
+    print(f"\nmodel-server pod (fp32, preloaded over HTTP) Ready {time.monotonic() - created:.1f}s after the "
+          "ModelDeployment was applied")
+    assert pod["spec"]["nodeName"] == NODE_NAME
+    # The readiness probe passed for real: the server answers on the pod IP...
+    status, body = _http_get(f"http://{pod['status']['podIP']}:8080/v2/health/ready")
+    assert status == 200 and json.loads(body)["ready"] is True
+    # ...and through its Service from the host (kube-proxy's DNAT), with real embeddings
+    svc = k.kubectl_json("-n", ns, "get", "service", "minilm")
+    url = f"http://{svc['spec']['clusterIP']}:80/v1/models/minilm:embed"
+    req = urllib.request.Request(url, data=json.dumps({"texts": ["a real pod", "on a real node"]}).encode(),
+                                 headers={"Content-Type": "application/json"})
+
+    def embed():
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - our own Service
+            return json.loads(resp.read())
+
+    out = wait_until(embed, timeout=30, interval=0.5, what=f"POST {url}")
+    assert out["dim"] == 384 and len(out["embeddings"]) == 2
+    # ...and through the in-cluster activator, which finds the replica with its KubernetesResolver
+    # (the EndpointSlices of minilm-pods, read with its ServiceAccount) and forwards to the pod
+    activator = k.kubectl_json("-n", SYSTEM_NS, "get", "service", f"{RELEASE}-elastiserve-activator")
+    via = urllib.request.Request(
+        f"http://{activator['spec']['clusterIP']}:80/v1/models/minilm:embed",
+        data=json.dumps({"texts": ["through the activator"]}).encode(),
+        headers={"Content-Type": "application/json", "X-Elastiserve-Model": f"{ns}/minilm"})
+    with urllib.request.urlopen(via, timeout=30) as resp:  # noqa: S310 - our own Service
+        assert resp.status == 200
+        assert json.loads(resp.read())["dim"] == 384
+    # the limits are cgroup (v1) limits: CFS quota 500m of a 100ms period, and the memory limit
+    uid = pod["metadata"]["uid"]
+    cpu = _pod_cgroup("cpu", uid)
+    assert int((cpu / "cpu.cfs_quota_us").read_text()) == 50000
+    assert int((cpu / "cpu.cfs_period_us").read_text()) == 100000
+    mem = _pod_cgroup("memory", uid)
+    assert int((mem / "memory.limit_in_bytes").read_text()) == 2**30
+
+
+def test_nothing_addressed_to_the_pod_or_service_ranges_leaves_the_machine(installed: RealCluster):
+    k = installed.cluster
+    # Without the guard these would take the default route (the machine's uplink).
+    unused_service_ip = "10.96.254.254"
+    route = subprocess.run(["ip", "route", "get", unused_service_ip], capture_output=True, text=True, check=True).stdout
+    assert "dev es-cni0" not in route and "dev lo" not in route, route
+    before = _nft_counters()
+    # from the host: a Service IP kube-proxy does not know is rejected at once, not sent out
+    with socket.socket() as s:
+        s.settimeout(5)
+        code = s.connect_ex((unused_service_ip, 80))
+    assert code in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.EACCES, errno.EPERM, errno.ENETUNREACH), code
+    after_host = _nft_counters()
+    key = next(c for c in after_host if "Service IP kube-proxy did not translate" in c)
+    assert after_host[key] > before[key]
+    # from a pod: traffic to the same address is dropped when forwarded, never routed to the uplink
+    pod = next(p for p in k.kubectl_json("-n", SYSTEM_NS, "get", "pods")["items"]
+               if p["metadata"]["labels"].get("app.kubernetes.io/component") == "activator")
+    probe = ("import socket; s = socket.socket(); s.settimeout(2); "
+             f"print(s.connect_ex(('{unused_service_ip}', 80)))")
+    out = k.kubectl("-n", SYSTEM_NS, "exec", pod["metadata"]["name"], "--", "python", "-c", probe, timeout=60).stdout
+    assert int(out.strip()) != 0
+    after_pod = _nft_counters()
+    dropped = sum(after_pod[c] - after_host.get(c, 0) for c in after_pod if "never forwarded" in c or "leaves only" in c)
+    assert dropped >= 1, (after_host, after_pod)
+    # and the pods' addresses live on the bridge
+    assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(POD_CIDR)
