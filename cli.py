@@ -92,6 +92,15 @@ def run(
     prometheus_url: Optional[str] = typer.Option(
         None, envvar="ELASTISERVE_PROMETHEUS_URL", help="Default Prometheus URL for specs that name none."
     ),
+    prometheus_allowed_url: list[str] = typer.Option(
+        [], "--prometheus-allowed-url", envvar="ELASTISERVE_PROMETHEUS_ALLOWED_URLS",
+        help="[NAMESPACE=]URL a spec may name in metrics.prometheus.url besides the default (repeatable; "
+             "with NAMESPACE: allowed there only, and custom queries may run against it).",
+    ),
+    custom_queries_namespace: list[str] = typer.Option(
+        [], "--custom-queries-namespace", envvar="ELASTISERVE_CUSTOM_QUERIES_NAMESPACES",
+        help="Namespace whose specs may run custom PromQL (rules.*.query) on a shared Prometheus (repeatable; * = all).",
+    ),
     metrics_port: int = typer.Option(9090, envvar="ELASTISERVE_METRICS_PORT", help="Port of the operator's /metrics."),
     liveness: str = typer.Option(
         "http://0.0.0.0:8081/healthz", envvar="ELASTISERVE_LIVENESS", help="kopf liveness endpoint URL."
@@ -121,6 +130,8 @@ def run(
         namespaces=namespace,
         all_namespaces=all_namespaces,
         prometheus_url=prometheus_url,
+        prometheus_allowed_urls=prometheus_allowed_url,
+        custom_queries_namespaces=custom_queries_namespace,
         metrics_port=metrics_port,
         liveness=liveness,
         peering=peering,

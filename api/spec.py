@@ -17,6 +17,8 @@ from .base import QUANTITY_PATTERN, ApiModel, parse_bytes
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 URI_PATTERN = r"^(file://|s3://|https?://|/)[^\s]*$"
+PROMETHEUS_URL_PATTERN = r"^https?://[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?(/[-A-Za-z0-9._~%/]*)?$"
+"""scheme://host[:port][/path]: no user info, query or fragment (a ``#`` would cut off the API path)."""
 
 Name = Annotated[str, StringConstraints(pattern=DNS_LABEL, min_length=1, max_length=40)]
 Uri = Annotated[str, StringConstraints(pattern=URI_PATTERN, min_length=1, max_length=1024)]
@@ -238,10 +240,13 @@ class SecretKeyRef(ApiModel):
 class PrometheusSpec(ApiModel):
     """Where the operator reads metrics. Empty fields use the operator's own settings."""
 
-    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=1024)] | None = None
-    """Prometheus base URL, e.g. ``http://prometheus.monitoring:9090``."""
+    url: Annotated[str, StringConstraints(pattern=PROMETHEUS_URL_PATTERN, max_length=1024)] | None = None
+    """Prometheus base URL, e.g. ``http://prometheus.monitoring:9090`` (no user info, query or fragment).
+    It must be the operator's default Prometheus or on the operator's allowlist
+    (``--prometheus-allowed-url``); any other URL is refused before a connection is made."""
     bearer_token_secret: SecretKeyRef | None = None
-    """Secret holding a bearer token (never logged)."""
+    """Secret holding a bearer token (never logged), sent only to an allowed URL. The Secret must carry the
+    label ``elastiserve.dev/prometheus-token: "true"``."""
     tls_verify: bool = True
     """Verify the server's TLS certificate."""
     timeout_seconds: float = Field(default=5.0, gt=0, le=60)

@@ -98,20 +98,25 @@ class Kube:
         except ApiException as exc:
             raise kopf.TemporaryError(f"delete {kind} {namespace}/{name} failed: {api_message(exc)}", delay=5) from None
 
-    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+    async def read_secret_key(self, namespace: str, name: str, key: str, label: str | None = None) -> str:
+        """One key of a Secret. ``label``: the Secret must carry it with value ``"true"`` (its owner's
+        consent to this use); otherwise ``PermissionError``. Other failures raise ``LookupError``; the
+        messages name the Secret and the fix, never its content."""
         import base64
 
         def read() -> str:
             self.calls += 1
             secret = self.core.read_namespaced_secret(name, namespace)
+            if label and ((secret.metadata.labels or {}).get(label) != "true"):
+                raise PermissionError(
+                    f"Secret {namespace}/{name} is not labelled {label}=true: label it to allow this use"
+                )
             data = secret.data or {}
             if key not in data:
-                raise KeyError(key)
-            return base64.b64decode(data[key]).decode().strip()
+                raise LookupError(f"Secret {namespace}/{name} has no key {key!r}")
+            return base64.b64decode(data[key]).decode(errors="replace").strip()
 
         try:
             return await asyncio.to_thread(read)
         except ApiException as exc:
-            raise kopf.TemporaryError(f"cannot read Secret {namespace}/{name}: {api_message(exc)}", delay=15) from None
-        except KeyError:
-            raise kopf.TemporaryError(f"Secret {namespace}/{name} has no key {key!r}", delay=15) from None
+            raise LookupError(f"cannot read Secret {namespace}/{name}: {api_message(exc)}") from None
