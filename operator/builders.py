@@ -246,7 +246,10 @@ def build_deployment(
                 },
                 "spec": {
                     "containers": [container],
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+                    # Model servers never call the Kubernetes API: no token to steal. RuntimeDefault seccomp.
+                    "automountServiceAccountToken": False,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
                     "terminationGracePeriodSeconds": 30,
                 },
             },

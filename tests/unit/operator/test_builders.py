@@ -129,6 +129,8 @@ def test_containers_are_hardened():
     sc = pod["containers"][0]["securityContext"]
     assert sc["readOnlyRootFilesystem"] and sc["runAsNonRoot"] and sc["capabilities"] == {"drop": ["ALL"]}
     assert not sc["allowPrivilegeEscalation"]
+    assert pod["automountServiceAccountToken"] is False  # model servers never call the API
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
 def test_version_placeholder_and_model_folders():
