@@ -137,11 +137,35 @@ class ModelSpec(ApiModel):
 # --------------------------------------------------------------------------- containers
 
 
+RESERVED_ENV_PREFIX = "ELASTISERVE_"
+"""The operator's own model-server variables (store roots, models, budget): a spec may not set them."""
+
+
 class EnvVar(ApiModel):
     """An environment variable for the model-server container."""
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("!self.name.startsWith('ELASTISERVE_')",
+                    "env names starting with ELASTISERVE_ are reserved for the operator", ".name"),
+            ]
+        }
+    }
+
+    name: Annotated[str, StringConstraints(pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", min_length=1, max_length=253)]
+    """Letters, digits, ``_``, ``-`` and ``.``, not starting with a digit (what every Kubernetes version
+    accepts). Names starting with ``ELASTISERVE_`` are the operator's."""
     value: Annotated[str, StringConstraints(max_length=4096)] = ""
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> "EnvVar":
+        if self.name.startswith(RESERVED_ENV_PREFIX):
+            raise ValueError(
+                f"env names starting with ELASTISERVE_ are reserved for the operator (got {self.name}); "
+                "the operator sets them from the spec (model, lazyLoading): change those fields instead"
+            )
+        return self
 
 
 class ContainerPort(ApiModel):

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..api.base import parse_bytes
 from ..api.crd import API_VERSION, KIND
-from ..api.spec import Actuation, ModelDeploymentSpec, Precision, Variant
+from ..api.spec import RESERVED_ENV_PREFIX, Actuation, ModelDeploymentSpec, Precision, Variant
 
 LABEL_MDEP = "elastiserve.dev/modeldeployment"
 LABEL_VARIANT = "elastiserve.dev/variant"
@@ -172,7 +172,9 @@ def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: 
         env.append({"name": "ELASTISERVE_MODELS_FILE", "value": f"{SUBMODELS_DIR}/{SUBMODELS_KEY}"})
     if not lazy.enabled:
         env = [{"name": "ELASTISERVE_PRELOAD", "value": "all"} if e["name"] == "ELASTISERVE_PRELOAD" else e for e in env]
-    return env + [e.to_api() for e in spec.template.env]
+    # The spec's variables first: for a repeated name the container gets the last one, so the operator's
+    # own variables win even if a reserved name slipped past validation (the API rejects them).
+    return [e.to_api() for e in spec.template.env if not e.name.startswith(RESERVED_ENV_PREFIX)] + env
 
 
 def build_deployment(

@@ -146,3 +146,17 @@ def test_version_placeholder_and_model_folders():
     assert canary["spec"]["selector"]["matchLabels"][builders.LABEL_TRACK] == "canary"
     env = {e["name"]: e.get("value") for e in canary["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["ELASTISERVE_MODELS"] == "m=file:///store/v8/m"
+
+
+def test_operator_variables_cannot_be_overridden_by_template_env():
+    from elastiserve.api import SpecError, parse_spec
+
+    with pytest.raises(SpecError, match="reserved for the operator"):
+        parse_spec({"model": {"name": "m", "uri": "/s/m.onnx"},
+                    "template": {"env": [{"name": "ELASTISERVE_MODEL_STORE", "value": "/"}]}})
+    # Even a spec built past validation: the operator's value is the one the container gets (the last).
+    spec = parse_spec({"model": {"name": "m", "uri": "/s/m.onnx"}, "template": {"env": [{"name": "X", "value": "1"}]}})
+    spec.template.env[0].__dict__["name"] = "ELASTISERVE_MODEL_STORE"
+    env = builders.server_env(spec, "m", spec.primary)
+    stores = [e for e in env if e["name"] == "ELASTISERVE_MODEL_STORE"]
+    assert stores == [{"name": "ELASTISERVE_MODEL_STORE", "value": "/s"}]
