@@ -219,6 +219,17 @@ def serve(
                                                    "ConfigMap); polled, models whose URI changes are hot-switched."),
     models_file_interval: float = typer.Option(5.0, envvar="ELASTISERVE_MODELS_FILE_INTERVAL",
                                                help="Seconds between two reads of --models-file."),
+    load_token_file: Optional[str] = typer.Option(None, envvar="ELASTISERVE_LOAD_TOKEN_FILE",
+                                                  help="Enable POST /v2/repository/models/{name}/load, for callers "
+                                                       "sending 'Authorization: Bearer <the token in this file>' "
+                                                       "(e.g. a mounted Secret). Off by default."),
+    read_timeout: float = typer.Option(30.0, envvar="ELASTISERVE_READ_TIMEOUT",
+                                       help="Seconds a client may take to send a request body (408 after)."),
+    keepalive_timeout: float = typer.Option(15.0, envvar="ELASTISERVE_KEEPALIVE_TIMEOUT",
+                                            help="Seconds to receive a request's headers, and to keep an idle "
+                                                 "connection open."),
+    max_connections: int = typer.Option(512, envvar="ELASTISERVE_MAX_CONNECTIONS",
+                                        help="Open connections at most; further ones are closed at once."),
 ) -> None:
     """Serve sub-models over HTTP (KServe v2 / Open Inference Protocol), loading them lazily."""
     from .loader import ServingError
@@ -231,7 +242,9 @@ def serve(
                                  max_request_bytes=max_request_bytes, max_batch=max_batch,
                                  intra_op_threads=intra_op_threads, infer_workers=infer_workers,
                                  bytes_factor=bytes_factor, batch_window_ms=batch_window_ms,
-                                 models_file=models_file, models_file_interval=models_file_interval)
+                                 models_file=models_file, models_file_interval=models_file_interval,
+                                 load_token_file=load_token_file, read_timeout=read_timeout,
+                                 keepalive_timeout=keepalive_timeout, max_connections=max_connections)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
