@@ -86,7 +86,7 @@ async def _burst(url: str, key: str, n: int) -> list[tuple[int, float]]:
         async def one():
             t0 = time.monotonic()
             async with session.post(f"{url}/v2/models/minilm/infer", json=body,
-                                    headers={"X-Elastiserve-Model": key}) as r:
+                                    headers={"Host": "{1}.{0}.svc".format(*key.split("/"))}) as r:
                 await r.read()
                 return r.status, time.monotonic() - t0
 
@@ -225,7 +225,7 @@ def test_zero_to_one_and_back(k8s_cluster, namespace, prometheus_factory, operat
 def test_activator_timeout_gives_503_with_retry_after(tmp_path):
     """No replica ever comes (the model does not exist): the held request gets 503 + Retry-After."""
     port = free_port()
-    (tmp_path / "e.json").write_text("{}")
+    (tmp_path / "e.json").write_text("{}")  # known namespace, no replica ever
     proc = subprocess.Popen([sys.executable, "-m", "elastiserve.cli", "activator", "--host", "127.0.0.1",
                              "--port", str(port), "--endpoints-file", str(tmp_path / "e.json"), "--timeout", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -233,7 +233,7 @@ def test_activator_timeout_gives_503_with_retry_after(tmp_path):
         wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200,
                    timeout=30, what="activator up")
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/m/infer", data=b"{}", method="POST",
-                                     headers={"X-Elastiserve-Model": "nowhere/none"})
+                                     headers={"Host": "none.nowhere.svc"})
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(req, timeout=10)
         assert info.value.code == 503 and info.value.headers["Retry-After"] == "5"
