@@ -13,7 +13,7 @@ from typing import Any
 
 from ..api.base import parse_bytes
 from ..api.crd import API_VERSION, KIND
-from ..api.spec import RESERVED_ENV_PREFIX, Actuation, ModelDeploymentSpec, Precision, Variant
+from ..api.spec import RESERVED_ENV_PREFIX, RUNTIME_OVERHEAD_BYTES, Actuation, ModelDeploymentSpec, Precision, Variant
 
 LABEL_MDEP = "elastiserve.dev/modeldeployment"
 LABEL_VARIANT = "elastiserve.dev/variant"
@@ -24,8 +24,6 @@ LABEL_MANAGED = "app.kubernetes.io/managed-by"
 MANAGER = "elastiserve"
 ANNOTATION_HASH = "elastiserve.dev/spec-hash"
 CONTAINER = "model-server"
-RUNTIME_OVERHEAD_BYTES = 256 * 2**20
-"""Memory a model-server process needs besides model weights (Python, ONNX Runtime arenas)."""
 
 
 def owner_reference(name: str, uid: str) -> dict[str, Any]:
@@ -83,7 +81,9 @@ def _memory_request(spec: ModelDeploymentSpec, requests: dict[str, str]) -> dict
     floor = spec.model.lazy_loading.memory_budget_bytes + RUNTIME_OVERHEAD_BYTES
     current = parse_bytes(out["memory"]) if "memory" in out else 0
     if current < floor:
-        out["memory"] = f"{-(-floor // 2**20)}Mi"
+        # Whole MiB when it divides evenly (readable), else exact bytes: never above a limit the spec
+        # allows (validation guarantees limit >= budget + overhead).
+        out["memory"] = f"{floor // 2**20}Mi" if floor % 2**20 == 0 else str(floor)
     return out
 
 
@@ -160,7 +160,8 @@ def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: 
         {"name": "ELASTISERVE_MODEL_VERSION", "value": version},
         {"name": "ELASTISERVE_MODEL_STORE", "value": ",".join(roots)},
         {"name": "ELASTISERVE_MODELS", "value": ",".join(f"{n}={u}" for n, u in models)},
-        {"name": "ELASTISERVE_MEMORY_BUDGET", "value": lazy.memory_budget},
+        # In bytes: the server's size parser is not the Kubernetes quantity grammar ("500m", "2e9").
+        {"name": "ELASTISERVE_MEMORY_BUDGET", "value": str(lazy.memory_budget_bytes)},
         {"name": "ELASTISERVE_IDLE_UNLOAD_SECONDS", "value": str(lazy.idle_unload_seconds)},
         {
             "name": "ELASTISERVE_HOTSET",
@@ -373,7 +374,9 @@ def build_hpa(spec: ModelDeploymentSpec, name: str, namespace: str, uid: str, fl
                     "type": "Resource",
                     "resource": {
                         "name": "cpu",
-                        "target": {"type": "Utilization", "averageUtilization": int(round(cpu.effective_target))},
+                        # int32 and at least 1, as the HPA's validation demands
+                        "target": {"type": "Utilization",
+                                   "averageUtilization": min(max(1, int(round(cpu.effective_target))), 2**31 - 1)},
                     },
                 }
             ],
