@@ -32,7 +32,6 @@ NAME_MESSAGE = (
 NAME_RULE = cel(
     "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 40",
     NAME_MESSAGE,
-    ".metadata.name",
 )
 """On the root schema (CEL may read metadata.name there): a name every owned object can be built from.
 The pydantic twin is ``ObjectMeta._name`` in resource.py."""
