@@ -27,7 +27,7 @@ MI = 2**20
 
 def exact_forms(n: int) -> list[str]:
     """Kubernetes quantity spellings that all mean exactly ``n`` (bytes, or cores for cpu)."""
-    forms = [str(n), f"{n}e0", f"{n * 1000}m"]
+    forms = [str(n), f"{n}e0", f"{n}.", f"{n}.0", f"{n * 1000}m"]
     if n % 1000 == 0:
         forms += [f"{n // 1000}k", f"{n // 1000}e3", f"{n // 1000}E3"]
     if n % 10**6 == 0:
