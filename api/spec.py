@@ -255,6 +255,8 @@ class ContainerTemplate(ApiModel):
                 cel("self.ports.all(p, self.ports.exists_one(q, q.name == p.name)) && "
                     "self.ports.all(p, self.ports.exists_one(q, q.containerPort == p.containerPort))",
                     "port names and port numbers must be unique", ".ports"),
+                cel("self.env.all(e, self.env.exists_one(f, f.name == e.name))",
+                    "env names must be unique", ".env"),
             ]
         }
     }
@@ -280,6 +282,11 @@ class ContainerTemplate(ApiModel):
         numbers = [p.container_port for p in self.ports]
         if len(set(names)) != len(names) or len(set(numbers)) != len(numbers):
             raise ValueError(f"port names and port numbers must be unique (got {list(zip(names, numbers))})")
+        env = [e.name for e in self.env]
+        repeated = sorted({n for n in env if env.count(n) > 1})
+        if repeated:
+            # server-side apply keys the container's env by name: a repeated name cannot be applied
+            raise ValueError(f"env names must be unique (repeated: {', '.join(repeated)})")
         return self
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import kopf
@@ -28,6 +29,29 @@ def api_message(exc: ApiException) -> str:
         return str(exc.reason)
 
 
+_YAML_UNPRINTABLE = re.compile("[\x7f-\x9f\ufffe\uffff]")
+
+
+def _apply_bodies_as_utf8(api_client: k8s.ApiClient) -> None:
+    """Send apply patches as UTF-8 JSON. The client's own ``json.dumps`` escapes characters beyond U+FFFF
+    as surrogate pairs (``\\ud800\\udc00``), which the API server's YAML decoder (apply patches are YAML)
+    refuses: a spec with such a character in an arg or env value could never be applied."""
+    rest = api_client.rest_client
+    if getattr(rest, "_elastiserve_utf8", False):
+        return
+    original = rest.request
+
+    def request(method, url, headers=None, body=None, *args, **kwargs):
+        if headers and headers.get("Content-Type") == APPLY and isinstance(body, (dict, list)):
+            text = json.dumps(body, ensure_ascii=False)
+            # YAML refuses DEL and C1 controls raw (and may fold NEL): escape those, keep the rest as UTF-8
+            body = _YAML_UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
+        return original(method, url, headers, body, *args, **kwargs)
+
+    rest.request = request
+    rest._elastiserve_utf8 = True
+
+
 class Kube:
     """Typed access to the few resources we own."""
 
@@ -39,6 +63,7 @@ class Kube:
         self.discovery = k8s.DiscoveryV1Api(self.api_client)
         self.calls = 0
         """API requests made (for the scale benchmark)."""
+        _apply_bodies_as_utf8(self.api_client)
 
     def _patcher(self, kind: str):
         return {

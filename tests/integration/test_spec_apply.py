@@ -13,7 +13,7 @@ Cost: ``EXAMPLES`` specs, about ten dry-run requests each (about a minute on a b
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from elastiserve.api import API_VERSION, KIND, SpecError, parse_manifest
@@ -146,7 +146,9 @@ def api(k8s_cluster, crd):
 def test_every_accepted_spec_and_its_objects_are_accepted_by_the_api_server(api, namespace):
     kube, custom = api
 
+    # No shrinking: against a real API server it can take many minutes; the failing example is printed.
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+              phases=[Phase.explicit, Phase.reuse, Phase.generate],
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                      HealthCheck.filter_too_much, HealthCheck.data_too_large])
     @given(name=dns1035, spec=specs())
