@@ -44,7 +44,7 @@ def parse_quantity(quantity: str | int) -> Decimal:
     m = re.fullmatch(r"([0-9.]+)([eE][-+]?[0-9]+|[a-zA-Z]*)", text)
     number, suffix = Decimal(m.group(1)), m.group(2)
     if re.fullmatch(r"[eE][-+]?[0-9]+", suffix):
-        return number.scaleb(int(suffix[1:]))
+        return Decimal(m.group(1) + suffix)  # exact (scaleb would round to the context's precision)
     return number * _SUFFIX[suffix] if suffix else number
 
 
