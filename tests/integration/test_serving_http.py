@@ -221,7 +221,7 @@ def test_slow_clients_are_cut_off_and_connections_are_capped(store, tmp_path, li
             return proc.wait(10)
 
         wait_until(live, timeout=30, what="activator up")
-    socks = []
+    socks, extra = [], []
     try:
         socks = _slow_clients(port, 20, body=False) + _slow_clients(port, 19, body=True)
         # The 40th slot is left for the probe below; past the cap a new connection is closed at once.
@@ -232,6 +232,6 @@ def test_slow_clients_are_cut_off_and_connections_are_capped(store, tmp_path, li
         wait_until(lambda: all(_closed_by_server(s) for s in socks), timeout=30, what="slowloris connections closed")
         assert wait_until(live, timeout=10, what="still serving")
     finally:
-        for s in socks:
+        for s in socks + extra:
             s.close()
         assert stop() == 0
