@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-import yaml
 
 app = typer.Typer(
     name="elastiserve",
@@ -32,22 +31,25 @@ def crd() -> None:
 
 
 def load_documents(path: Path) -> list[tuple[str, object]]:
-    """YAML documents of a file (or of every *.yaml in a folder) as (source, object) pairs."""
+    """YAML documents of a file (or of every *.yaml in a folder) as (source, object) pairs, read with the
+    bounded, strict loader (``api/yamlio.py``: duplicate keys, size, depth and alias expansion)."""
+    from .api.yamlio import load_file
+
     files = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")) if path.is_dir() else [path]
     docs: list[tuple[str, object]] = []
     for f in files:
-        try:
-            text = f.read_text()
-        except OSError as exc:
-            raise ValueError(f"{f}: cannot read ({exc.strerror})") from None
-        try:
-            loaded = [d for d in yaml.safe_load_all(text) if d is not None]
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ValueError(f"{f}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        loaded = load_file(f)
         docs += [(f"{f}" + (f"#{i}" if len(loaded) > 1 else ""), d) for i, d in enumerate(loaded)]
     return docs
+
+
+def _manifests(source: str, doc: object) -> list[tuple[str, object]]:
+    """A ``kind: List`` (as ``kubectl get -o yaml`` writes) stands for its items."""
+    if isinstance(doc, dict) and doc.get("kind") == "List" and doc.get("apiVersion") == "v1":
+        items = doc.get("items")
+        if isinstance(items, list):
+            return [(f"{source}.items[{i}]", item) for i, item in enumerate(items)]
+    return [(source, doc)]
 
 
 @app.command()
@@ -55,23 +57,23 @@ def validate(
     path: Path = typer.Argument(..., help="A ModelDeployment YAML file, or a folder of them."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only problems."),
 ) -> None:
-    """Check ModelDeployment manifests offline with the rules the API server and the operator apply."""
+    """Check ModelDeployment manifests offline with the rules the API server and the operator apply.
+
+    Every document must be a ModelDeployment (a v1 List of them is checked item by item): anything else
+    is an error, not a skip, so a misspelt kind cannot pass unnoticed."""
     from .api import SpecError, parse_manifest
+    from .api.yamlio import ManifestError
 
     if not path.exists():
         _fail(f"{path}: no such file or folder")
     try:
         docs = load_documents(path)
-    except ValueError as exc:
+    except ManifestError as exc:
         _fail(str(exc))
     if not docs:
         _fail(f"{path}: no YAML documents found")
     bad = 0
-    for source, doc in docs:
-        if isinstance(doc, dict) and doc.get("kind") not in (None, "ModelDeployment"):
-            if not quiet:
-                typer.echo(f"{source}: skipped (kind {doc.get('kind')})")
-            continue
+    for source, doc in [m for s, d in docs for m in _manifests(s, d)]:
         try:
             md = parse_manifest(doc, source)
         except SpecError as exc:
@@ -91,6 +93,15 @@ def run(
     all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Watch the whole cluster."),
     prometheus_url: Optional[str] = typer.Option(
         None, envvar="ELASTISERVE_PROMETHEUS_URL", help="Default Prometheus URL for specs that name none."
+    ),
+    prometheus_allowed_url: list[str] = typer.Option(
+        [], "--prometheus-allowed-url", envvar="ELASTISERVE_PROMETHEUS_ALLOWED_URLS",
+        help="[NAMESPACE=]URL a spec may name in metrics.prometheus.url besides the default (repeatable; "
+             "with NAMESPACE: allowed there only, and custom queries may run against it).",
+    ),
+    custom_queries_namespace: list[str] = typer.Option(
+        [], "--custom-queries-namespace", envvar="ELASTISERVE_CUSTOM_QUERIES_NAMESPACES",
+        help="Namespace whose specs may run custom PromQL (rules.*.query) on a shared Prometheus (repeatable; * = all).",
     ),
     metrics_port: int = typer.Option(9090, envvar="ELASTISERVE_METRICS_PORT", help="Port of the operator's /metrics."),
     liveness: str = typer.Option(
@@ -121,6 +132,8 @@ def run(
         namespaces=namespace,
         all_namespaces=all_namespaces,
         prometheus_url=prometheus_url,
+        prometheus_allowed_urls=prometheus_allowed_url,
+        custom_queries_namespaces=custom_queries_namespace,
         metrics_port=metrics_port,
         liveness=liveness,
         peering=peering,
@@ -156,7 +169,17 @@ def _mount_optional() -> None:
         mount(mod)
 
 
-_mount_optional()
+_CORE = {"validate", "crd", "run"}
+"""Commands that need none of the optional mounts: `elastiserve validate` must not pay for importing
+statsmodels and pandas (the backtest command) or onnxruntime (the model server)."""
+
+
+def _command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+if _command(sys.argv[1:]) not in _CORE:
+    _mount_optional()
 
 
 def main() -> None:

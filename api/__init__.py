@@ -5,7 +5,6 @@ from .decision import Decision, Forecast, ForecastPoint, MetricSnapshot, Observa
 from .resource import ModelDeployment, SpecError, parse_manifest, parse_spec
 from .spec import ModelDeploymentSpec, Role, Variant
 from .status import Condition, ModelDeploymentStatus
-from .window import MetricWindow
 
 __all__ = [
     "API_VERSION", "GROUP", "KIND", "PLURAL", "VERSION",
@@ -13,3 +12,12 @@ __all__ = [
     "ModelDeploymentSpec", "ModelDeploymentStatus", "Observation", "Role", "ScalerState", "SpecError",
     "Variant", "parse_manifest", "parse_spec",
 ]
+
+
+def __getattr__(name: str):
+    # MetricWindow needs numpy: imported on first use, so `elastiserve validate` stays fast.
+    if name == "MetricWindow":
+        from .window import MetricWindow
+
+        return MetricWindow
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

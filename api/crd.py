@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 
-from .spec import ModelDeploymentSpec
+from .spec import ModelDeploymentSpec, cel
 from .status import ModelDeploymentStatus
 
 GROUP = "elastiserve.dev"
@@ -24,6 +24,17 @@ PLURAL = "modeldeployments"
 SINGULAR = "modeldeployment"
 SHORT_NAMES = ["mdep"]
 API_VERSION = f"{GROUP}/{VERSION}"
+
+NAME_MESSAGE = (
+    "metadata.name must be a DNS-1035 label of at most 40 characters (lowercase letters, digits and '-', "
+    "starting with a letter): it names the Services <name> and <name>-pods"
+)
+NAME_RULE = cel(
+    "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 40",
+    NAME_MESSAGE,
+)
+"""On the root schema (CEL may read metadata.name there): a name every owned object can be built from.
+The pydantic twin is ``ObjectMeta._name`` in resource.py."""
 
 class _WithFactoryDefaults(GenerateJsonSchema):
     """Also emit defaults that come from ``default_factory`` (pydantic leaves them out)."""
@@ -157,6 +168,7 @@ def crd() -> dict[str, Any]:
                             "type": "object",
                             "description": "A model served by autoscaled replicas: variants, metrics, forecasts, scale to zero.",
                             "required": ["spec"],
+                            "x-kubernetes-validations": [NAME_RULE],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

@@ -8,19 +8,26 @@ A unit test checks that every CEL rule has a Python twin that rejects the same e
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
-from .base import QUANTITY_PATTERN, ApiModel, parse_bytes
+from .base import QUANTITY_PATTERN, ApiModel, parse_bytes, parse_quantity
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 URI_PATTERN = r"^(file://|s3://|https?://|/)[^\s]*$"
+PROMETHEUS_URL_PATTERN = r"^https?://[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?(/[-A-Za-z0-9._~%/]*)?$"
+"""scheme://host[:port][/path]: no user info, query or fragment (a ``#`` would cut off the API path)."""
 
 Name = Annotated[str, StringConstraints(pattern=DNS_LABEL, min_length=1, max_length=40)]
 Uri = Annotated[str, StringConstraints(pattern=URI_PATTERN, min_length=1, max_length=1024)]
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=32)]
+
+RUNTIME_OVERHEAD_BYTES = 256 * 2**20
+"""Memory a model-server process needs besides model weights (Python, ONNX Runtime arenas): the memory
+request is at least the lazy-loading budget plus this."""
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict:
@@ -97,6 +104,16 @@ class SubModel(ApiModel):
 class LazyLoading(ApiModel):
     """Lazy, memory-budgeted loading of sub-models inside each replica."""
 
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("quantity(self.memoryBudget).compareTo(quantity('1Mi')) >= 0 && "
+                    "quantity(self.memoryBudget).compareTo(quantity('1Ti')) <= 0",
+                    "memoryBudget must be between 1Mi and 1Ti", ".memoryBudget"),
+            ]
+        }
+    }
+
     enabled: bool = True
     """Load sub-models on first request instead of at start-up."""
     memory_budget: Quantity = "1Gi"
@@ -113,6 +130,12 @@ class LazyLoading(ApiModel):
     @property
     def memory_budget_bytes(self) -> int:
         return parse_bytes(self.memory_budget)
+
+    @model_validator(mode="after")
+    def _budget_bounds(self) -> "LazyLoading":
+        if not 2**20 <= parse_quantity(self.memory_budget) <= 2**40:
+            raise ValueError(f"memoryBudget must be between 1Mi and 1Ti (got {self.memory_budget})")
+        return self
 
 
 class ModelSpec(ApiModel):
@@ -135,29 +158,108 @@ class ModelSpec(ApiModel):
 # --------------------------------------------------------------------------- containers
 
 
+RESERVED_ENV_PREFIX = "ELASTISERVE_"
+"""The operator's own model-server variables (store roots, models, budget): a spec may not set them."""
+
+
 class EnvVar(ApiModel):
     """An environment variable for the model-server container."""
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("!self.name.startsWith('ELASTISERVE_')",
+                    "env names starting with ELASTISERVE_ are reserved for the operator", ".name"),
+            ]
+        }
+    }
+
+    name: Annotated[str, StringConstraints(pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", min_length=1, max_length=253)]
+    """Letters, digits, ``_``, ``-`` and ``.``, not starting with a digit (what every Kubernetes version
+    accepts). Names starting with ``ELASTISERVE_`` are the operator's."""
     value: Annotated[str, StringConstraints(max_length=4096)] = ""
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> "EnvVar":
+        if self.name.startswith(RESERVED_ENV_PREFIX):
+            raise ValueError(
+                f"env names starting with ELASTISERVE_ are reserved for the operator (got {self.name}); "
+                "the operator sets them from the spec (model, lazyLoading): change those fields instead"
+            )
+        return self
 
 
 class ContainerPort(ApiModel):
     """A port the model server listens on."""
 
-    name: Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=15)] = "http"
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("self.name.matches('[a-z]')", "a port name needs at least one letter", ".name"),
+            ]
+        }
+    }
+
+    name: Annotated[str, StringConstraints(pattern=r"^([a-z0-9]+-)*[a-z0-9]+$", min_length=1, max_length=15)] = "http"
+    """An IANA service name: lowercase letters, digits and single inner hyphens, at least one letter."""
     container_port: int = Field(default=8080, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _iana(self) -> "ContainerPort":
+        if not re.search("[a-z]", self.name):
+            raise ValueError(f"a port name needs at least one letter (got {self.name})")
+        return self
+
+
+RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
 
 
 class Resources(ApiModel):
     """Compute resources (Kubernetes quantities), e.g. ``{"cpu": "1", "memory": "1Gi"}``."""
 
-    requests: dict[str, Annotated[str, StringConstraints(max_length=32)]] = Field(default_factory=dict)
-    limits: dict[str, Annotated[str, StringConstraints(max_length=32)]] = Field(default_factory=dict)
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("self.requests.all(k, k in ['cpu', 'memory', 'ephemeral-storage']) && "
+                    "self.limits.all(k, k in ['cpu', 'memory', 'ephemeral-storage'])",
+                    "resources may name only cpu, memory and ephemeral-storage"),
+                cel("self.limits.all(k, !(k in self.requests) || "
+                    "quantity(self.requests[k]).compareTo(quantity(self.limits[k])) <= 0)",
+                    "a resource request must not exceed its limit"),
+            ]
+        }
+    }
+
+    requests: dict[str, Quantity] = Field(default_factory=dict, max_length=3)
+    limits: dict[str, Quantity] = Field(default_factory=dict, max_length=3)
+
+    @model_validator(mode="after")
+    def _kubernetes_rules(self) -> "Resources":
+        unknown = sorted((set(self.requests) | set(self.limits)) - set(RESOURCE_NAMES))
+        if unknown:
+            raise ValueError(f"resources may name only cpu, memory and ephemeral-storage (got {', '.join(unknown)})")
+        over = [k for k in self.limits if k in self.requests
+                and parse_quantity(self.requests[k]) > parse_quantity(self.limits[k])]
+        if over:
+            raise ValueError(f"a resource request must not exceed its limit ({', '.join(over)}: request "
+                             f"{self.requests[over[0]]} > limit {self.limits[over[0]]})")
+        return self
 
 
 class ContainerTemplate(ApiModel):
     """The model-server container shared by all variants."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("self.ports.all(p, self.ports.exists_one(q, q.name == p.name)) && "
+                    "self.ports.all(p, self.ports.exists_one(q, q.containerPort == p.containerPort))",
+                    "port names and port numbers must be unique", ".ports"),
+                cel("self.env.all(e, self.env.exists_one(f, f.name == e.name))",
+                    "env names must be unique", ".env"),
+            ]
+        }
+    }
 
     image: Annotated[str, StringConstraints(min_length=1, max_length=512)] = "ghcr.io/elastiserve/elastiserve:0.1.0"
     """Container image of the model server."""
@@ -173,6 +275,19 @@ class ContainerTemplate(ApiModel):
     env: list[EnvVar] = Field(default_factory=list, max_length=64)
     readiness_path: Annotated[str, StringConstraints(max_length=256)] = "/v2/health/ready"
     """HTTP path of the readiness probe."""
+
+    @model_validator(mode="after")
+    def _unique_ports(self) -> "ContainerTemplate":
+        names = [p.name for p in self.ports]
+        numbers = [p.container_port for p in self.ports]
+        if len(set(names)) != len(names) or len(set(numbers)) != len(numbers):
+            raise ValueError(f"port names and port numbers must be unique (got {list(zip(names, numbers))})")
+        env = [e.name for e in self.env]
+        repeated = sorted({n for n in env if env.count(n) > 1})
+        if repeated:
+            # server-side apply keys the container's env by name: a repeated name cannot be applied
+            raise ValueError(f"env names must be unique (repeated: {', '.join(repeated)})")
+        return self
 
 
 # --------------------------------------------------------------------------- replicas & variants
@@ -238,10 +353,13 @@ class SecretKeyRef(ApiModel):
 class PrometheusSpec(ApiModel):
     """Where the operator reads metrics. Empty fields use the operator's own settings."""
 
-    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=1024)] | None = None
-    """Prometheus base URL, e.g. ``http://prometheus.monitoring:9090``."""
+    url: Annotated[str, StringConstraints(pattern=PROMETHEUS_URL_PATTERN, max_length=1024)] | None = None
+    """Prometheus base URL, e.g. ``http://prometheus.monitoring:9090`` (no user info, query or fragment).
+    It must be the operator's default Prometheus or on the operator's allowlist
+    (``--prometheus-allowed-url``); any other URL is refused before a connection is made."""
     bearer_token_secret: SecretKeyRef | None = None
-    """Secret holding a bearer token (never logged)."""
+    """Secret holding a bearer token (never logged), sent only to an allowed URL. The Secret must carry the
+    label ``elastiserve.dev/prometheus-token: "true"``."""
     tls_verify: bool = True
     """Verify the server's TLS certificate."""
     timeout_seconds: float = Field(default=5.0, gt=0, le=60)
@@ -271,11 +389,11 @@ class ThresholdRule(ApiModel):
     }
 
     enabled: bool = True
-    scale_up_above: float = Field(ge=0)
+    scale_up_above: float = Field(ge=0, le=1e9)
     """Scale up when the signal is above this value."""
-    scale_down_below: float = Field(ge=0)
+    scale_down_below: float = Field(ge=0, le=1e9)
     """Scale down when the signal is below this value."""
-    target: float | None = Field(default=None, ge=0)
+    target: float | None = Field(default=None, ge=0, le=1e9)
     """Value the proportional formula aims for (default: middle of the band)."""
     query: Annotated[str, StringConstraints(max_length=4096)] | None = None
     """PromQL that overrides the built-in query. ``$namespace``, ``$name``, ``$window`` are substituted."""
@@ -561,10 +679,34 @@ _SPEC_RULES = [
 ]
 
 
+def _memory_limit_fits(limits: str) -> str:
+    return (f"(!('memory' in {limits}) || quantity({limits}['memory'])"
+            ".compareTo(quantity(self.model.lazyLoading.memoryBudget).add(quantity('256Mi'))) >= 0)")
+
+
+_APPLY_RULES = [
+    # Rules that make every accepted spec one the operator can apply (the objects it builds must pass
+    # the API server's own validation).
+    cel(
+        "self.model.subModels.all(s, s.name != self.model.name)",
+        "a subModel must not be named like the model",
+        ".model.subModels",
+    ),
+    cel(
+        "!self.model.lazyLoading.enabled || (" + _memory_limit_fits("self.template.resources.limits")
+        + " && self.variants.all(v, !has(v.resources) || " + _memory_limit_fits("v.resources.limits") + "))",
+        "a memory limit must leave room for the lazy-loading budget plus 256Mi of runtime",
+        ".template.resources",
+    ),
+]
+
+
 class ModelDeploymentSpec(ApiModel):
     """Desired state of a ModelDeployment: a model, its variants and how to scale them."""
 
-    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": _SPEC_RULES}}
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {"x-kubernetes-validations": _SPEC_RULES + _APPLY_RULES}
+    }
 
     model: ModelSpec
     template: ContainerTemplate = Field(default_factory=ContainerTemplate)
@@ -619,6 +761,24 @@ class ModelDeploymentSpec(ApiModel):
         sub_dupes = sorted({n for n in subs if subs.count(n) > 1})
         if sub_dupes:
             raise ValueError(f"subModel names must be unique (repeated: {', '.join(sub_dupes)})")
+        return self
+
+    @model_validator(mode="after")
+    def _operator_can_apply(self) -> "ModelDeploymentSpec":
+        if any(s.name == self.model.name for s in self.model.sub_models):
+            raise ValueError(f"a subModel must not be named like the model (got {self.model.name})")
+        lazy = self.model.lazy_loading
+        if lazy.enabled:
+            need = lazy.memory_budget_bytes + RUNTIME_OVERHEAD_BYTES
+            for where, res in [("template", self.template.resources)] + [
+                    (f"variants[{v.name}]", v.resources) for v in self.variants if v.resources is not None]:
+                limit = res.limits.get("memory")
+                if limit is not None and parse_quantity(limit) < need:
+                    raise ValueError(
+                        f"a memory limit must leave room for the lazy-loading budget plus 256Mi of runtime "
+                        f"({where}.resources.limits.memory {limit} < memoryBudget {lazy.memory_budget} + 256Mi): "
+                        "raise the limit or lower model.lazyLoading.memoryBudget"
+                    )
         return self
 
     # ---- helpers used by builders and the decision engine (pure)

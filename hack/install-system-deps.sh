@@ -18,6 +18,11 @@ echo "installing Debian packages: ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null || { echo "error: apt-get update failed" >&2; exit 1; }
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-# The package starts a system Prometheus on :9090; our tests start their own on free ports.
-if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus 2>/dev/null || true; fi
-pkill -x prometheus 2>/dev/null || true
+# The package we just installed starts its own Prometheus service on :9090; our tests start theirs on free
+# ports. Stop that service through its own init system (never by process name: other programs' Prometheus
+# servers are none of our business).
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
+elif [ -x /etc/init.d/prometheus ]; then
+  /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+fi

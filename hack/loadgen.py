@@ -98,7 +98,8 @@ class LoadGen:
             self._rr += 1
         elif self.activator_url:
             base = self.activator_url
-            headers["X-Elastiserve-Model"] = self.key
+            namespace, name = self.key.split("/", 1)
+            headers["Host"] = f"{name}.{namespace}.svc"  # the model's Service, as a caller in the cluster reaches it
             self.stats.via_activator += 1
         else:
             self.stats.errors[0] = self.stats.errors.get(0, 0) + 1

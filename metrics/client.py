@@ -7,6 +7,7 @@ negative values become "unknown" (``None``) in one place (``clean``), never zero
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Protocol
@@ -22,6 +23,8 @@ from ..api.spec import ModelDeploymentSpec
 from ..api.window import MetricWindow
 from .errors import AmbiguousSeries, MetricsError, NoData, QueryFailed
 from .queries import render, render_model_rates, render_version
+
+_STATUS = re.compile(r"HTTP Status Code (\d{3})")
 
 
 TRACER = tracing.tracer("elastiserve.metrics")
@@ -50,20 +53,31 @@ class MetricSource(Protocol):
 
 @dataclass
 class PrometheusSource:
-    """Reads one Prometheus. ``token`` is a bearer token (kept out of ``repr`` and logs)."""
+    """Reads one Prometheus. ``token`` is a bearer token (kept out of ``repr`` and logs).
+
+    ``custom_queries``: whether the spec's ``rules.*.query`` overrides may run (the tenancy policy,
+    ``metrics.policy``); when False a signal with an override is reported as not allowed, never queried.
+    Nothing Prometheus answers besides the samples (a response body, an error text) reaches a message:
+    messages go to status and Events, which the tenant reads."""
 
     url: str
     token: str | None = None
     tls_verify: bool = True
     timeout: float = 5.0
+    custom_queries: bool = True
 
     def __post_init__(self) -> None:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         # One quick retry for a refused connection, none for a read timeout: a slow Prometheus must not
         # stretch one query to several timeouts and the cycle past its period.
         retry = Retry(total=1, connect=1, read=False, status=0, backoff_factor=0)
+        session = requests.Session()
+        session.verify = self.tls_verify
+        session.max_redirects = 0  # a redirect would take the query (and its token) somewhere not allowlisted
+        session.trust_env = False  # no proxy or .netrc credentials from the environment
         self._client = PrometheusConnect(
-            url=self.url.rstrip("/"), headers=headers, disable_ssl=not self.tls_verify, timeout=self.timeout, retry=retry
+            url=self.url.rstrip("/"), headers=headers, disable_ssl=not self.tls_verify, timeout=self.timeout,
+            retry=retry, session=session,
         )
 
     def __repr__(self) -> str:  # never print the token
@@ -81,14 +95,19 @@ class PrometheusSource:
         try:
             return fn(*args, **kwargs)
         except requests.Timeout:
-            raise QueryFailed(f"Prometheus at {self.url} timed out after {self.timeout:g} s") from None
+            raise QueryFailed(f"Prometheus timed out after {self.timeout:g} s") from None
+        except requests.TooManyRedirects:
+            raise QueryFailed("Prometheus answered with a redirect, which is not followed") from None
         except requests.RequestException as exc:
-            raise QueryFailed(f"Prometheus at {self.url} unreachable: {type(exc).__name__}") from None
+            raise QueryFailed(f"Prometheus unreachable: {type(exc).__name__}") from None
         except PrometheusApiClientException as exc:
-            raise QueryFailed(f"Prometheus rejected the query: {_short(str(exc))}") from None
+            # Only the status code: the body is whatever the server chose to send.
+            m = _STATUS.search(str(exc))
+            code = m.group(1) if m else "unknown"
+            raise QueryFailed(f"Prometheus answered HTTP {code}{_HINTS.get(code, '')}") from None
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             # Malformed JSON, or JSON without data.result: prometheus-api-client indexes it blindly.
-            raise QueryFailed(f"Prometheus sent a malformed response ({type(exc).__name__}: {_short(str(exc))})") from None
+            raise QueryFailed(f"Prometheus sent a malformed response ({type(exc).__name__})") from None
 
     def instant(self, query: str, at: datetime | None = None) -> tuple[float, datetime]:
         """One scalar: the value and its timestamp. Raises NoData / AmbiguousSeries / QueryFailed."""
@@ -155,7 +174,7 @@ class PrometheusSource:
         wanted = [s for s in SIGNALS if getattr(spec.metrics.rules, s).enabled] + ["pending"]
         for signal in wanted:
             try:
-                value, ts = self.instant(render(signal, spec, namespace, name), at)
+                value, ts = self.instant(render(signal, spec, namespace, name, self.custom_queries), at)
             except MetricsError as exc:
                 values[signal] = None
                 if signal != "pending":  # no activator series is normal
@@ -198,10 +217,14 @@ class PrometheusSource:
     ) -> MetricWindow:
         from datetime import timedelta
 
-        query = render("qps", spec, namespace, name)
+        query = render("qps", spec, namespace, name, self.custom_queries)
         return self.range(query, end - timedelta(seconds=seconds), end, step, signal="qps")
 
 
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+_HINTS = {
+    "400": " (bad query: check the PromQL)",
+    "401": " (check prometheus.bearerTokenSecret)",
+    "403": " (check prometheus.bearerTokenSecret)",
+    "422": " (the query could not be executed)",
+    "503": " (unavailable)",
+}

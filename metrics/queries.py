@@ -43,6 +43,8 @@ DEFAULT_QUERIES: dict[str, str] = {
     "pending": "sum(elastiserve_activator_pending_requests{" + SERVER_SELECTOR + "})",
 }
 
+_WIRE = {"error_rate": "errorRate"}
+
 _CPU_UNITS = re.compile(r"^([0-9.]+)(m?)$")
 
 
@@ -103,13 +105,23 @@ def render_version(signal: str, spec: ModelDeploymentSpec, namespace: str, name:
     )
 
 
-def render(signal: str, spec: ModelDeploymentSpec, namespace: str, name: str) -> str:
-    """The PromQL for one signal of one ModelDeployment (the spec's override, else the default)."""
+def render(signal: str, spec: ModelDeploymentSpec, namespace: str, name: str, custom_queries: bool = True) -> str:
+    """The PromQL for one signal of one ModelDeployment (the spec's override, else the default).
+
+    ``custom_queries`` False (the tenancy policy, see ``metrics.policy``): an override raises
+    ``NotAllowed`` instead of running."""
     from ..api.base import parse_bytes
+    from .policy import NotAllowed
 
     override = None
     if signal in ("cpu", "memory", "qps", "latency", "error_rate"):
         override = getattr(spec.metrics.rules, signal).query
+    if override and not custom_queries:
+        raise NotAllowed(
+            f"spec.metrics.rules.{_WIRE.get(signal, signal)}.query: custom PromQL is not enabled for namespace "
+            f"{namespace}; remove the query to use the built-in one, or ask the cluster admin to allow it "
+            "(--custom-queries-namespace, chart value operator.customQueries.namespaces)"
+        )
     template = override or DEFAULT_QUERIES[signal]
     requests = spec.template.resources.requests
     quantile = "0.99" if spec.metrics.latency_quantile == "p99" else "0.95"

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..api.base import parse_bytes
 from ..api.crd import API_VERSION, KIND
-from ..api.spec import Actuation, ModelDeploymentSpec, Precision, Variant
+from ..api.spec import RESERVED_ENV_PREFIX, RUNTIME_OVERHEAD_BYTES, Actuation, ModelDeploymentSpec, Precision, Variant
 
 LABEL_MDEP = "elastiserve.dev/modeldeployment"
 LABEL_VARIANT = "elastiserve.dev/variant"
@@ -27,8 +27,6 @@ ANNOTATION_HASH = "elastiserve.dev/spec-hash"
 CONTAINER = "model-server"
 LISTEN_HOST = "0.0.0.0"
 """The model server's listen address in a pod: every address, so the kubelet's probes and the Service reach it."""
-RUNTIME_OVERHEAD_BYTES = 256 * 2**20
-"""Memory a model-server process needs besides model weights (Python, ONNX Runtime arenas)."""
 
 
 def owner_reference(name: str, uid: str) -> dict[str, Any]:
@@ -86,7 +84,9 @@ def _memory_request(spec: ModelDeploymentSpec, requests: dict[str, str]) -> dict
     floor = spec.model.lazy_loading.memory_budget_bytes + RUNTIME_OVERHEAD_BYTES
     current = parse_bytes(out["memory"]) if "memory" in out else 0
     if current < floor:
-        out["memory"] = f"{-(-floor // 2**20)}Mi"
+        # Whole MiB when it divides evenly (readable), else exact bytes: never above a limit the spec
+        # allows (validation guarantees limit >= budget + overhead).
+        out["memory"] = f"{floor // 2**20}Mi" if floor % 2**20 == 0 else str(floor)
     return out
 
 
@@ -168,7 +168,8 @@ def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: 
         {"name": "ELASTISERVE_MODEL_VERSION", "value": version},
         {"name": "ELASTISERVE_MODEL_STORE", "value": ",".join(roots)},
         {"name": "ELASTISERVE_MODELS", "value": ",".join(f"{n}={u}" for n, u in models)},
-        {"name": "ELASTISERVE_MEMORY_BUDGET", "value": lazy.memory_budget},
+        # In bytes: the server's size parser is not the Kubernetes quantity grammar ("500m", "2e9").
+        {"name": "ELASTISERVE_MEMORY_BUDGET", "value": str(lazy.memory_budget_bytes)},
         {"name": "ELASTISERVE_IDLE_UNLOAD_SECONDS", "value": str(lazy.idle_unload_seconds)},
         {
             "name": "ELASTISERVE_HOTSET",
@@ -180,18 +181,18 @@ def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: 
         env.append({"name": "ELASTISERVE_MODELS_FILE", "value": f"{SUBMODELS_DIR}/{SUBMODELS_KEY}"})
     if not lazy.enabled:
         env = [{"name": "ELASTISERVE_PRELOAD", "value": "all"} if e["name"] == "ELASTISERVE_PRELOAD" else e for e in env]
-    user = [e.to_api() for e in spec.template.env]
     # `elastiserve serve` listens on 127.0.0.1:8080 by default (right for a developer's shell, unreachable
-    # in a pod): listen on every address of the pod, on the port the probes and the Service target. A
-    # user's own ELASTISERVE_HOST/ELASTISERVE_PORT in template.env wins (one entry per name: server-side
-    # apply rejects duplicate env names).
-    named = {e["name"] for e in user}
-    listen = [
+    # in a pod): listen on every address of the pod, on the port the probes and the Service target.
+    env += [
         {"name": "ELASTISERVE_HOST", "value": LISTEN_HOST},
         {"name": "ELASTISERVE_PORT", "value": str(spec.template.ports[0].container_port)},
     ]
-    inherited_env = [{"name": k, "value": v} for k, v in inherited if k not in named]
-    return env + [e for e in listen if e["name"] not in named] + inherited_env + user
+    # The spec's variables first: for a repeated name the container gets the last one, so the operator's
+    # own variables win even if a reserved name slipped past validation (the API rejects them). Inherited
+    # tracing settings give way to the spec's own (one entry per name: server-side apply rejects repeats).
+    user = [e.to_api() for e in spec.template.env if not e.name.startswith(RESERVED_ENV_PREFIX)]
+    named = {e["name"] for e in user}
+    return user + [{"name": k, "value": v} for k, v in inherited if k not in named] + env
 
 
 def build_deployment(
@@ -266,7 +267,10 @@ def build_deployment(
                 },
                 "spec": {
                     "containers": [container],
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+                    # Model servers never call the Kubernetes API: no token to steal. RuntimeDefault seccomp.
+                    "automountServiceAccountToken": False,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
                     "terminationGracePeriodSeconds": 30,
                 },
             },
@@ -388,7 +392,9 @@ def build_hpa(spec: ModelDeploymentSpec, name: str, namespace: str, uid: str, fl
                     "type": "Resource",
                     "resource": {
                         "name": "cpu",
-                        "target": {"type": "Utilization", "averageUtilization": int(round(cpu.effective_target))},
+                        # int32 and at least 1, as the HPA's validation demands
+                        "target": {"type": "Utilization",
+                                   "averageUtilization": min(max(1, int(round(cpu.effective_target))), 2**31 - 1)},
                     },
                 }
             ],

@@ -20,10 +20,11 @@ import numpy as np
 
 from .. import tracing
 from ..api import GROUP, PLURAL, VERSION, SpecError, parse_spec
-from ..api.decision import Forecast, Observation, ScalerState
+from ..api.decision import Forecast, MetricSnapshot, Observation, ScalerState
 from ..api.spec import Actuation, ModelDeploymentSpec
 from ..api.window import MetricWindow
 from ..metrics import MetricsError, NoData, PrometheusSource
+from ..metrics.policy import TOKEN_SECRET_LABEL, MetricsPolicy, NotAllowed
 from ..api.status import RolloutStatus
 from ..scaling import decide
 from ..scaling.hotset import hot_set
@@ -228,22 +229,57 @@ def shared_memo(**settings: Any) -> kopf.Memo:
 # --------------------------------------------------------------------------- scaling loop
 
 
-async def _source(memo: Any, mspec: ModelDeploymentSpec, namespace: str) -> PrometheusSource:
+class RefusedSource:
+    """A metrics source the tenancy policy (or a missing Secret) rules out: every signal is unknown, with
+    a message naming the field and the fix. The decision then holds (never scales down), and the message
+    reaches the MetricsAvailable condition and the MetricsUnavailable Event."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def snapshot(self, spec: ModelDeploymentSpec, namespace: str, name: str, at: datetime | None = None) -> MetricSnapshot:
+        return MetricSnapshot(errors={"prometheus": f"NotAllowed: {self.message}"})
+
+    def model_rates(self, spec: ModelDeploymentSpec, namespace: str, name: str) -> dict[str, float]:
+        raise NotAllowed(self.message)
+
+    def history(self, spec: ModelDeploymentSpec, namespace: str, name: str, end: datetime, seconds: int, step: int):
+        raise NotAllowed(self.message)
+
+
+def _policy(memo: Any) -> MetricsPolicy:
+    policy = getattr(memo, "metrics_policy", None)
+    if policy is None:  # unit tests that hand in a bare memo: the default Prometheus only
+        policy = memo.metrics_policy = MetricsPolicy.build(getattr(memo, "prometheus_url", None))
+    return policy
+
+
+async def _source(memo: Any, mspec: ModelDeploymentSpec, namespace: str) -> PrometheusSource | RefusedSource:
+    """The Prometheus this spec may read, under the operator's tenancy policy (``metrics.policy``).
+
+    A URL off the allowlist is refused before any connection; the bearer token Secret is read only for an
+    allowed URL and only when it carries the consent label."""
     prom = mspec.metrics.prometheus
-    url = prom.url or getattr(memo, "prometheus_url", None)
-    if not url:
-        raise kopf.TemporaryError(
-            "no Prometheus URL: set spec.metrics.prometheus.url or run the operator with --prometheus-url", delay=60
-        )
+    policy = _policy(memo)
+    try:
+        url, own = policy.prometheus_url(namespace, prom.url)
+    except NotAllowed as exc:
+        return RefusedSource(str(exc))
     token = None
     if prom.bearer_token_secret:
-        token = await _kube(memo).read_secret_key(namespace, prom.bearer_token_secret.name, prom.bearer_token_secret.key)
-    key = (url, token, prom.tls_verify, prom.timeout_seconds)
+        ref = prom.bearer_token_secret
+        try:
+            token = await _kube(memo).read_secret_key(namespace, ref.name, ref.key, label=TOKEN_SECRET_LABEL)
+        except (PermissionError, LookupError) as exc:
+            return RefusedSource(f"spec.metrics.prometheus.bearerTokenSecret: {exc}")
+    custom = policy.custom_queries_allowed(namespace, own)
+    key = (url, token, prom.tls_verify, prom.timeout_seconds, custom)
     sources = getattr(memo, "sources", None)
     if sources is None:
         sources = memo.sources = {}
     if key not in sources:
-        sources[key] = PrometheusSource(url=url, token=token, tls_verify=prom.tls_verify, timeout=prom.timeout_seconds)
+        sources[key] = PrometheusSource(url=url, token=token, tls_verify=prom.tls_verify, timeout=prom.timeout_seconds,
+                                        custom_queries=custom)
     return sources[key]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import kopf
@@ -37,6 +38,29 @@ def api_message(exc: ApiException) -> str:
         return str(exc.reason)
 
 
+_YAML_UNPRINTABLE = re.compile("[\x7f-\x9f\ufffe\uffff]")
+
+
+def _apply_bodies_as_utf8(api_client: k8s.ApiClient) -> None:
+    """Send apply patches as UTF-8 JSON. The client's own ``json.dumps`` escapes characters beyond U+FFFF
+    as surrogate pairs (``\\ud800\\udc00``), which the API server's YAML decoder (apply patches are YAML)
+    refuses: a spec with such a character in an arg or env value could never be applied."""
+    rest = api_client.rest_client
+    if getattr(rest, "_elastiserve_utf8", False):
+        return
+    original = rest.request
+
+    def request(method, url, headers=None, body=None, *args, **kwargs):
+        if headers and headers.get("Content-Type") == APPLY and isinstance(body, (dict, list)):
+            text = json.dumps(body, ensure_ascii=False)
+            # YAML refuses DEL and C1 controls raw (and may fold NEL): escape those, keep the rest as UTF-8
+            body = _YAML_UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
+        return original(method, url, headers, body, *args, **kwargs)
+
+    rest.request = request
+    rest._elastiserve_utf8 = True
+
+
 class Kube:
     """Typed access to the few resources we own."""
 
@@ -48,6 +72,7 @@ class Kube:
         self.discovery = k8s.DiscoveryV1Api(self.api_client)
         self.calls = 0
         """API requests made (for the scale benchmark)."""
+        _apply_bodies_as_utf8(self.api_client)
 
     def _patcher(self, kind: str):
         return {
@@ -111,20 +136,25 @@ class Kube:
         except ApiException as exc:
             raise kopf.TemporaryError(f"delete {kind} {namespace}/{name} failed: {api_message(exc)}", delay=5) from None
 
-    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+    async def read_secret_key(self, namespace: str, name: str, key: str, label: str | None = None) -> str:
+        """One key of a Secret. ``label``: the Secret must carry it with value ``"true"`` (its owner's
+        consent to this use); otherwise ``PermissionError``. Other failures raise ``LookupError``; the
+        messages name the Secret and the fix, never its content."""
         import base64
 
         def read() -> str:
             self.calls += 1
             secret = self.core.read_namespaced_secret(name, namespace)
+            if label and ((secret.metadata.labels or {}).get(label) != "true"):
+                raise PermissionError(
+                    f"Secret {namespace}/{name} is not labelled {label}=true: label it to allow this use"
+                )
             data = secret.data or {}
             if key not in data:
-                raise KeyError(key)
-            return base64.b64decode(data[key]).decode().strip()
+                raise LookupError(f"Secret {namespace}/{name} has no key {key!r}")
+            return base64.b64decode(data[key]).decode(errors="replace").strip()
 
         try:
             return await asyncio.to_thread(read)
         except ApiException as exc:
-            raise kopf.TemporaryError(f"cannot read Secret {namespace}/{name}: {api_message(exc)}", delay=15) from None
-        except KeyError:
-            raise kopf.TemporaryError(f"Secret {namespace}/{name} has no key {key!r}", delay=15) from None
+            raise LookupError(f"cannot read Secret {namespace}/{name}: {api_message(exc)}") from None

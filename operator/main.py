@@ -64,8 +64,16 @@ def run_operator(
     activator_address: list[str] | None = None,
     priority: int = 0,
     peering_lifetime: int = 60,
+    prometheus_allowed_urls: list[str] | None = None,
+    custom_queries_namespaces: list[str] | None = None,
 ) -> None:
     """Blocking: run kopf until SIGINT/SIGTERM."""
+    from ..metrics.policy import MetricsPolicy
+
+    try:
+        policy = MetricsPolicy.build(prometheus_url, prometheus_allowed_urls, custom_queries_namespaces)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     from kubernetes import config as k8s_config
     from prometheus_client import start_http_server
 
@@ -85,6 +93,7 @@ def run_operator(
 
     memo = shared_memo(
         prometheus_url=prometheus_url,
+        metrics_policy=policy,
         peering=peering,
         priority=priority,
         peering_lifetime=peering_lifetime,

@@ -234,6 +234,17 @@ def serve(
     fetch_attempts: int = typer.Option(4, envvar="ELASTISERVE_FETCH_ATTEMPTS",
                                        help="Tries per remote read (exponential backoff from 0.25 s, at most 4 s "
                                             "between tries)."),
+    load_token_file: Optional[str] = typer.Option(None, envvar="ELASTISERVE_LOAD_TOKEN_FILE",
+                                                  help="Enable POST /v2/repository/models/{name}/load, for callers "
+                                                       "sending 'Authorization: Bearer <the token in this file>' "
+                                                       "(e.g. a mounted Secret). Off by default."),
+    read_timeout: float = typer.Option(30.0, envvar="ELASTISERVE_READ_TIMEOUT",
+                                       help="Seconds a client may take to send a request body (408 after)."),
+    keepalive_timeout: float = typer.Option(15.0, envvar="ELASTISERVE_KEEPALIVE_TIMEOUT",
+                                            help="Seconds to receive a request's headers, and to keep an idle "
+                                                 "connection open."),
+    max_connections: int = typer.Option(512, envvar="ELASTISERVE_MAX_CONNECTIONS",
+                                        help="Open connections at most; further ones are closed at once."),
 ) -> None:
     """Serve sub-models over HTTP (KServe v2 / Open Inference Protocol), loading them lazily."""
     from .loader import ServingError
@@ -248,7 +259,9 @@ def serve(
                                  bytes_factor=bytes_factor, batch_window_ms=batch_window_ms,
                                  models_file=models_file, models_file_interval=models_file_interval,
                                  artifact_cache_dir=artifact_cache_dir, artifact_cache_budget=artifact_cache_budget,
-                                 s3_credentials_dir=s3_credentials_dir, fetch_attempts=fetch_attempts)
+                                 s3_credentials_dir=s3_credentials_dir, fetch_attempts=fetch_attempts,
+                                 load_token_file=load_token_file, read_timeout=read_timeout,
+                                 keepalive_timeout=keepalive_timeout, max_connections=max_connections)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)

@@ -10,7 +10,10 @@
                                          -> {"outputs":[{"name":"embeddings","datatype":"FP32","shape":[n,d],...}]}
     POST /v1/models/{name}:embed         {"texts":[...]} -> {"embeddings":[[...]], "dim": d}
     POST /v2/repository/models/{name}/load  {"parameters":{"uri":..., "version":...}}: hot switch of a
-                                         sub-model version (no body: load/reload the current one)
+                                         sub-model version (no body: load/reload the current one). Off
+                                         unless started with --load-token-file; then it needs
+                                         ``Authorization: Bearer <token>`` (the operator uses the
+                                         models file, not this endpoint)
     POST /v2/repository/index            every model with its active version and state
     GET  /metrics                        Prometheus text format (private registry)
 
@@ -24,6 +27,7 @@ keeps serving.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import os
@@ -37,6 +41,7 @@ from aiohttp import web
 from .. import tracing
 from . import paths
 from .diskcache import artifact_cache_for
+from .listener import read_body, run_bounded
 from .loader import (ModelCache, ModelsFileWatcher, ModelStore, ServingError, parse_bytes, parse_model_pairs,
                      read_models_file, valid_version)
 from .metrics import UNKNOWN_MODEL, ServingMetrics
@@ -77,6 +82,10 @@ class ServerConfig:
     artifact_cache_budget: int = 4 << 30
     s3_credentials_dir: str | None = None  # a mounted Secret's folder (files named AWS_ACCESS_KEY_ID, ...)
     fetch_attempts: int = 4
+    load_token_file: str | None = None  # enables the load endpoint; its requests need this bearer token
+    read_timeout: float = 30.0  # seconds a client may take to send its request (headers and body)
+    keepalive_timeout: float = 15.0  # idle keep-alive connections are closed after this
+    max_connections: int = 512  # open connections; past it new ones wait in the kernel's backlog
 
     def __post_init__(self) -> None:
         if self.variant not in paths.VARIANT_FILES:
@@ -86,6 +95,21 @@ class ServerConfig:
         self.artifact_cache_budget = parse_bytes(self.artifact_cache_budget)
         if self.models_file_interval <= 0:
             raise ValueError(f"the models file poll interval must be positive, not {self.models_file_interval}")
+        if self.read_timeout <= 0 or self.keepalive_timeout <= 0 or self.max_connections < 1:
+            raise ValueError("--read-timeout and --keepalive-timeout must be positive, --max-connections at least 1")
+        if self.load_token_file is not None:
+            read_token(self.load_token_file)  # fail at start, not at the first load request
+
+
+def read_token(path: str) -> str:
+    """The load endpoint's bearer token (a mounted Secret's file; read per request, so rotation works)."""
+    try:
+        token = open(path, encoding="utf-8").read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--load-token-file {path}: cannot read it ({type(e).__name__})") from None
+    if len(token) < 16:
+        raise ValueError(f"--load-token-file {path}: the token must be at least 16 characters")
+    return token
 
 
 class Server:
@@ -178,7 +202,8 @@ class Server:
         limit = self.config.max_request_bytes
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-        body = await request.read()  # aiohttp enforces client_max_size for chunked bodies too
+        # aiohttp enforces client_max_size for chunked bodies too; a body that trickles in is cut off
+        body = await read_body(request, self.config.read_timeout)
         if empty_ok and not body.strip():
             return None
         try:
@@ -336,6 +361,7 @@ class Server:
 
         Loads the given URI next to the active version and swaps atomically; without a body (or without
         ``uri``) the current URI is loaded now (reloaded beside the old session if resident)."""
+        self._authorize_load(request)
         name = request.match_info["name"]
         self.cache._check_known(name)
         uri, version = self._load_params(await self._read_json(request, empty_ok=True))
@@ -353,6 +379,21 @@ class Server:
         res = await asyncio.shield(task)
         body = {"name": name, "version": res.version, "active_version": res.version, **res.as_dict()}
         return web.json_response(body)
+
+    def _authorize_load(self, request: web.Request) -> None:
+        """Off by default (403); enabled with --load-token-file, every call needs its bearer token (401)."""
+        if self.config.load_token_file is None:
+            raise Forbidden("the load endpoint is off: start the server with --load-token-file to enable it "
+                            "(the operator switches versions through the models file)")
+        try:
+            token = read_token(self.config.load_token_file)
+        except ValueError:
+            log.error("load endpoint: the token file %s cannot be read", self.config.load_token_file)
+            raise Unauthorized("the load endpoint's token is not available") from None
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise Unauthorized("the load endpoint needs Authorization: Bearer <token>")
 
     @staticmethod
     def _load_params(data: dict | None) -> tuple[str | None, str | None]:
@@ -417,6 +458,9 @@ class Server:
                                          headers={"Retry-After": "1"} if e.status == 503 else None)
             except BadRequest as e:
                 resp = self.error(e.status, str(e), e.code)
+                if e.status == 401:
+                    resp.headers["WWW-Authenticate"] = 'Bearer realm="elastiserve-load"'
+
             except web.HTTPRequestEntityTooLarge:
                 resp = self.error(413, f"request body too large (limit {self.config.max_request_bytes} bytes)",
                                   "request_too_large", limit_bytes=self.config.max_request_bytes)
@@ -497,6 +541,16 @@ class TooManyInputs(BadRequest):
     code = "too_many_inputs"
 
 
+class Unauthorized(BadRequest):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(BadRequest):
+    status = 403
+    code = "load_disabled"
+
+
 def _flatten(x) -> list:
     out = []
     for v in x:
@@ -548,7 +602,8 @@ def run(config: ServerConfig) -> None:
     log.info("serving %s (variant %s, budget %d bytes, idle unload %ss) on %s:%d",
              ", ".join(app[SERVER_KEY].cache.known()), config.variant, config.memory_budget,
              config.idle_unload_seconds, config.host, config.port)
-    web.run_app(app, host=config.host, port=config.port, access_log=None, print=None)
+    run_bounded(app, config.host, config.port, keepalive_timeout=config.keepalive_timeout,
+                max_connections=config.max_connections)
 
 
 def config_from_values(*, host: str, port: int, store: list[str] | None, model: list[str] | None, discover: bool,
@@ -558,7 +613,9 @@ def config_from_values(*, host: str, port: int, store: list[str] | None, model: 
                        bytes_factor: float = 1.0, batch_window_ms: float = 0.0, models_file: str | None = None,
                        models_file_interval: float = 5.0, artifact_cache_dir: str | None = None,
                        artifact_cache_budget: str = "4Gi", s3_credentials_dir: str | None = None,
-                       fetch_attempts: int = 4) -> ServerConfig:
+                       fetch_attempts: int = 4, load_token_file: str | None = None,
+                       read_timeout: float = 30.0, keepalive_timeout: float = 15.0,
+                       max_connections: int = 512) -> ServerConfig:
     """Shared by the CLI: flags (with env fallbacks already applied by typer) -> ServerConfig."""
     stores = [s for item in (store or []) for s in item.split(",") if s.strip()] or [str(paths.models_root())]
     models = parse_model_pairs(model or [])
@@ -576,4 +633,7 @@ def config_from_values(*, host: str, port: int, store: list[str] | None, model: 
                         batch_window_ms=batch_window_ms, models_file=models_file or None,
                         models_file_interval=models_file_interval, artifact_cache_dir=artifact_cache_dir or None,
                         artifact_cache_budget=parse_bytes(artifact_cache_budget),
-                        s3_credentials_dir=s3_credentials_dir or None, fetch_attempts=fetch_attempts)
+                        s3_credentials_dir=s3_credentials_dir or None, fetch_attempts=fetch_attempts,
+                        load_token_file=load_token_file or None,
+                        read_timeout=read_timeout, keepalive_timeout=keepalive_timeout,
+                        max_connections=max_connections)

@@ -12,9 +12,11 @@ CPU_QPS_PER_PERCENT`` (1 request/s per percent unless the trace is then scaled t
 what backtests do). Samples at 100 % are censored demand (the fleet was saturated), so peaks are
 underestimated.
 
-**Bad input.** A missing column, a value that is not a number, a negative, NaN or infinite value, a
-duplicate or decreasing timestamp, or a timestamp off the bin grid is an error that names the file and
-the line. A *gap* (a jump of a whole number of bins) is repaired by filling the missing bins with zero
+**Bad input.** A missing column, a value that is not a number, a negative, NaN, infinite or absurdly
+large value (``MAX_VALUE``), a duplicate, decreasing or absurd timestamp (``MAX_TIMESTAMP``), a timestamp
+off the bin grid, a trace longer than ``MAX_BINS`` bins once gaps are filled, a file that is not UTF-8 or
+larger than ``MAX_FILE_BYTES`` is an error that names the file and the line (a UTF-8 byte-order mark is
+fine). A *gap* (a jump of a whole number of bins) is repaired by filling the missing bins with zero
 requests, with a ``TraceWarning`` naming the line (``strict=True`` makes it an error).
 
 Nothing here reads the traces' folder on import; ``traces_dir()`` resolves it at run time
@@ -37,6 +39,15 @@ CPU_QPS_PER_PERCENT = 1.0
 """Requests per second that one percent of CPU stands for in a ``cpu_percent`` trace (before scaling)."""
 
 VALUE_COLUMNS = ("requests", "cpu_percent")
+
+MAX_FILE_BYTES = 256 * 2**20
+"""Largest trace file read (the shared traces are a few hundred KiB)."""
+MAX_VALUE = 1e12
+"""Largest value of one bin: a trillion requests per bin is no trace; near 1e308 sums overflow."""
+MAX_TIMESTAMP = 10**10
+"""Largest timestamp_s (about 317 years): larger ones cannot be a trace's offset in seconds."""
+MAX_BINS = 10_000_000
+"""Most bins once gaps are filled (80 MB of float64): a tiny file with a huge gap must not allocate GiBs."""
 
 
 class TraceError(ValueError):
@@ -158,9 +169,17 @@ def load_trace(path: str | Path, *, strict: bool = False) -> Trace:
     path = Path(path)
     name = path.stem
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise TraceError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise TraceError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark is not part of the first column's name
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise TraceError(f"{path}: line {line}: not UTF-8 (byte 0x{data[exc.start]:02x})") from None
     rows = list(csv.reader(text.splitlines()))
     if not rows:
         raise TraceError(f"{path}: line 1: empty file (expected a header such as timestamp_s,requests)")
@@ -186,7 +205,10 @@ def load_trace(path: str | Path, *, strict: bool = False) -> Trace:
         except ValueError:
             raise TraceError(f"{path}: line {lineno}: timestamp_s {raw_t!r} is not a number") from None
         if not math.isfinite(tf) or tf != int(tf):
-            raise TraceError(f"{path}: line {lineno}: timestamp_s {raw_t!r} is not a whole number of seconds")
+            raise TraceError(f"{path}: line {lineno}: timestamp_s {raw_t[:40]!r} is not a whole number of seconds")
+        if abs(tf) > MAX_TIMESTAMP:
+            raise TraceError(f"{path}: line {lineno}: timestamp_s {raw_t[:40]} is beyond {MAX_TIMESTAMP:.0e} s "
+                             "(seconds from the start of the trace)")
         try:
             v = float(raw_v)
         except ValueError:
@@ -194,7 +216,9 @@ def load_trace(path: str | Path, *, strict: bool = False) -> Trace:
         if not math.isfinite(v):
             raise TraceError(f"{path}: line {lineno}: {kind} is {raw_v} (NaN and infinity are not allowed)")
         if v < 0:
-            raise TraceError(f"{path}: line {lineno}: {kind} {raw_v} is negative")
+            raise TraceError(f"{path}: line {lineno}: {kind} {raw_v[:40]} is negative")
+        if v > MAX_VALUE:
+            raise TraceError(f"{path}: line {lineno}: {kind} {raw_v[:40]} is larger than {MAX_VALUE:.0e} per bin")
         t = int(tf)
         if times:
             if t == times[-1]:
@@ -225,6 +249,10 @@ def load_trace(path: str | Path, *, strict: bool = False) -> Trace:
         raise TraceError(f"{path}: line {lines[bad]}: timestamp_s {times[bad]} is off the {step} s grid "
                          f"that starts at {times[0]}")
     idx = (t - t[0]) // step
+    if int(idx[-1]) + 1 > MAX_BINS:
+        big = int(np.argmax(idx + 1 > MAX_BINS))
+        raise TraceError(f"{path}: line {lines[big]}: timestamp_s {times[big]} makes the trace "
+                         f"{int(idx[-1]) + 1} bins of {step} s long (at most {MAX_BINS}): a gap that long is no trace")
     v = np.asarray(values, dtype=float)
     notes: list[str] = []
     if idx[-1] + 1 != len(idx):

@@ -84,7 +84,8 @@ def _events(cluster, ns, reason):
 
 async def _burst(url: str, key: str, n: int, traceparent: str | None = None) -> list[tuple[int, float]]:
     body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["wake up"]}]}
-    headers = {"X-Elastiserve-Model": key} | ({"traceparent": traceparent} if traceparent else {})
+    # The activator routes by the Service the caller reached (its Host name), never by a header of ours.
+    headers = {"Host": "{1}.{0}.svc".format(*key.split("/"))} | ({"traceparent": traceparent} if traceparent else {})
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as session:
 
         async def one():
@@ -274,7 +275,7 @@ def test_zero_to_one_and_back(k8s_cluster, namespace, prometheus_factory, operat
 def test_activator_timeout_gives_503_with_retry_after(tmp_path):
     """No replica ever comes (the model does not exist): the held request gets 503 + Retry-After."""
     port = free_port()
-    (tmp_path / "e.json").write_text("{}")
+    (tmp_path / "e.json").write_text("{}")  # known namespace, no replica ever
     proc = subprocess.Popen([sys.executable, "-m", "elastiserve.cli", "activator", "--host", "127.0.0.1",
                              "--port", str(port), "--endpoints-file", str(tmp_path / "e.json"), "--timeout", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -282,7 +283,7 @@ def test_activator_timeout_gives_503_with_retry_after(tmp_path):
         wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200,
                    timeout=30, what="activator up")
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/m/infer", data=b"{}", method="POST",
-                                     headers={"X-Elastiserve-Model": "nowhere/none"})
+                                     headers={"Host": "none.nowhere.svc"})
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(req, timeout=10)
         assert info.value.code == 503 and info.value.headers["Retry-After"] == "5"

@@ -259,7 +259,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             time.sleep(0.2)
 
         # The activator: one held request times out, the next one waits for a "cold start" and is forwarded.
-        headers = {"X-Elastiserve-Model": f"{NAMESPACE}/{MODEL}"}
+        headers = {"Host": f"{MODEL}.{NAMESPACE}.svc"}  # the model's Service, as a caller reaches it
         codes: list[int] = []
         timed_out = threading.Thread(target=lambda: codes.append(
             http("POST", f"{activator.base}/v1/models/alpha:embed", body, headers)))

@@ -175,8 +175,11 @@ def test_metrics_outage_never_scales_down(k8s_cluster, namespace, prometheus_fac
             wait_until(lambda: not _status(k8s_cluster, namespace, "outage")["scaler"].get("metricsMissingSince"),
                        timeout=30, what="metricsMissingSince cleared")
         print("outage phases:", phases)
-        # Prometheus sits behind the proxy here, so "stopped" reads as the proxy's 502.
-        assert "QueryFailed" in phases["stopped"]["message"] and "502" in phases["stopped"]["message"]
+        # Prometheus sits behind the proxy: "stopped" reads as the proxy's 502, or as Prometheus's own 503
+        # while it is still shutting down (a busy machine). What matters is a failed query, reported
+        # without a response body, and no scale-down (asserted above).
+        assert "QueryFailed" in phases["stopped"]["message"]
+        assert re.search(r"HTTP 5\d\d|unreachable", phases["stopped"]["message"]), phases["stopped"]["message"]
         assert "timed out" in phases["slow"]["message"]
         assert "NoData" in phases["empty"]["message"]
         assert _events(k8s_cluster, namespace, "MetricsUnavailable")

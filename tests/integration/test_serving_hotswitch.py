@@ -49,12 +49,20 @@ def reference(store) -> dict[str, np.ndarray]:
     return out
 
 
+LOAD_TOKEN = "hotswitch-token-0123456789"
+AUTH = {"Authorization": f"Bearer {LOAD_TOKEN}"}
+
+
 @pytest.fixture
 def make_server(store, tmp_path):
     servers: list[ServerProcess] = []
 
+    token = tmp_path / "load-token"
+    token.write_text(LOAD_TOKEN)
+
     def make(*extra: str) -> ServerProcess:
         srv = ServerProcess(["--store", str(store), "--model", "enc=enc/v1", "--preload", "enc",
+                             "--load-token-file", str(token),
                              "--idle-unload-seconds", "0", "--infer-workers", "2", "--intra-op-threads", "1", *extra],
                             tmp_path / f"server{len(servers)}.log",
                             {"ELASTISERVE_MODELDEPLOYMENT": "hs", "ELASTISERVE_VARIANT": "fp32"})
@@ -159,7 +167,7 @@ async def test_hot_switch_serves_every_request_during_the_switch(make_server, re
         async with aiohttp.ClientSession() as s:
             t_call = time.monotonic()
             async with s.post(f"{srv.base}/v2/repository/models/enc/load",
-                              json={"parameters": {"uri": "enc/v2"}}) as r:
+                              json={"parameters": {"uri": "enc/v2"}}, headers=AUTH) as r:
                 load = await r.json()
                 load_status = r.status
             t_done = time.monotonic()
@@ -214,7 +222,7 @@ async def test_broken_version_is_refused_and_v1_keeps_serving(make_server, refer
         async with aiohttp.ClientSession() as s:
             for uri in ("enc/broken", "enc/missing"):
                 async with s.post(f"{srv.base}/v2/repository/models/enc/load",
-                                  json={"parameters": {"uri": uri, "version": "v3"}}) as r:
+                                  json={"parameters": {"uri": uri, "version": "v3"}}, headers=AUTH) as r:
                     body = await r.json()
                     assert r.status == 409, body
                     assert body["code"] == "switch_failed" and body["active_version"] == "v1"

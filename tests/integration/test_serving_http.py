@@ -147,3 +147,91 @@ def test_real_minilm_over_http(minilm_cli, tmp_path):
             assert out["shape"] == [len(ref["sentences"]), 384] and cos.min() >= bound, (variant, cos)
         finally:
             assert srv.stop() == 0
+
+
+def test_load_endpoint_is_off_by_default(server):
+    r = server.client.post("/v2/repository/models/beta/load", json={"parameters": {"uri": "alpha"}},
+                           headers={"Authorization": "Bearer anything-at-all-0123"})
+    assert r.status_code == 403 and r.json()["code"] == "load_disabled"
+
+
+def _slow_clients(port: int, n: int, body: bool) -> list:
+    """``n`` connections that start a request and never finish it (headers, or a promised body)."""
+    import socket
+
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        head = b"POST /v2/models/alpha/infer HTTP/1.1\r\nHost: alpha.demo.svc\r\n"
+        s.sendall(head + (b"Content-Length: 1000\r\n\r\n{" if body else b"X-Slow: 1"))
+        socks.append(s)
+    return socks
+
+
+def _closed_by_server(s, _seen: set = set()) -> bool:
+    """Whether the server closed (or answered 408 on) this connection; remembered once seen."""
+    if s in _seen:
+        return True
+    s.setblocking(False)
+    try:
+        data = s.recv(65536)
+    except BlockingIOError:
+        return False
+    except OSError:
+        _seen.add(s)
+        return True
+    finally:
+        s.setblocking(True)
+    if data == b"" or data.startswith(b"HTTP/1.1 408"):
+        _seen.add(s)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("listener", ["server", "activator"])
+def test_slow_clients_are_cut_off_and_connections_are_capped(store, tmp_path, listener):
+    import subprocess
+    import sys
+
+    from support import wait_until
+    from support.serving import free_port
+
+    limits = ["--keepalive-timeout", "1", "--read-timeout", "1", "--max-connections", "40"]
+    if listener == "server":
+        srv = ServerProcess(["--store", str(store), "--model", "alpha", "--idle-unload-seconds", "0", *limits],
+                            tmp_path / "server.log", {"ELASTISERVE_MODELDEPLOYMENT": "slow"})
+        srv.wait_ready()
+        port, stop = srv.port, srv.stop
+        live = lambda: srv.client.get("/v2/health/live").status_code == 200
+    else:
+        (tmp_path / "e.json").write_text("{}")
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "elastiserve.cli", "activator", "--host", "127.0.0.1",
+                                 "--port", str(port), "--endpoints-file", str(tmp_path / "e.json"), *limits],
+                                stdout=(tmp_path / "activator.log").open("w"), stderr=subprocess.STDOUT)
+
+        def live() -> bool:
+            import urllib.request
+
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                return r.status == 200
+
+        def stop() -> int:
+            proc.terminate()
+            return proc.wait(10)
+
+        wait_until(live, timeout=30, what="activator up")
+    socks, extra = [], []
+    try:
+        socks = _slow_clients(port, 20, body=False) + _slow_clients(port, 19, body=True)
+        # The 40th slot is left for the probe below; past the cap a new connection is closed at once.
+        extra = _slow_clients(port, 20, body=False)
+        wait_until(lambda: sum(_closed_by_server(s) for s in extra) >= 19, timeout=10,
+                   what="connections past the cap closed")
+        # Slow headers and slow bodies are both cut off by the server (408 or a close): none lingers.
+        wait_until(lambda: all(_closed_by_server(s) for s in socks), timeout=30, what="slowloris connections closed")
+        assert wait_until(live, timeout=10, what="still serving")
+    finally:
+        for s in socks + extra:
+            s.close()
+        assert stop() == 0

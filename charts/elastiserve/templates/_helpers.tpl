@@ -151,11 +151,6 @@ Prometheus bearer tokens; kopf posts Events and patches status) and what kopf it
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-{{- if .Values.operator.readSecrets }}
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get"]
-{{- end }}
 {{- if .Values.operator.peering.enabled }}
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]

@@ -11,9 +11,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from prometheus_client import generate_latest
+
 from elastiserve.serving.activator import Activator, FileResolver
 
 KEY = "demo/minilm"
+HOST = {"Host": "minilm.demo.svc"}
+"""What a caller of the model's Service sends: the activator routes by it."""
 
 
 class Upstream:
@@ -65,7 +69,7 @@ async def test_burst_at_zero_is_served_exactly_once(setup):
     async with aiohttp.ClientSession() as session:
 
         async def one(i: int):
-            async with session.post(url, json={"id": f"r{i}"}, headers={"X-Elastiserve-Model": KEY}) as r:
+            async with session.post(url, json={"id": f"r{i}"}, headers=HOST) as r:
                 return r.status, (await r.json())["id"]
 
         results = await asyncio.gather(*(one(i) for i in range(100)))
@@ -88,7 +92,7 @@ async def test_timeout_gives_503_with_retry_after(tmp_path):
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as session:
-            async with session.post(server.make_url("/v2/models/m/infer"), json={}, headers={"X-Elastiserve-Model": KEY}) as r:
+            async with session.post(server.make_url("/v2/models/m/infer"), json={}, headers=HOST) as r:
                 assert r.status == 503
                 assert r.headers["Retry-After"] == "5"
                 assert "no ready replica" in (await r.json())["error"]
@@ -107,7 +111,7 @@ async def test_full_queue_is_refused(tmp_path):
         async with aiohttp.ClientSession() as session:
 
             async def one():
-                async with session.post(server.make_url("/x"), data=b"{}", headers={"X-Elastiserve-Model": KEY}) as r:
+                async with session.post(server.make_url("/x"), data=b"{}", headers=HOST) as r:
                     return r.status
 
             statuses = sorted(await asyncio.gather(*(one() for _ in range(5))))
@@ -119,15 +123,17 @@ async def test_full_queue_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "headers,want",
     [
-        ({"X-Elastiserve-Model": "ns/name"}, "ns/name"),
         ({"Host": "minilm.demo.svc.cluster.local"}, "demo/minilm"),
-        ({"Host": "minilm.demo:80"}, "demo/minilm"),
+        ({"Host": "minilm.demo.svc:80"}, "demo/minilm"),
+        ({"Host": "minilm.demo"}, "demo/minilm"),
         ({"Host": "127.0.0.1:8080"}, None),
-        ({"X-Elastiserve-Model": "no-slash"}, None),
+        ({"Host": "minilm.demo.example.com"}, None),
+        ({"Host": "Minilm.demo.svc"}, None),
+        ({"X-Elastiserve-Model": "other/secret", "Host": "127.0.0.1"}, None),
     ],
-    ids=["header", "svc-host", "short-host", "ip-host", "bad-header"],
+    ids=["svc-fqdn", "svc-port", "short-host", "ip-host", "not-a-service", "not-a-label", "header-ignored"],
 )
-def test_model_key(headers, want):
+def test_model_key_is_the_service_the_caller_reached(headers, want):
     from aiohttp.test_utils import make_mocked_request
 
     assert Activator.model_key(make_mocked_request("GET", "/", headers=headers)) == want
@@ -139,10 +145,107 @@ async def test_request_without_model_is_a_clear_400(tmp_path):
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as session:
-            async with session.get(server.make_url("/v2/models/m"), headers={"Host": "127.0.0.1"}) as r:
-                assert r.status == 400 and "X-Elastiserve-Model" in (await r.json())["error"]
+            async with session.get(server.make_url("/v2/models/m"),
+                                   headers={"Host": "127.0.0.1", "X-Elastiserve-Model": KEY}) as r:
+                assert r.status == 400 and "Service" in (await r.json())["error"]
     finally:
         await server.close()
+
+
+class Refuse:
+    def __init__(self, known: set[str]):
+        self.known, self.asked = known, []
+
+    async def refuse(self, key: str) -> str | None:
+        self.asked.append(key)
+        return None if key in self.known else f"no ModelDeployment {key}"
+
+
+async def test_only_configured_namespaces_and_known_models_are_served(tmp_path):
+    endpoints = tmp_path / "e.json"
+    upstream = Upstream()
+    await upstream.server.start_server()
+    url = str(upstream.server.make_url("/")).rstrip("/")
+    endpoints.write_text(json.dumps({KEY: [url], "other/minilm": [url], "demo/ghost": [url]}))
+    waker = StartOnWake(upstream, endpoints, start=False)
+    admission = Refuse({KEY})
+    act = Activator(FileResolver(endpoints), waker, timeout=1, namespaces=["demo"], admission=admission)
+    server = TestServer(act.app())
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            post = lambda host: session.post(server.make_url("/v2/models/minilm/infer"), json={"id": host},
+                                             headers={"Host": host})
+            async with post("minilm.other.svc") as r:
+                assert r.status == 404 and "namespace other" in (await r.json())["error"]
+            async with post("ghost.demo.svc") as r:
+                assert r.status == 404 and "no ModelDeployment demo/ghost" in (await r.json())["error"]
+            async with post("minilm.demo.svc") as r:
+                assert r.status == 200
+        assert upstream.seen == ["minilm.demo.svc"] and waker.calls == []
+        assert admission.asked == ["demo/ghost", KEY]  # the other namespace is refused before any lookup
+        assert 'namespace="other"' not in generate_latest(act.registry).decode()  # no series for refused keys
+    finally:
+        await server.close()
+        await upstream.server.close()
+
+
+async def test_held_bytes_are_bounded_with_503_and_retry_after(tmp_path):
+    endpoints = tmp_path / "e.json"
+    act = Activator(FileResolver(endpoints), StartOnWake(Upstream(), endpoints, start=False), timeout=5,
+                    max_body_bytes=1 << 20, max_held_bytes=3 << 20)
+    server = TestServer(act.app())
+    await server.start_server()
+    body = b"x" * (1 << 20)
+    try:
+        async with aiohttp.ClientSession() as session:
+            held = [asyncio.ensure_future(session.post(server.make_url("/x"), data=body, headers=HOST))
+                    for _ in range(3)]
+            deadline = asyncio.get_running_loop().time() + 5
+            while act.held_bytes < 3 << 20:  # three bodies held (the model never wakes)
+                assert asyncio.get_running_loop().time() < deadline, act.held_bytes
+                await asyncio.sleep(0.01)
+            async with session.post(server.make_url("/x"), data=body, headers=HOST) as r:
+                assert r.status == 503 and r.headers["Retry-After"] == "2"
+            assert act.held_bytes == 3 << 20  # the fourth body was refused, not read
+            for h in held:
+                (await h).release()
+        assert act.held_bytes == 0
+        metrics = generate_latest(act.registry).decode()
+        assert 'elastiserve_activator_refused_total{reason="held_bytes"} 1.0' in metrics
+    finally:
+        await server.close()
+
+
+async def test_idle_models_are_forgotten_with_their_series(tmp_path):
+    now = [0.0]
+    endpoints = tmp_path / "e.json"
+    upstream = Upstream()
+    await upstream.server.start_server()
+    url = str(upstream.server.make_url("/")).rstrip("/")
+    keys = [f"m{i}.demo.svc" for i in range(50)]
+    endpoints.write_text(json.dumps({f"demo/m{i}": [url] for i in range(50)}))
+    act = Activator(FileResolver(endpoints), StartOnWake(upstream, endpoints, start=False), forget_seconds=600,
+                    clock=lambda: now[0])
+    server = TestServer(act.app())
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            for host in keys:
+                async with session.post(server.make_url("/v2/models/m/infer"), json={"id": host},
+                                        headers={"Host": host}) as r:
+                    assert r.status == 200
+        size_before = len(generate_latest(act.registry))
+        assert len(act.models) == 50 and 'modeldeployment="m49"' in generate_latest(act.registry).decode()
+        now[0] = 599.0
+        assert act.forget_idle() == []
+        now[0] = 600.0
+        assert len(act.forget_idle()) == 50 and act.models == {}
+        text = generate_latest(act.registry).decode()
+        assert 'modeldeployment="m' not in text and len(text) < size_before / 5
+    finally:
+        await server.close()
+        await upstream.server.close()
 
 
 async def test_request_after_a_timeout_is_served_when_a_replica_appears(tmp_path):
@@ -156,7 +259,7 @@ async def test_request_after_a_timeout_is_served_when_a_replica_appears(tmp_path
     try:
         async with aiohttp.ClientSession() as session:
             url = server.make_url("/v2/models/minilm/infer")
-            hdr = {"X-Elastiserve-Model": KEY}
+            hdr = HOST
             async with session.post(url, json={"id": "early"}, headers=hdr) as r:
                 assert r.status == 503
             waker.start = True  # the next wake brings a replica up

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from elastiserve.api import ModelDeploymentSpec, SpecError, parse_manifest, parse_spec
-from elastiserve.api.base import parse_bytes
+from elastiserve.api.base import QUANTITY_PATTERN, parse_bytes, parse_quantity
 from elastiserve.api.spec import Precision, Role
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -51,7 +53,7 @@ def test_invalid_examples_are_rejected_naming_the_field(path: Path):
     assert _expect(path) in message
     assert "Traceback" not in message
     # Every problem names a field path under spec (or the top-level object).
-    assert all(p.startswith(("spec", "metadata", "(top level)")) for p, _ in info.value.problems)
+    assert all(p.startswith(("spec", "metadata", "kind", "apiVersion", "(top level)")) for p, _ in info.value.problems)
 
 
 def test_at_least_thirty_invalid_examples():
@@ -82,16 +84,26 @@ def test_error_reports_the_value_and_the_bound():
 
 @pytest.mark.parametrize(
     "text,want",
-    [("512Mi", 512 * 2**20), ("1Gi", 2**30), ("1G", 10**9), ("1000", 1000), ("1.5Ki", 1536)],
-    ids=["Mi", "Gi", "G", "plain", "fraction"],
+    [("512Mi", 512 * 2**20), ("1Gi", 2**30), ("1G", 10**9), ("1000", 1000), ("1.5Ki", 1536), ("2e9", 2 * 10**9),
+     ("2E3", 2000), (".5Gi", 2**29), ("1500m", 2), ("5.", 5)],
+    ids=["Mi", "Gi", "G", "plain", "fraction", "exponent", "upper-exponent", "leading-dot", "milli", "trailing-dot"],
 )
 def test_parse_bytes(text, want):
     assert parse_bytes(text) == want
 
 
-def test_parse_bytes_rejects_garbage():
-    with pytest.raises(ValueError, match="not a byte quantity"):
-        parse_bytes("lots")
+@pytest.mark.parametrize("text", ["lots", "1.5.5", "-1Gi", "1gi", "1Kb", "NaN", "Infinity", "1_000", "1e999", " 1"])
+def test_parse_bytes_rejects_garbage(text):
+    with pytest.raises(ValueError, match="not a Kubernetes quantity"):
+        parse_bytes(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.from_regex(QUANTITY_PATTERN, fullmatch=True))
+def test_quantities_parse_as_kubernetes_parses_them(text):
+    from kubernetes.utils import parse_quantity as kubernetes_parse_quantity
+
+    assert parse_quantity(text) == kubernetes_parse_quantity(text)
 
 
 def test_round_trip_to_api_keeps_camel_case():

@@ -53,7 +53,6 @@ OPERATOR_NAMESPACED = {
     ("discovery.k8s.io", "endpointslices"): OWNED,
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
-    ("", "secrets"): {"get"},
 }
 OPERATOR_CLUSTER = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
@@ -313,7 +312,8 @@ def test_operator_command_line(helm, sets, expected):
 
 def test_activator_command_line(rendered):
     container = one(rendered["default"], "Deployment", "-activator")["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["activator", "--kubernetes", "--port=8080", "--queue-size=1000", "--timeout=30"]
+    assert container["args"] == ["activator", "--kubernetes", "--port=8080", "--queue-size=1000", "--timeout=30",
+                                 "--max-held-bytes=256Mi", "--all-namespaces"]
 
 
 def test_tracing_settings_reach_the_operator_and_the_activator(helm):
@@ -343,6 +343,31 @@ def test_cluster_wide_operator_rbac_is_exactly_what_it_uses(rendered):
     assert rules_table(role["rules"]) == {**OPERATOR_CLUSTER, **OPERATOR_NAMESPACED}
 
 
+def test_no_secret_reads_by_default(rendered):
+    for role in by_kind(rendered["default"], "ClusterRole") + by_kind(rendered["default"], "Role"):
+        assert not [r for r in role["rules"] if "secrets" in r["resources"]], role["metadata"]["name"]
+
+
+def test_secret_reads_only_where_listed_and_by_name(rendered):
+    objs = rendered["namespaced"]
+    roles = [r for r in by_kind(objs, "Role") if r["metadata"]["name"].endswith("-token-secrets")]
+    assert [r["metadata"]["namespace"] for r in roles] == ["team-a"]
+    assert roles[0]["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+                                  "resourceNames": ["prometheus-token"]}]
+    binding = [b for b in by_kind(objs, "RoleBinding") if b["metadata"]["name"].endswith("-token-secrets")]
+    assert [b["metadata"]["namespace"] for b in binding] == ["team-a"]
+    for role in by_kind(objs, "ClusterRole") + by_kind(objs, "Role"):
+        if role not in roles:
+            assert not [r for r in role["rules"] if "secrets" in r["resources"]], role["metadata"]["name"]
+
+
+def test_metrics_tenancy_flags(rendered):
+    op = one(rendered["namespaced"], "Deployment", "-operator")
+    args = op["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--prometheus-allowed-url=team-b=http://prometheus.team-b:9090" in args
+    assert "--custom-queries-namespace=team-a" in args
+
+
 def test_namespaced_operator_rbac(rendered):
     objs = rendered["namespaced"]
     cluster = one(objs, "ClusterRole", "-operator-discovery")
@@ -352,7 +377,7 @@ def test_namespaced_operator_rbac(rendered):
     }
     roles = [r for r in by_kind(objs, "Role") if r["metadata"]["name"].endswith("-operator")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    expected = {k: v for k, v in OPERATOR_NAMESPACED.items() if k != ("", "secrets")}  # readSecrets: false
+    expected = dict(OPERATOR_NAMESPACED)
     expected[("kopf.dev", "kopfpeerings")] = {"get", "list", "watch", "patch"}
     for role in roles:
         assert rules_table(role["rules"]) == expected

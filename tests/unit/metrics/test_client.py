@@ -170,3 +170,53 @@ def test_model_rates_one_value_per_model_skipping_garbage(server):
     canned.status, canned.body = 503, b"overloaded"
     with pytest.raises(QueryFailed):
         PrometheusSource(url).model_rates(spec, "ns", "emb")
+
+
+SECRET_BODY = b'{"status":"error","error":"internal-admin-page: db_password=hunter2"}'
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 500, 503])
+def test_no_response_body_reaches_an_error_message(server, status):
+    # Messages go to status and Events, which the tenant reads: only the status code may show.
+    canned, url = server
+    canned.status, canned.body = status, SECRET_BODY
+    with pytest.raises(QueryFailed) as ei:
+        PrometheusSource(url).instant("up")
+    assert f"HTTP {status}" in str(ei.value)
+    assert "hunter2" not in str(ei.value) and "internal-admin-page" not in str(ei.value)
+
+
+def test_redirects_are_not_followed_and_the_token_stays_put():
+    seen: list[dict] = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(dict(self.headers))
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{self.server.server_address[1]}/elsewhere")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(QueryFailed, match="redirect"):
+            PrometheusSource(f"http://127.0.0.1:{httpd.server_address[1]}", token="t0ken").instant("up")
+    finally:
+        httpd.shutdown()
+    assert len(seen) == 1  # the redirect target was never asked
+
+
+def test_custom_queries_off_never_run_the_override(server):
+    canned, url = server
+    canned.status, canned.body = 200, vector("5")
+    canned.seen.clear()
+    spec = parse_spec({"model": {"name": "m", "uri": "/m"}, "metrics": {"rules": {
+        "qps": {"scaleUpAbove": 10, "scaleDownBelow": 1, "query": "sum(rate(other_tenant_requests_total[1m]))"}}}})
+    snap = PrometheusSource(url, custom_queries=False).snapshot(spec, "ns", "md")
+    assert snap.qps is None and "NotAllowed" in snap.errors["qps"] and "rules.qps.query" in snap.errors["qps"]
+    assert not any("other_tenant" in path for path, _ in canned.seen)
+    assert PrometheusSource(url, custom_queries=True).snapshot(spec, "ns", "md").qps == 5.0
+    assert any("other_tenant" in path for path, _ in canned.seen)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from elastiserve.api import parse_manifest
+from elastiserve.api import SpecError, parse_manifest
 from elastiserve.api.spec import Precision
 from elastiserve.operator import builders
 
@@ -130,6 +130,8 @@ def test_containers_are_hardened():
     sc = pod["containers"][0]["securityContext"]
     assert sc["readOnlyRootFilesystem"] and sc["runAsNonRoot"] and sc["capabilities"] == {"drop": ["ALL"]}
     assert not sc["allowPrivilegeEscalation"]
+    assert pod["automountServiceAccountToken"] is False  # model servers never call the API
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
 def test_version_placeholder_and_model_folders():
@@ -181,33 +183,48 @@ def test_model_server_listens_where_the_probes_and_the_service_connect(monkeypat
     assert _serve_params({}, monkeypatch)["host"] == "127.0.0.1"
 
 
-def test_a_listen_address_in_the_template_env_replaces_the_default():
+def test_the_listen_address_is_the_operators_not_the_templates():
+    with pytest.raises(SpecError, match="ELASTISERVE_"):
+        parse_manifest({"apiVersion": "elastiserve.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "m"},
+                        "spec": {"model": {"name": "m", "uri": "file:///store/m"},
+                                 "template": {"env": [{"name": "ELASTISERVE_HOST", "value": "::"}]}}})
+
+
+def test_pods_inherit_the_operators_tracing_settings_unless_the_spec_sets_its_own():
     md = parse_manifest({"apiVersion": "elastiserve.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "m"},
                          "spec": {"model": {"name": "m", "uri": "file:///store/m"},
-                                  "template": {"env": [{"name": "ELASTISERVE_HOST", "value": "::"}]}}})
-    names = [e["name"] for e in builders.server_env(md.spec, "m", md.spec.primary)]
-    assert len(names) == len(set(names)), "server-side apply rejects duplicate env names"
-    env = {e["name"]: e.get("value") for e in builders.server_env(md.spec, "m", md.spec.primary)}
-    assert env["ELASTISERVE_HOST"] == "::" and env["ELASTISERVE_PORT"] == "8080"
-
-
-def test_pods_inherit_the_operators_tracing_settings_before_the_template_env():
-    md = manifest("full.yaml")  # its template.env sets a variable of its own
+                                  "template": {"env": [{"name": "OTEL_TRACES_SAMPLER_ARG", "value": "1"},
+                                                       {"name": "OMP_NUM_THREADS", "value": "1"}]}}})
     spec = md.spec
     inherited = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger.tracing:4318"), ("OTEL_TRACES_SAMPLER_ARG", "0.01")]
 
     def env_of(dep):
         return [(e["name"], e.get("value")) for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]]
 
-    own = [(e.name, e.value) for e in spec.template.env]
-    assert own
-    for canary in (False, True):
-        env = env_of(builders.build_deployment(spec, "e", "ns", "u", spec.variants[0], canary=canary,
-                                               inherited_env=inherited))
-        # inherited after the operator's own variables, the spec's env last (it may choose its own sampling)
-        assert env[-len(own) - len(inherited):] == inherited + own
-    for dep in (o for o in builders.desired_objects(spec, "e", "ns", "u", inherited_env=inherited)
-                if o["kind"] == "Deployment"):
-        assert env_of(dep)[-len(own) - len(inherited):] == inherited + own
-    assert not any(n.startswith("OTEL_") for n, _ in env_of(builders.build_deployment(spec, "e", "ns", "u",
-                                                                                      spec.variants[0])))
+    deployments = [builders.build_deployment(spec, "m", "ns", "u", spec.primary, canary=c, inherited_env=inherited)
+                   for c in (False, True)]
+    deployments += [o for o in builders.desired_objects(spec, "m", "ns", "u", inherited_env=inherited)
+                    if o["kind"] == "Deployment"]
+    for dep in deployments:
+        env = env_of(dep)
+        names = [n for n, _ in env]
+        assert len(names) == len(set(names)), "server-side apply rejects repeated env names"
+        # the spec's own choice of sampling wins; the endpoint is inherited; the operator's variables come last
+        assert dict(env)["OTEL_TRACES_SAMPLER_ARG"] == "1"
+        assert dict(env)["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger.tracing:4318"
+        assert names.index("OTEL_EXPORTER_OTLP_ENDPOINT") < names.index("ELASTISERVE_MODELDEPLOYMENT")
+    plain = env_of(builders.build_deployment(spec, "m", "ns", "u", spec.primary))
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in dict(plain)
+
+def test_operator_variables_cannot_be_overridden_by_template_env():
+    from elastiserve.api import SpecError, parse_spec
+
+    with pytest.raises(SpecError, match="reserved for the operator"):
+        parse_spec({"model": {"name": "m", "uri": "/s/m.onnx"},
+                    "template": {"env": [{"name": "ELASTISERVE_MODEL_STORE", "value": "/"}]}})
+    # Even a spec built past validation: the operator's value is the one the container gets (the last).
+    spec = parse_spec({"model": {"name": "m", "uri": "/s/m.onnx"}, "template": {"env": [{"name": "X", "value": "1"}]}})
+    spec.template.env[0].__dict__["name"] = "ELASTISERVE_MODEL_STORE"
+    env = builders.server_env(spec, "m", spec.primary)
+    stores = [e for e in env if e["name"] == "ELASTISERVE_MODEL_STORE"]
+    assert stores == [{"name": "ELASTISERVE_MODEL_STORE", "value": "/s"}]

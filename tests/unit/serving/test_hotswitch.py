@@ -406,13 +406,20 @@ async def test_models_file_change_detection_with_injected_clock(tmp_path, clock)
 # --------------------------------------------------------------------------------------
 # the HTTP endpoint, in-process
 # --------------------------------------------------------------------------------------
+LOAD_TOKEN = "load-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {LOAD_TOKEN}"}
+
+
 @pytest.fixture
 async def hs_client(store):
     build_tiny_model(store / "enc" / "v1", hidden=8, layers=1, heads=2, seed=1)
     build_tiny_model(store / "enc" / "v2", hidden=8, layers=1, heads=2, seed=2)
     shutil.copytree(store / "corrupt", store / "enc" / "v3")
+    token_file = store / "load-token"
+    token_file.write_text(LOAD_TOKEN + "\n")
     cfg = ServerConfig(stores=[str(store)], models={"enc": "enc/v1", "alpha": None}, preload=["enc"],
-                       modeldeployment="md1", variant_label="fp32", idle_unload_seconds=0)
+                       modeldeployment="md1", variant_label="fp32", idle_unload_seconds=0,
+                       load_token_file=str(token_file))
     client = TestClient(TestServer(build_app(cfg)))
     await client.start_server()
     loop = asyncio.get_running_loop()
@@ -434,7 +441,7 @@ async def test_load_endpoint_switches_and_reports_the_version(hs_client):
     before = (await r.json())
     assert before["model_version"] == "v1"
     assert (await (await c.get("/v2/models/enc")).json())["versions"] == ["v1"]
-    r = await c.post("/v2/repository/models/enc/load", json={"parameters": {"uri": "enc/v2"}})
+    r = await c.post("/v2/repository/models/enc/load", headers=AUTH, json={"parameters": {"uri": "enc/v2"}})
     body = await r.json()
     assert r.status == 200, body
     assert body["version"] == "v2" and body["previous_version"] == "v1" and body["loaded"]
@@ -449,27 +456,27 @@ async def test_load_endpoint_switches_and_reports_the_version(hs_client):
     index = await (await c.post("/v2/repository/index")).json()
     assert {"name": "enc", "version": "v2", "state": "READY"} in index
     # an explicit version label, and a load without a body (reload the current version)
-    r = await c.post("/v2/repository/models/enc/load", json={"parameters": {"uri": "enc/v1", "version": "2024.1"}})
+    r = await c.post("/v2/repository/models/enc/load", headers=AUTH, json={"parameters": {"uri": "enc/v1", "version": "2024.1"}})
     assert r.status == 200 and (await r.json())["version"] == "2024.1"
-    r = await c.post("/v2/repository/models/alpha/load")
+    r = await c.post("/v2/repository/models/alpha/load", headers=AUTH)
     assert r.status == 200 and (await r.json())["loaded"]
     assert c.server.app[SERVER_KEY].cache.is_loaded("alpha")
 
 
 async def test_load_endpoint_errors(hs_client):
     c = hs_client
-    r = await c.post("/v2/repository/models/nope/load", json={"parameters": {"uri": "enc/v2"}})
+    r = await c.post("/v2/repository/models/nope/load", headers=AUTH, json={"parameters": {"uri": "enc/v2"}})
     assert r.status == 404 and (await r.json())["code"] == "unknown_model"
     for body, field in (({"parameters": {"uri": 3}}, "parameters.uri"), ({"parameters": {"url": "x"}}, "url"),
                         ({"parameters": {"uri": "enc/v2", "version": "bad version"}}, "parameters.version"),
                         ({"parameters": "enc/v2"}, "parameters"), ({"uri": "enc/v2"}, "uri"),
                         ({"parameters": {"uri": "../../etc"}}, "parameters.uri")):
-        r = await c.post("/v2/repository/models/enc/load", json=body)
+        r = await c.post("/v2/repository/models/enc/load", headers=AUTH, json=body)
         j = await r.json()
         assert r.status == 400 and field in j["error"], (body, j)
-    r = await c.post("/v2/repository/models/enc/load", data=b"{not json")
+    r = await c.post("/v2/repository/models/enc/load", headers=AUTH, data=b"{not json")
     assert r.status == 400
-    r = await c.post("/v2/repository/models/enc/load", json={"parameters": {"uri": "enc/v3", "version": "v3"}})
+    r = await c.post("/v2/repository/models/enc/load", headers=AUTH, json={"parameters": {"uri": "enc/v3", "version": "v3"}})
     j = await r.json()
     assert r.status == 409 and j["code"] == "switch_failed" and j["active_version"] == "v1"
     assert j["requested_version"] == "v3" and j["cause"] == "model_load_failed"
@@ -478,3 +485,41 @@ async def test_load_endpoint_errors(hs_client):
     text = await (await c.get("/metrics")).text()
     labels = 'model="enc",modeldeployment="md1",result="error",variant="fp32"'
     assert f"elastiserve_model_switches_total{{{labels}}} 1.0" in text
+
+
+@pytest.mark.parametrize("headers,status", [
+    ({}, 401), ({"Authorization": "Bearer wrong-token-0123456789"}, 401),
+    ({"Authorization": f"Basic {LOAD_TOKEN}"}, 401), ({"Authorization": LOAD_TOKEN}, 401),
+], ids=["none", "wrong", "basic", "no-scheme"])
+async def test_load_endpoint_needs_the_token(hs_client, headers, status):
+    c = hs_client
+    r = await c.post("/v2/repository/models/enc/load", json={"parameters": {"uri": "enc/v2"}}, headers=headers)
+    assert r.status == status and (await r.json())["code"] == "unauthorized"
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    r = await c.post("/v2/models/enc/infer", json=_v2(["hi"]))
+    assert (await r.json())["model_version"] == "v1"  # nothing switched
+
+
+async def test_load_endpoint_is_off_by_default(store):
+    build_tiny_model(store / "enc" / "v1", hidden=8, layers=1, heads=2, seed=1)
+    build_tiny_model(store / "enc" / "v2", hidden=8, layers=1, heads=2, seed=2)
+    cfg = ServerConfig(stores=[str(store)], models={"enc": "enc/v1"}, idle_unload_seconds=0)
+    client = TestClient(TestServer(build_app(cfg)))
+    await client.start_server()
+    try:
+        r = await client.post("/v2/repository/models/enc/load", json={"parameters": {"uri": "enc/v2"}}, headers=AUTH)
+        body = await r.json()
+        assert r.status == 403 and body["code"] == "load_disabled" and "--load-token-file" in body["error"]
+        assert client.server.app[SERVER_KEY].cache.version_of("enc") == "v1"
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("content", ["", "short"], ids=["empty", "short"])
+def test_a_weak_or_missing_token_file_fails_at_start(tmp_path, content):
+    path = tmp_path / "t"
+    path.write_text(content)
+    with pytest.raises(ValueError, match="--load-token-file"):
+        ServerConfig(load_token_file=str(path))
+    with pytest.raises(ValueError, match="cannot read"):
+        ServerConfig(load_token_file=str(tmp_path / "missing"))

@@ -19,6 +19,7 @@ from elastiserve.serving.activator import Activator, FileResolver
 from elastiserve.serving.server import ServerConfig, build_app
 
 KEY = "demo/alpha"
+HOST = "alpha.demo.svc"  # the activator routes by the Service the caller reached
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_SPAN = "b7ad6b7169203331"
 
@@ -79,7 +80,7 @@ async def test_a_request_that_wakes_a_model_is_one_trace(spans, store, tmp_path)
     try:
         async with aiohttp.ClientSession() as session:
             body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["wake up"]}]}
-            headers = {"X-Elastiserve-Model": KEY, "traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-01"}
+            headers = {"Host": HOST, "traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-01"}
             async with session.post(front.make_url("/v2/models/alpha/infer"), json=body, headers=headers) as r:
                 assert r.status == 200, await r.text()
     finally:
@@ -126,7 +127,7 @@ async def test_held_requests_link_to_the_wake_they_waited_for(spans, store, tmp_
 
             async def one():
                 async with session.post(front.make_url("/v2/models/alpha/infer"), json=body,
-                                        headers={"X-Elastiserve-Model": KEY}) as r:
+                                        headers={"Host": HOST}) as r:
                     return r.status
 
             assert await asyncio.gather(*(one() for _ in range(5))) == [200] * 5

@@ -32,15 +32,29 @@ def write(tmp_path, text: str, name: str = "t.csv"):
         ("timestamp_s,requests\n0,1\n60,2\n90,3\n150,1\n210,1\n", "line 4", "is 30 s after the previous row"),
         ("timestamp_s,requests\n0,1\n60.5,2\n", "line 3", "not a whole number"),
         ("timestamp_s,requests,tokens_in\n0,1,5\n60,2\n", "line 3", "2 fields, the header has 3"),
+        ("timestamp_s,requests\n0,1e308\n60,1e308\n", "line 2", "larger than 1e+12 per bin"),
+        ("timestamp_s,requests\n0,1\n1e300,2\n", "line 3", "beyond 1e+10 s"),
+        ("timestamp_s,requests\n0,1\n60000000000,1\n", "line 3", "beyond 1e+10 s"),
+        ("timestamp_s,requests\n0,1\n60,1\n6000000000,1\n", "line 4", "at most 10000000"),
     ],
     ids=["empty", "no-timestamp", "no-requests", "header-only", "not-a-number", "nan", "negative", "duplicate",
-         "decreasing", "off-grid", "fractional-time", "short-row"],
+         "decreasing", "off-grid", "fractional-time", "short-row", "near-max-float", "huge-timestamp",
+         "timestamp-past-bound", "giant-gap"],
 )
 def test_bad_input_names_the_line(tmp_path, text, where, what):
     with pytest.raises(TraceError) as err:
         load_trace(write(tmp_path, text))
     msg = str(err.value)
     assert where in msg and what in msg and "t.csv" in msg
+
+
+def test_byte_order_mark_and_encoding(tmp_path):
+    p = tmp_path / "bom.csv"
+    p.write_bytes("\ufefftimestamp_s,requests\n0,1\n60,2\n".encode())
+    assert load_trace(p).requests.tolist() == [1, 2]
+    p.write_bytes(b"timestamp_s,requests\n0,1\n60,\xff\n")
+    with pytest.raises(TraceError, match=r"bom.csv: line 3: not UTF-8"):
+        load_trace(p)
 
 
 def test_gaps_are_filled_with_zero_and_warned(tmp_path):

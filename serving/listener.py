@@ -1,0 +1,86 @@
+"""Limits every HTTP listener of the serving side needs (the model server and the activator).
+
+- A client must send its request line and headers within ``keepalive_timeout``: aiohttp (>= 3.10) arms
+  its keep-alive timer when a connection opens and closes a connection still waiting for a complete
+  request when it fires, so idle and slow-header (slowloris) connections are dropped.
+- A body must arrive within ``read_timeout`` (``read_body``): 408 otherwise.
+- At most ``max_connections`` connections are open at once: past the cap a new connection is closed at
+  once, so hundreds of stalled clients cannot pile up sockets and memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Callable
+
+from aiohttp import web
+
+
+async def read_body(request: web.Request, timeout: float) -> bytes:
+    """The whole body, within ``timeout`` seconds (``web.HTTPRequestTimeout`` otherwise)."""
+    try:
+        return await asyncio.wait_for(request.read(), timeout)
+    except asyncio.TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"request body not received within {timeout:g} s") from None
+
+
+class _Refuse(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class BoundedSite(web.TCPSite):
+    """A TCP site that refuses connections past ``max_connections`` open ones."""
+
+    def __init__(self, runner: web.BaseRunner, host: str | None, port: int, *, max_connections: int):
+        super().__init__(runner, host, port)
+        self.max_connections = max_connections
+        self.refused = 0
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+
+        def protocol():
+            if len(server.connections) >= self.max_connections:
+                self.refused += 1
+                return _Refuse()
+            return server()
+
+        self._server = await asyncio.get_running_loop().create_server(
+            protocol, self._host, self._port, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port,
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
+
+
+async def start_bounded(app: web.Application, host: str | None, port: int, *, keepalive_timeout: float,
+                        max_connections: int) -> tuple[web.AppRunner, BoundedSite]:
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=keepalive_timeout)
+    await runner.setup()
+    site = BoundedSite(runner, host, port, max_connections=max_connections)
+    await site.start()
+    return runner, site
+
+
+def run_bounded(app: web.Application, host: str, port: int, *, keepalive_timeout: float, max_connections: int,
+                on_start: Callable[[], None] | None = None) -> None:
+    """Like ``web.run_app`` (until SIGINT/SIGTERM), with the limits above."""
+
+    async def main() -> None:
+        runner, _ = await start_bounded(app, host, port, keepalive_timeout=keepalive_timeout,
+                                        max_connections=max_connections)
+        if on_start is not None:
+            on_start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
