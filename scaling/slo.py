@@ -158,6 +158,20 @@ def rise_quantile(demand: list[float], k: int, q: float) -> float | None:
     return float(np.quantile(ahead - d[: len(ahead)], q))
 
 
+def fresh_rate(state: SloState, qps: float | None, now: datetime, spec: ModelDeploymentSpec) -> float:
+    """The rate over the newest sync period, recovered from two consecutive rate windows: a window of
+    ``W`` s that moved by ``S`` s changed by ``(new - old) * S / W``, so ``new ≈ avg + (W/S - 1)(avg - prev)``
+    (taking the part that left as ``prev``). Knative's panic window from the same metric; used only
+    upwards, in panic."""
+    if qps is None or not state.demand or state.demand_time is None:
+        return 0.0
+    gap = (now - state.demand_time).total_seconds()
+    if not 0 < gap <= 1.5 * spec.sync_period_seconds:
+        return 0.0
+    ratio = max(spec.metrics.window_seconds / gap - 1, 0.0)
+    return max(qps + ratio * (qps - state.demand[-1]), 0.0)
+
+
 # --------------------------------------------------------------------------- 3. calibration
 
 
@@ -275,10 +289,14 @@ def plan(
     primary_lead = leads[spec.primary.name]
     calibrate(state, spec, violated(spec, metrics, ready_qps))
     check_forecast(state, forecast, metrics, primary_lead)
+    fresh = fresh_rate(state, metrics.qps, now, spec)
     record_demand(state, metrics.qps, now, spec.sync_period_seconds)
 
     q = quantile(state, spec)
     level = float(metrics.qps or 0.0)
+    panic = metrics.qps is not None and max(level, fresh) > ready_qps * 1.0001 and level > 0
+    if panic:
+        level = max(level, fresh)  # size the burst from the newest part of the rate window
     w = forecast_weight(state, forecast, spec.forecasting.max_error) if spec.forecasting.enabled else 0.0
     headroom = math.exp(state.headroom_log)
     sync = spec.sync_period_seconds
@@ -297,7 +315,6 @@ def plan(
     fast = [b for b in spec.bursts if spec.burst.enabled]
     fast_qps = min((demand(leads[b.name])[0] for b in fast), default=need_qps)
     total = math.ceil(need_qps / cap - 1e-9)
-    panic = metrics.qps is not None and metrics.qps > ready_qps * 1.0001 and level > 0
     summary = SloSummary(
         quantile=q, headroom=round(headroom, 4), lead_seconds={k: round(v, 1) for k, v in leads.items()},
         demand_qps=round(need_qps, 3), forecast_weight=round(w, 3), forecast_coverage=state.forecast_coverage,
@@ -307,5 +324,6 @@ def plan(
            f"({level:.3g} now {rise:+.3g}, forecast weight {w:.2f}, headroom ×{headroom:.2f}) → {total}")
     reasons = [why]
     if panic:
-        reasons.append(f"panic: {level:.3g} qps > ready capacity {ready_qps:.3g} qps")
+        reasons.append(f"panic: {level:.3g} qps (newest {spec.sync_period_seconds} s of the rate window) "
+                       f"> ready capacity {ready_qps:.3g} qps")
     return SloPlan(total=total, fast_qps=fast_qps, panic=panic, summary=summary, reasons=reasons)

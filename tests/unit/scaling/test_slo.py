@@ -239,9 +239,12 @@ def test_flat_load_is_sized_near_the_load():
 
 def test_jump_past_ready_capacity_panics_and_bridges_with_burst():
     sp = spec_of()
-    ds = run_cycles(sp, [100.0] * 100 + [300.0] * 8 + [100.0] * 80)
+    # load triples; the 60 s rate window shows it as a ramp over four 15 s cycles
+    ds = run_cycles(sp, [100.0] * 100 + [150.0, 200.0, 250.0] + [300.0] * 8 + [100.0] * 80)
     jump = ds[100]
     assert jump.slo.panic
+    # the newest 15 s of the window ran at ~300 qps: sized from that, not from the 150 qps mean
+    assert jump.slo.demand_qps >= 300
     assert jump.desired["int8"] > 0, jump.reasons  # the fast variant starts in the same cycle
     assert any("bridges" in r for r in jump.reasons)
     # burst replicas are released once the primary is ready, not before their own lead time
@@ -270,3 +273,19 @@ def test_disabled_slo_keeps_the_old_decisions():
     d = decide(base, MetricSnapshot(qps=100.0, observed_at=T0), None, ScalerState(), T0,
                Observation(replicas={"fp32": 2, "int8": 0}, ready={"fp32": 2, "int8": 0}))
     assert d.slo is None and d.state.slo is None
+
+
+@pytest.mark.parametrize(
+    "prev,now_qps,gap,want",
+    [
+        (100.0, 100.0, 15, 100.0),
+        (100.0, 150.0, 15, 300.0),  # the 60 s mean rose by 50 in 15 s: the newest 15 s ran at ~300
+        (150.0, 100.0, 15, 0.0),  # falling: clipped at 0 (only ever used upwards)
+        (100.0, 150.0, 120, 0.0),  # not consecutive
+    ],
+    ids=["flat", "jump", "fall", "gap"],
+)
+def test_fresh_rate_from_consecutive_windows(prev, now_qps, gap, want):
+    sp = spec_of()
+    st = SloState(demand=[prev], demand_time=T0)
+    assert slo.fresh_rate(st, now_qps, T0 + timedelta(seconds=gap), sp) == pytest.approx(want)
