@@ -99,6 +99,40 @@ class TimedValue(ApiModel):
     value: int
 
 
+class ForecastCheck(ApiModel):
+    """A forecast upper bound waiting for the request rate it was about (forecast calibration)."""
+
+    due: datetime
+    upper: float
+
+
+class SloState(ApiModel):
+    """What the SLO policy learns online. Bounded: at most ``scaling.slo.RING`` demand samples."""
+
+    demand: list[float] = Field(default_factory=list)
+    """Request rate seen at each recent cycle (req/s, oldest first): the empirical distribution of demand
+    growth over a lead time comes from it."""
+    demand_time: datetime | None = None
+    """Time of the newest ``demand`` sample (a long gap starts the history again)."""
+    miss_level: float | None = None
+    """Calibrated miss level ``alpha``: capacity is sized for quantile ``1 - alpha`` of demand (adaptive
+    conformal inference on observed violations; None: ``1 - slo.attainment``)."""
+    headroom_log: float = 0.0
+    """Log of the calibrated headroom multiplier used once the quantile is at its maximum."""
+    attainment: float | None = None
+    """Exponentially weighted share of recent cycles without an SLO violation (about one day of memory)."""
+    forecast_checks: list[ForecastCheck] = Field(default_factory=list)
+    forecast_coverage: float | None = None
+    """Exponentially weighted share of realised request rates at or below the forecast's upper bound."""
+    forecast_checked: int = 0
+    startup_seconds: dict[str, float] = Field(default_factory=dict)
+    """Learned start-up (scale-up to Ready) per variant, seconds."""
+    starting_since: dict[str, TimedValue] = Field(default_factory=dict)
+    """Per variant with replicas starting: since when, and how many were ready then."""
+    burst_since: datetime | None = None
+    """When burst replicas were last started (they are kept at least one lead time)."""
+
+
 class ScalerState(ApiModel):
     """Everything the engine remembers between cycles. Stored in ``.status.scaler`` so restarts and replays agree."""
 
@@ -117,6 +151,28 @@ class ScalerState(ApiModel):
     last_active_time: datetime | None = None
     """Last time any request was seen (for scale to zero)."""
     scaled_to_zero: bool = False
+    slo: SloState | None = None
+    """State of the SLO policy (``spec.slo.enabled``): demand history, calibration, learned start-ups."""
+
+
+class SloSummary(ApiModel):
+    """The SLO policy's figures for one decision (shown in ``status.slo`` and the reasons)."""
+
+    quantile: float
+    """Quantile of demand over the lead time the capacity is sized for."""
+    headroom: float
+    """Calibrated multiplier on that quantile (1 = none)."""
+    lead_seconds: dict[str, float]
+    """Lead time per variant: metric age + sync period + learned start-up."""
+    demand_qps: float
+    """Demand the capacity is sized for (req/s), primary lead time."""
+    forecast_weight: float
+    """Weight of the forecast against the empirical growth distribution (0..1, from its coverage)."""
+    forecast_coverage: float | None = None
+    attainment: float | None = None
+    """Recent share of cycles without a violation."""
+    panic: bool = False
+    """Demand above ready capacity: act within this cycle, burst variants first."""
 
 
 class Decision(ApiModel):
@@ -136,6 +192,8 @@ class Decision(ApiModel):
     """Primary-equivalent replicas the reactive rules asked for."""
     forecast_total: int | None = None
     """Primary-equivalent replicas the forecast asked for (None without a usable forecast)."""
+    slo: SloSummary | None = None
+    """What the SLO policy measured and chose (``spec.slo.enabled``)."""
 
     @property
     def total(self) -> int:

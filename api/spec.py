@@ -635,6 +635,58 @@ class RolloutSpec(ApiModel):
         return self
 
 
+# --------------------------------------------------------------------------- service-level objective
+
+
+class SloSpec(ApiModel):
+    """The service-level objective the SLO policy sizes capacity for (``enabled: false``: the rules and the
+    forecast floor decide, as before).
+
+    The objective: the latency quantile ``latencyQuantile`` stays at or below ``latencyMs`` (and, when set,
+    the 5xx share at or below ``maxErrorRatePercent``) in at least ``attainment`` of the minutes. With it
+    on, the request-rate rule's target is replaced by headroom sized from the measured uncertainty of
+    demand over each variant's lead time, calibrated online to the attainment actually observed."""
+
+    enabled: bool = False
+    """Size capacity for the objective instead of the request-rate rule's fixed target."""
+    latency_ms: float | None = Field(default=None, gt=0, le=600000)
+    """Latency objective in milliseconds (default: ``metrics.rules.latency.scaleUpAbove``)."""
+    latency_quantile: Literal["p95", "p99"] | None = None
+    """Latency quantile the objective is about (default and only allowed value: ``metrics.latencyQuantile``,
+    the quantile the operator reads)."""
+    attainment: float = Field(default=0.99, ge=0.5, le=0.9999)
+    """Share of minutes in which the objective must hold (0.99: at most 14 minutes a day in violation)."""
+    max_error_rate_percent: float | None = Field(default=None, ge=0, le=100)
+    """Optional ceiling on the share of 5xx responses (percent); a minute above it counts as a violation."""
+
+
+_SLO_RULES = [
+    cel(
+        "!self.slo.enabled || has(self.slo.latencyMs) || self.metrics.rules.latency.scaleUpAbove > 0",
+        "slo.latencyMs is needed when metrics.rules.latency.scaleUpAbove is 0",
+        ".slo.latencyMs",
+    ),
+    cel(
+        "!has(self.slo.latencyQuantile) || self.slo.latencyQuantile == self.metrics.latencyQuantile",
+        "slo.latencyQuantile must equal metrics.latencyQuantile (the quantile the operator reads)",
+        ".slo.latencyQuantile",
+    ),
+]
+
+
+def _check_slo(spec: "ModelDeploymentSpec") -> None:
+    """Python twins of ``_SLO_RULES``."""
+    slo = spec.slo
+    if slo.enabled and slo.latency_ms is None and spec.metrics.rules.latency.scale_up_above <= 0:
+        raise ValueError("slo.latencyMs is needed when metrics.rules.latency.scaleUpAbove is 0 "
+                         "(set slo.latencyMs, e.g. 200)")
+    if slo.latency_quantile is not None and slo.latency_quantile != spec.metrics.latency_quantile:
+        raise ValueError(
+            "slo.latencyQuantile must equal metrics.latencyQuantile (the quantile the operator reads) "
+            f"(got slo.latencyQuantile={slo.latency_quantile}, metrics.latencyQuantile={spec.metrics.latency_quantile})"
+        )
+
+
 # --------------------------------------------------------------------------- the spec
 
 
@@ -705,7 +757,7 @@ class ModelDeploymentSpec(ApiModel):
     """Desired state of a ModelDeployment: a model, its variants and how to scale them."""
 
     model_config = ApiModel.model_config | {
-        "json_schema_extra": {"x-kubernetes-validations": _SPEC_RULES + _APPLY_RULES}
+        "json_schema_extra": {"x-kubernetes-validations": _SPEC_RULES + _APPLY_RULES + _SLO_RULES}
     }
 
     model: ModelSpec
@@ -723,6 +775,8 @@ class ModelDeploymentSpec(ApiModel):
     scale_to_zero: ScaleToZeroSpec = Field(default_factory=ScaleToZeroSpec)
     fallback: FallbackSpec = Field(default_factory=FallbackSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    slo: SloSpec = Field(default_factory=SloSpec)
+    """Service-level objective; with ``slo.enabled`` capacity is sized for it (see docs/forecasting.md)."""
     actuation: Actuation = Actuation.Deployment
     sync_period_seconds: int = Field(default=15, ge=5, le=600)
     """How often the operator reads metrics and decides."""
@@ -780,6 +834,16 @@ class ModelDeploymentSpec(ApiModel):
                         "raise the limit or lower model.lazyLoading.memoryBudget"
                     )
         return self
+
+    @model_validator(mode="after")
+    def _slo_cross_field(self) -> "ModelDeploymentSpec":
+        _check_slo(self)
+        return self
+
+    @property
+    def slo_latency_ms(self) -> float:
+        """The latency objective in ms: ``slo.latencyMs``, else the latency rule's ``scaleUpAbove``."""
+        return self.slo.latency_ms if self.slo.latency_ms is not None else self.metrics.rules.latency.scale_up_above
 
     # ---- helpers used by builders and the decision engine (pure)
 

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from .base import ApiModel
-from .decision import ScalerState
+from .decision import ScalerState, SloSummary
 
 CONDITION_TYPES = ("Ready", "MetricsAvailable", "ForecastReady", "ScalingActive", "Fallback", "Rollout")
 
@@ -96,6 +96,8 @@ class ModelDeploymentStatus(ApiModel):
     """Where the public Service sends traffic: the pods, or the activator while at zero."""
     hot_set: list[str] = Field(default_factory=list)
     """Sub-models new replicas preload."""
+    slo: SloSummary | None = None
+    """The SLO policy's last figures: chosen quantile, headroom, lead time per variant, forecast coverage."""
     scaler: ScalerState | None = None
     rollout: RolloutStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)

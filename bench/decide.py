@@ -5,7 +5,10 @@ A "full cycle" is what the operator does per ModelDeployment and period, minus t
 spec, read a snapshot (and, with forecasting, update the forecaster with the new points), decide, and
 build the status patch and the replica patch. Printed as JSON; compare the ratios, not absolute times.
 
-    python bench/decide.py [--counts 1 100 1000] [--forecast]
+    python bench/decide.py [--counts 1 100 1000] [--forecast] [--slo]
+
+``--slo`` adds cycles with the SLO policy on (``spec.slo``), its demand history full (480 samples) as in
+steady state, with and without forecasting.
 """
 
 from __future__ import annotations
@@ -73,11 +76,17 @@ def bench_decide(n: int, cycles: int) -> dict:
     return {"decisions": n * cycles, "seconds": round(dt, 4), "per_second": round(n * cycles / dt, 1)}
 
 
-def bench_cycle(n: int, cycles: int, forecast: bool) -> dict:
+def bench_cycle(n: int, cycles: int, forecast: bool, slo: bool = False) -> dict:
     raw = dict(SPEC, forecasting={"enabled": forecast, "stepSeconds": 60, "historySeconds": 3 * 86400,
-                                  "refitSeconds": 86400})
+                                  "refitSeconds": 86400}, slo={"enabled": slo})
     src = InMemorySource(n)
     statuses: list[dict] = [{} for _ in range(n)]
+    if slo:
+        from elastiserve.scaling.slo import RING
+
+        # Steady state: a full demand history, as after two hours of cycles (what status.scaler holds).
+        full = {"slo": {"demand": [float(x) for x in src.qps[:1].repeat(RING)], "demandTime": T0.isoformat()}}
+        statuses = [{"scaler": ScalerState.model_validate(full).to_api()} for _ in range(n)]
     replicas = [{"fp32": 3, "int8": 0} for _ in range(n)]
     forecasters = {}
     fit_seconds = 0.0
@@ -129,6 +138,7 @@ def main() -> None:
     ap.add_argument("--counts", type=int, nargs="+", default=[1, 100, 1000])
     ap.add_argument("--cycles", type=int, default=5)
     ap.add_argument("--forecast", action="store_true", help="include the forecaster's per-cycle update")
+    ap.add_argument("--slo", action="store_true", help="include cycles with the SLO policy on")
     args = ap.parse_args()
     result = {"decide": {}, "full_cycle": {}}
     for n in args.counts:
@@ -136,6 +146,10 @@ def main() -> None:
         result["full_cycle"][n] = bench_cycle(n, args.cycles, forecast=False)
         if args.forecast:
             result.setdefault("full_cycle_with_forecast", {})[n] = bench_cycle(n, args.cycles, forecast=True)
+        if args.slo:
+            result.setdefault("full_cycle_with_slo", {})[n] = bench_cycle(n, args.cycles, forecast=False, slo=True)
+            result.setdefault("full_cycle_with_forecast_and_slo", {})[n] = bench_cycle(n, args.cycles, forecast=True,
+                                                                                      slo=True)
     print(json.dumps(result, indent=2))
 
 

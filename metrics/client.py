@@ -172,6 +172,9 @@ class PrometheusSource:
         errors: dict[str, str] = {}
         newest: datetime | None = None
         wanted = [s for s in SIGNALS if getattr(spec.metrics.rules, s).enabled] + ["pending"]
+        if spec.slo.enabled:  # the SLO policy calibrates on the latency (and error ceiling) it observes
+            wanted += [s for s in ("latency", "error_rate") if s not in wanted and
+                       (s == "latency" or spec.slo.max_error_rate_percent is not None)]
         for signal in wanted:
             try:
                 value, ts = self.instant(render(signal, spec, namespace, name, self.custom_queries), at)

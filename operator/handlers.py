@@ -507,6 +507,7 @@ async def _cycle(
     patch.status["variantSummary"] = variant_summary(decision.desired)
     patch.status["lastDecision"] = {"time": iso(now), "desired": decision.desired, "reasons": decision.reasons}
     patch.status["forecast"] = forecast_status(forecast, mspec.forecasting.horizon_seconds)
+    patch.status["slo"] = decision.slo.to_api() if decision.slo is not None else None
     conds = decision_conditions(st.get("conditions"), decision, forecast, mspec.forecasting.enabled, now, generation)
     active = plan.status.phase in ("Progressing", "Promoting")
     rollout_reason = {"Progressing": "Progressing", "Promoting": "Promoting", "RolledBack": "RolledBack"}.get(

@@ -4,6 +4,8 @@ No I/O, no clock: the caller passes ``now`` and everything else. The order of th
 
 1. fail-static: metrics missing or stale → hold (never scale down), fallback after a while;
 2. reactive rules per signal → the highest recommendation wins; an unknown signal blocks scale-down;
+   with ``slo.enabled`` the SLO policy (``slo.py``) replaces the request-rate rule and the forecast floor:
+   capacity for a calibrated quantile of demand over the lead time, a panic path and burst bridging;
 3. forecast → a floor sized for the upper quantile of the peak over the horizon (Active mode);
 4. scale to zero after the idle period, and wake up on the first request or a forecast of demand;
 5. bounds, stabilization windows and rate limits (HPA semantics) on the total;
@@ -15,8 +17,9 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from ..api.decision import SIGNALS, Decision, Forecast, MetricSnapshot, Observation, ScalerState, TimedValue
+from ..api.decision import SIGNALS, Decision, Forecast, MetricSnapshot, Observation, ScalerState, SloState, TimedValue
 from ..api.spec import FallbackBehavior, ForecastMode, ModelDeploymentSpec, Role
+from . import slo as slo_policy
 from .limits import clamp, rate_limit, record_event, stabilize, within
 from .rules import RULES, RuleInput
 from .variants import equivalents, max_equivalents, split
@@ -107,6 +110,20 @@ def _short_peak(forecast: Forecast, threshold_qps: float, limit_seconds: int) ->
     return length if length <= limit_seconds else None
 
 
+def _copy_state(state: ScalerState) -> ScalerState:
+    """A copy ``decide`` may change without touching its input. The SLO state's long lists hold immutable
+    items that are replaced, never changed in place, so copying the lists suffices (a deep copy of the
+    demand history cost more than the rest of a decision)."""
+    slo = state.slo
+    out = state.model_copy(update={"slo": None}, deep=True)
+    if slo is not None:
+        out.slo = slo.model_copy(update={
+            "demand": list(slo.demand), "forecast_checks": list(slo.forecast_checks),
+            "startup_seconds": dict(slo.startup_seconds), "starting_since": dict(slo.starting_since),
+        })
+    return out
+
+
 def decide(
     spec: ModelDeploymentSpec,
     metrics: MetricSnapshot,
@@ -116,7 +133,7 @@ def decide(
     observed: Observation,
 ) -> Decision:
     """Desired replicas per variant, the reasons, and the next state. Pure: same inputs, same output."""
-    state = state.model_copy(deep=True)
+    state = _copy_state(state)
     current = {v.name: max(0, observed.replicas.get(v.name, 0)) for v in spec.variants}
     cur_eq = equivalents(spec, current)
     cur_total = _ceil(cur_eq)
@@ -144,12 +161,20 @@ def decide(
             state.metrics_recovered_at = None
             since_recovery = None
 
-    # --- 2. reactive rules
+    # --- 2. reactive rules (and the SLO policy, which supersedes the request-rate rule)
+    slo_plan = None
+    if spec.slo.enabled:
+        state.slo = state.slo or SloState()
+        slo_plan = slo_policy.plan(spec, metrics, forecast, state.slo, now, observed)
     best_eq, best_reason = None, ""
     unknown = []
     results = []
     for signal in SIGNALS:
         rule = getattr(spec.metrics.rules, signal)
+        if slo_plan is not None and signal == "qps":
+            if metrics.qps is None:
+                unknown.append(signal)
+            continue
         if not rule.enabled:
             continue
         value = metrics.value(signal)
@@ -173,6 +198,11 @@ def decide(
                 best_reason = f"{winner.reason}; {held.reason} → no lower than {_ceil(held.floor)}"
     elif results:
         best_eq, best_reason = cur_eq, "; ".join(r.reason for r in results)
+    if slo_plan is not None:
+        if best_eq is None or best_eq <= slo_plan.total:
+            best_eq, best_reason = float(slo_plan.total), "; ".join(slo_plan.reasons)
+        else:
+            best_reason = "; ".join(slo_plan.reasons) + f"; {best_reason} → {_ceil(best_eq)}"
     if best_eq is None:
         best_eq, best_reason = cur_eq, "no rule has data → hold"
     if unknown and best_eq < cur_eq:
@@ -191,7 +221,11 @@ def decide(
     primary_cap: int | None = None
     fc_spec = spec.forecasting
     expects_demand = False
-    if fc_spec.enabled and forecast is not None:
+    if slo_plan is not None:
+        # The SLO policy weighs the forecast itself (by its measured coverage); demand ahead keeps it awake.
+        if forecast is not None and forecast.ready and slo_plan.summary.forecast_weight > 0:
+            expects_demand = forecast.peak_mean() >= 0.1 * cap * qps_target
+    elif fc_spec.enabled and forecast is not None:
         if not forecast.ready:
             reasons.append(f"forecast not ready ({forecast.reason}) → reactive only")
         elif forecast.error is not None and forecast.error > fc_spec.max_error:
@@ -252,13 +286,22 @@ def decide(
     bounded = clamp(proposal, min_total, max_total)
     if bounded != proposal:
         reasons.append(f"bounded to {bounded} by replicas [{min_total}, {max_total}]")
-    stabilized, state.recommendations = stabilize(bounded, cur_total, state.recommendations, spec.behavior, now)
+    behavior = spec.behavior
+    if slo_plan is not None:
+        # A replica must be worth its start-up: hold scale-downs for at least the primary's lead time.
+        lead = math.ceil(slo_plan.summary.lead_seconds[spec.primary.name])
+        if lead > behavior.scale_down.stabilization_window_seconds:
+            behavior = behavior.model_copy(update={"scale_down": behavior.scale_down.model_copy(
+                update={"stabilization_window_seconds": min(lead, 3600)})})
+    stabilized, state.recommendations = stabilize(bounded, cur_total, state.recommendations, behavior, now)
     if stabilized != bounded:
         direction = "down" if bounded < cur_total else "up"
         reasons.append(f"scale-{direction} stabilized at {stabilized}")
     limited, why = rate_limit(
         stabilized, cur_total, state.scale_up_events, state.scale_down_events, spec.behavior, now
     )
+    if why and slo_plan is not None and slo_plan.panic and limited < stabilized:
+        limited, why = stabilized, f"panic: scale-up rate limit waived ({why})"
     if why:
         reasons.append(why)
 
@@ -268,8 +311,51 @@ def decide(
     else:
         desired, split_reasons = split(spec, limited, primary_total=primary_cap)
         reasons += split_reasons
-    return _finish(spec, current, desired, reasons, state, now, reactive, forecast_total, forecast_used,
-                   ready=observed.ready)
+    if slo_plan is not None:
+        _bridge(spec, slo_plan, current, desired, observed, state, now, reasons)
+        slo_policy.note_scale_up(state.slo, current, desired, observed, now)
+    decision = _finish(spec, current, desired, reasons, state, now, reactive, forecast_total, forecast_used,
+                       ready=observed.ready)
+    if slo_plan is not None:
+        decision.slo = slo_plan.summary
+    return decision
+
+
+def _bridge(
+    spec: ModelDeploymentSpec, plan: slo_policy.SloPlan, current: dict[str, int], desired: dict[str, int],
+    observed: Observation, state: ScalerState, now: datetime, reasons: list[str],
+) -> None:
+    """Burst path of the SLO policy: while primary replicas start, fast burst variants (least quality
+    lost first) cover the demand quantile over *their* lead time that the ready replicas cannot; they
+    are kept until the primary is Ready and for at least their own lead time (no churn)."""
+    if not (spec.burst.enabled and spec.bursts) or state.slo is None:
+        return
+    primary = spec.primary
+    ready_p = observed.ready.get(primary.name, 0)
+    starting = ready_p < desired[primary.name]
+    cap_p = primary.capacity_qps
+    ready_qps = ready_p * cap_p
+    budget = spec.burst.quality_budget
+    for b in sorted(spec.bursts, key=lambda v: v.quality_cost):
+        gap = plan.fast_qps - ready_qps
+        if starting and gap > 0:
+            n = math.ceil(gap / b.capacity_qps - 1e-9)
+            if budget < 1:
+                n = min(n, math.floor(budget / (1 - budget) * desired[primary.name] * cap_p / b.capacity_qps + 1e-9))
+            n = clamp(n, spec.bounds(b).min, spec.bounds(b).max)
+            if n > desired[b.name]:
+                reasons.append(f"{b.name} bridges {primary.name} start-up: {desired[b.name]}→{n} "
+                               f"for {gap:.3g} qps over ready capacity")
+                desired[b.name] = n
+                if n > current[b.name]:
+                    state.slo.burst_since = now
+        ready_qps += desired[b.name] * b.capacity_qps
+        since = state.slo.burst_since
+        hold = plan.summary.lead_seconds.get(b.name, 0.0)
+        if desired[b.name] < current[b.name] and since is not None and (now - since).total_seconds() < hold:
+            desired[b.name] = current[b.name]
+            reasons.append(f"{b.name} kept at {current[b.name]}: started {(now - since).total_seconds():.0f} s ago "
+                           f"< its lead time {hold:.0f} s")
 
 
 def _finish(

@@ -118,6 +118,8 @@ class RunRecord:
     dropped: np.ndarray
     scale_events: int = 0
     cold_starts: int = 0
+    pods_started: int = 0
+    pods_deleted: int = 0
     extra: dict = field(default_factory=dict)
 
 
@@ -174,7 +176,7 @@ class ClusterView:
         if lam.sum() <= 0:
             return None
         shares = _shares(r.ready[a:b], self.sc.mus)
-        q = quantile(0.95, lam, r.rho[a:b], r.wait[a:b], self.sc.mus, shares)
+        q = quantile(0.95, lam, r.rho[a:b], r.wait[a:b], self.sc.mus, shares, iterations=24)  # to ~40 µs
         return 1000.0 * float(q)
 
 
@@ -225,7 +227,7 @@ def run(sc: Scenario, policy: Policy, progress: Callable[[float], None] | None =
     Q = 0.0
     next_sync = sc.i0 * dt
     sync = float(policy.sync_seconds)
-    events = cold = 0
+    events = cold = started = deleted = 0
     ready_rec, pods_rec = rec.ready, rec.pods
     rho_rec, util_rec, wait_rec, q_rec, drop_rec = rec.rho, rec.util, rec.wait, rec.backlog, rec.dropped
     report_every = max(1, m // 100)
@@ -253,8 +255,10 @@ def run(sc: Scenario, policy: Policy, progress: Callable[[float], None] | None =
                     if w > cur:
                         ready_at = t + startup[v]
                         starting[v].extend([ready_at] * (w - cur))
+                        started += w - cur
                     elif w < cur:
                         remove = cur - w
+                        deleted += remove
                         k = min(remove, len(starting[v]))
                         for _ in range(k):
                             starting[v].pop()
@@ -294,6 +298,8 @@ def run(sc: Scenario, policy: Policy, progress: Callable[[float], None] | None =
         if progress is not None and j % report_every == 0:
             progress(j / m)
     rec.scale_events = events
+    rec.pods_started = started
+    rec.pods_deleted = deleted
     rec.cold_starts = cold
     if progress is not None:
         progress(1.0)

@@ -56,6 +56,7 @@ DEFAULT_SPEC_DICT: dict = {
         "scaleDown": {"stabilizationWindowSeconds": 60, "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]},
     },
     "burst": {"enabled": True, "shortPeakSeconds": 900, "qualityBudget": 0.5},
+    "slo": {"enabled": True, "attainment": 0.99},
     "syncPeriodSeconds": 15,
 }
 

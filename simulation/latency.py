@@ -47,7 +47,8 @@ def tail(x: np.ndarray | float, rho: np.ndarray, wait: np.ndarray, mus: np.ndarr
 
 
 def quantile(q: float, weights: np.ndarray, rho: np.ndarray, wait: np.ndarray, mus: np.ndarray,
-             shares: np.ndarray, groups: np.ndarray | None = None, hi: float = 600.0) -> np.ndarray | float:
+             shares: np.ndarray, groups: np.ndarray | None = None, hi: float = 600.0,
+             iterations: int = 50) -> np.ndarray | float:
     """The q-quantile of latency (seconds) over ticks weighted by ``weights`` (requests).
 
     With ``groups`` (sorted group index per tick), one quantile per group, all bisected together.
@@ -63,7 +64,7 @@ def quantile(q: float, weights: np.ndarray, rho: np.ndarray, wait: np.ndarray, m
     lo = np.zeros(n_groups)
     high = np.full(n_groups, hi)
     target = 1.0 - q
-    for _ in range(50):
+    for _ in range(iterations):
         mid = (lo + high) / 2
         over = np.bincount(groups, weights=w * tail(mid[groups], rho, wait, mus, shares), minlength=n_groups)
         with np.errstate(invalid="ignore", divide="ignore"):

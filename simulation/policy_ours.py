@@ -82,7 +82,8 @@ class OursPolicy:
         window = spec.metrics.window_seconds
         now = _dt(view.epoch)
         util = view.utilisation(window, delay)
-        latency = view.latency_p95_ms(window, delay) if spec.metrics.rules.latency.enabled else None
+        latency = (view.latency_p95_ms(window, delay)
+                   if spec.metrics.rules.latency.enabled or spec.slo.enabled else None)
         snapshot = MetricSnapshot(
             qps=view.qps(window, delay),
             cpu=None if util is None or sum(view.ready) == 0 else 100.0 * util,

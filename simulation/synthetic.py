@@ -69,3 +69,60 @@ def synthetic_trace(
             f"{count} bursts, noise {noise:g}, seed {seed}")
     return Trace(name=f"synthetic-{days:g}d-seed{seed}", step_seconds=step_seconds, requests=counts, kind="requests",
                  source="synthetic", notes=(note,))
+
+
+GENERATED = ("spiky", "flash", "growth", "social")
+"""Kinds of :func:`generated_trace`: shapes the policy is checked on besides the shared traces."""
+
+
+def generated_trace(kind: str, days: float = 10.0, mean_qps: float = 250.0, seed: int = 1) -> Trace:
+    """Seeded traces of shapes the shared ones lack, to check that the policy generalises:
+
+    * ``spiky``: 5-min bins, weak daily pattern (±15 %), log-normal noise with lag-1 autocorrelation
+      about 0.2, about 6 spikes a day of 3-10× the mean lasting 2-10 min (a web load balancer);
+    * ``flash``: 1-min bins, diurnal ±60 %, a 6× flash crowd of 20 min (2 min rise) every ~3 days;
+    * ``growth``: 5-min bins, daily and weekly pattern, 3 %/day growth;
+    * ``social``: 5-min bins, heavy-tailed bursts (Pareto heights) on a slowly wandering level,
+      peak/mean about 20 (a social-media message volume).
+    """
+    if kind not in GENERATED:
+        raise ValueError(f"unknown generated trace {kind!r} (known: {', '.join(GENERATED)})")
+    rng = np.random.default_rng(seed)
+    step = 60 if kind == "flash" else 300
+    n = int(round(days * DAY / step))
+    t = (np.arange(n) + 0.5) * step
+    phase = 2 * np.pi * (t % DAY) / DAY
+    if kind == "spiky":
+        x = np.empty(n)
+        acc = 0.0
+        for i in range(n):
+            acc = 0.2 * acc + rng.normal(0, 0.35)
+            x[i] = acc
+        rate = (1 + 0.15 * np.sin(phase - 2.5)) * np.exp(x)
+        for start in rng.uniform(0, n * step, rng.poisson(6 * days)):
+            dur = rng.uniform(120, 600)
+            rate += np.where((t >= start) & (t < start + dur), rng.uniform(3, 10), 0.0)
+    elif kind == "flash":
+        rate = 1 + 0.6 * np.sin(phase - 2 * np.pi * 9.5 / 24)
+        rate *= np.exp(rng.normal(0, 0.05, n))
+        for start in rng.uniform(0, n * step, max(1, rng.poisson(days / 3))):
+            dt = t - start
+            shape = np.where(dt < 0, 0.0, np.where(dt < 120, dt / 120, np.where(dt < 1200, 1.0, 0.0)))
+            rate = rate * (1 + 5 * shape)
+    elif kind == "growth":
+        dow = (t // DAY) % 7
+        rate = (1 + 0.5 * np.sin(phase - 2 * np.pi * 9.5 / 24)) * np.where(dow >= 5, 0.7, 1.0)
+        rate *= 1.03 ** (t / DAY) * np.exp(rng.normal(0, 0.05, n))
+    else:  # social
+        level = np.exp(np.cumsum(rng.normal(0, 0.02, n)))
+        rate = level * (1 + 0.3 * np.sin(phase)) * np.exp(rng.normal(0, 0.25, n))
+        for start in rng.uniform(0, n * step, rng.poisson(3 * days)):
+            decay = rng.uniform(600, 3600)
+            dt = t - start
+            rate += np.where(dt < 0, 0.0, (rng.pareto(1.5) + 1) * 2 * np.exp(-np.maximum(dt, 0) / decay))
+    rate = np.clip(rate, 0, None)
+    rate *= mean_qps / rate.mean()
+    counts = rng.poisson(rate * step).astype(float)
+    note = f"generated {kind}: {days:g} d, mean {mean_qps:g} qps, seed {seed}, peak/mean {rate.max() / rate.mean():.1f}"
+    return Trace(name=f"gen-{kind}-seed{seed}", step_seconds=step, requests=counts, kind="requests",
+                 source="generated", notes=(note,))
