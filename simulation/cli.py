@@ -46,16 +46,17 @@ class _Progress:
 
 
 def _load_spec(path: Path):
-    import yaml
-
+    """One ModelDeployment (or a bare spec) read with the same bounded, strict loader as `validate`."""
     from ..api import SpecError, parse_manifest, parse_spec
+    from ..api.yamlio import ManifestError, load_file
 
     try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+        docs = load_file(path)
+    except ManifestError as exc:
+        raise ValueError(str(exc)) from None
+    if len(docs) != 1:
+        raise ValueError(f"{path}: expected one ModelDeployment, found {len(docs)} YAML documents")
+    doc = docs[0]
     try:
         if isinstance(doc, dict) and "kind" in doc:
             return parse_manifest(doc, str(path)).spec

@@ -102,3 +102,26 @@ def test_cli_bad_trace_names_the_line(tmp_path):
     app.command()(backtest)
     res = CliRunner().invoke(app, ["--trace", str(bad), "--out", str(tmp_path)])
     assert res.exit_code == 1 and "line 3" in res.output
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("spec:\n  replicas: {min: 1}\n  replicas: {min: 2}\n", "duplicate"),
+        ("a: " + "[" * 400 + "]" * 400 + "\n", "deep"),
+        ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+            f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+            f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+            for i in range(8)), "alias"),
+    ],
+    ids=["duplicate-keys", "deep-nesting", "billion-laughs"],
+)
+def test_cli_spec_is_read_with_the_bounded_loader(tmp_path, text, message):
+    """`backtest --spec` reads YAML as `validate` does: a clear one-line error, no traceback, no hang."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    app = typer.Typer()
+    app.command()(backtest)
+    res = CliRunner().invoke(app, ["--spec", str(spec), "--out", str(tmp_path)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert str(spec) in res.output and message in res.output.lower(), res.output
