@@ -105,6 +105,12 @@ def versioned_store_root(uri: str, version: str) -> str:
 
 
 SUBMODELS_DIR = "/etc/elastiserve/submodels"
+ARTIFACTS_DIR = "/var/cache/elastiserve/artifacts"
+"""Where a model server keeps artifacts read from s3:// or http(s):// stores: an emptyDir (the root
+filesystem is read-only), sized a little above the cache's own budget."""
+ARTIFACTS_BUDGET = "4Gi"
+ARTIFACTS_SIZE_LIMIT = "5Gi"
+REMOTE_SCHEMES = ("s3://", "http://", "https://")
 ANNOTATION_SUBMODELS = "elastiserve.dev/submodels"
 SUBMODELS_KEY = "models"
 
@@ -159,6 +165,7 @@ def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: 
         versioned_store_root(s.uri, s.version or version) for s in spec.model.sub_models
     ]))
     preload = ",".join(lazy.preload)
+    remote = any(r.startswith(REMOTE_SCHEMES) for r in roots)
     env: list[dict[str, Any]] = [
         {"name": "ELASTISERVE_MODELDEPLOYMENT", "value": name},
         {"name": "ELASTISERVE_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -179,6 +186,9 @@ def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: 
     ]
     if spec.model.sub_models:
         env.append({"name": "ELASTISERVE_MODELS_FILE", "value": f"{SUBMODELS_DIR}/{SUBMODELS_KEY}"})
+    if remote:
+        env += [{"name": "ELASTISERVE_ARTIFACT_CACHE_DIR", "value": ARTIFACTS_DIR},
+                {"name": "ELASTISERVE_ARTIFACT_CACHE_BUDGET", "value": ARTIFACTS_BUDGET}]
     if not lazy.enabled:
         env = [{"name": "ELASTISERVE_PRELOAD", "value": "all"} if e["name"] == "ELASTISERVE_PRELOAD" else e for e in env]
     # `elastiserve serve` listens on 127.0.0.1:8080 by default (right for a developer's shell, unreachable
@@ -285,6 +295,10 @@ def build_deployment(
         body["spec"]["template"]["spec"]["volumes"] = [
             {"name": "submodels", "configMap": {"name": submodels_name(name, canary)}}
         ]
+    if any(e["name"] == "ELASTISERVE_ARTIFACT_CACHE_DIR" for e in container["env"]):
+        container.setdefault("volumeMounts", []).append({"name": "artifacts", "mountPath": ARTIFACTS_DIR})
+        body["spec"]["template"]["spec"].setdefault("volumes", []).append(
+            {"name": "artifacts", "emptyDir": {"sizeLimit": ARTIFACTS_SIZE_LIMIT}})
     body["metadata"]["annotations"] = {ANNOTATION_HASH: spec_hash(body["spec"])}
     return body
 

@@ -156,6 +156,8 @@ def test_a_modeldeployment_gets_a_ready_model_server_pod_that_serves_through_its
                 "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "500m", "memory": "1Gi"}},
             },
             "replicas": {"min": 1, "max": 1},
+            # The activator serves only models that scale to zero (issue 18); idle for an hour first.
+            "scaleToZero": {"enabled": True, "idleSeconds": 3600},
         },
     })
     created = time.monotonic()
@@ -187,12 +189,13 @@ def test_a_modeldeployment_gets_a_ready_model_server_pod_that_serves_through_its
     out = wait_until(embed, timeout=30, interval=0.5, what=f"POST {url}")
     assert out["dim"] == 384 and len(out["embeddings"]) == 2
     # ...and through the in-cluster activator, which finds the replica with its KubernetesResolver
-    # (the EndpointSlices of minilm-pods, read with its ServiceAccount) and forwards to the pod
+    # (the EndpointSlices of minilm-pods, read with its ServiceAccount) and forwards to the pod. It routes
+    # by the Service the caller reached (the Host name), as a request sent to that Service at zero would.
     activator = k.kubectl_json("-n", SYSTEM_NS, "get", "service", f"{RELEASE}-elastiserve-activator")
     via = urllib.request.Request(
         f"http://{activator['spec']['clusterIP']}:80/v1/models/minilm:embed",
         data=json.dumps({"texts": ["through the activator"]}).encode(),
-        headers={"Content-Type": "application/json", "X-Elastiserve-Model": f"{ns}/minilm"})
+        headers={"Content-Type": "application/json", "Host": f"minilm.{ns}.svc"})
     with urllib.request.urlopen(via, timeout=30) as resp:  # noqa: S310 - our own Service
         assert resp.status == 200
         assert json.loads(resp.read())["dim"] == 384

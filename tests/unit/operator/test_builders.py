@@ -54,8 +54,9 @@ def test_int8_variant_runs_the_quantized_artifact_with_its_own_resources():
     assert env["ELASTISERVE_MODEL_STORE"] == "file:///models/minilm,file:///models/legal,s3://models/medical"
     # Sub-models come from a mounted ConfigMap, so editing one never changes the pod template.
     assert env["ELASTISERVE_MODELS_FILE"] == "/etc/elastiserve/submodels/models"
-    volume, = int8["spec"]["template"]["spec"]["volumes"]
+    volume, artifacts = int8["spec"]["template"]["spec"]["volumes"]  # a sub-model lives in s3://: a disk cache
     assert volume["configMap"]["name"] == "e-submodels"
+    assert artifacts == {"name": "artifacts", "emptyDir": {"sizeLimit": builders.ARTIFACTS_SIZE_LIMIT}}
     assert container["resources"]["requests"]["cpu"] == "500m"
 
 
@@ -228,3 +229,23 @@ def test_operator_variables_cannot_be_overridden_by_template_env():
     env = builders.server_env(spec, "m", spec.primary)
     stores = [e for e in env if e["name"] == "ELASTISERVE_MODEL_STORE"]
     assert stores == [{"name": "ELASTISERVE_MODEL_STORE", "value": "/s"}]
+
+
+@pytest.mark.parametrize("uri, remote", [("s3://models/minilm", True), ("http://10.250.0.1:8000/minilm", True),
+                                         ("file:///models/minilm", False)])
+def test_remote_stores_get_a_writable_artifact_cache(uri, remote):
+    """The root filesystem is read-only: artifacts read from a bucket or an HTTP store need an emptyDir."""
+    md = parse_manifest({"apiVersion": "elastiserve.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "m"},
+                         "spec": {"model": {"name": "m", "uri": uri}}})
+    dep = builders.build_deployment(md.spec, "m", "ns", "u", md.spec.primary)
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    if remote:
+        assert env["ELASTISERVE_ARTIFACT_CACHE_DIR"] == mounts["artifacts"] == builders.ARTIFACTS_DIR
+        assert "emptyDir" in volumes["artifacts"]
+    else:
+        assert "ELASTISERVE_ARTIFACT_CACHE_DIR" not in env and "artifacts" not in volumes
