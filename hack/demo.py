@@ -137,6 +137,8 @@ class Stack:
     keep: bool
     trace: Path | None
     procs: list[subprocess.Popen] = field(default_factory=list)
+    jaeger: object | None = None
+    """Jaeger (tests/support/jaeger.py) when its binary is built: every component sends it traces."""
     cleanups: list = field(default_factory=list)
 
     # ---- processes

@@ -112,6 +112,24 @@ def start_prometheus(stack: Stack, curve, origin: float, twins_dir: Path, ports:
     return prom
 
 
+def start_tracing(stack: Stack) -> dict[str, str]:
+    """Jaeger for the operator's cycles and the requests, if it is built (`make cluster-build` builds it;
+    the demo does not wait ~10 min for a build of its own). Returns the OTEL_* settings to run with."""
+    from support.jaeger import start_jaeger
+
+    if subprocess.call([str(ROOT / "hack" / "jaeger.sh"), "path"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL) != 0:
+        say("tracing off: Jaeger is not built (hack/jaeger.sh build, or make cluster-build, turns it on)")
+        return {}
+    work = stack.out / "jaeger"
+    work.mkdir(parents=True, exist_ok=True)
+    jaeger, stop = start_jaeger(work)
+    stack.cleanups.append(stop)
+    stack.jaeger = jaeger
+    say(f"Jaeger at {jaeger.query_url} (a trace per scaling cycle and per request; docs/observability.md)")
+    return jaeger.env()
+
+
 def run_live(stack: Stack) -> None:
     from podtwin import PodTwins, free_port
     from loadgen import LoadGen
@@ -138,7 +156,8 @@ def run_live(stack: Stack) -> None:
     (stack.out / "modeldeployment.yaml").write_text(json.dumps(manifest, indent=2))
     cluster.apply(manifest)
 
-    env = dict(cluster.env) | {"PYTHONUNBUFFERED": "1"}
+    # The operator and the activator trace; the model-server pods inherit the operator's OTEL_* settings.
+    env = dict(cluster.env) | {"PYTHONUNBUFFERED": "1"} | start_tracing(stack)
     op_env = env | {"KUBECONFIG": str(sa_kubeconfig(cluster, "elastiserve-operator", stack.out / "operator.kubeconfig"))}
     stack.spawn("operator", [sys.executable, "-m", "elastiserve.cli", "run", "-A", "--prometheus-url", prom.url,
                              "--metrics-port", str(ports["operator"]),
@@ -240,6 +259,22 @@ def _woke_per_events(cluster) -> bool:
     return "RoutedToActivator" in first and "RoutedToPods" in first and first["RoutedToActivator"] < first["RoutedToPods"]
 
 
+def trace_report(jaeger, cluster, out: Path) -> dict:
+    """Which components sent traces, and the newest scaling cycle's trace drawn as a waterfall."""
+    report: dict = {"jaeger": jaeger.query_url, "services": sorted(jaeger.services())}
+    items = cluster.kubectl_json("get", "events", "-n", NAMESPACE, "--field-selector",
+                                 f"involvedObject.name={MDEP}")["items"]
+    scaled = [e for e in items if e.get("reason") in ("Scaled", "ScaledToZero") and "(trace " in e.get("message", "")]
+    if scaled:
+        newest = max(scaled, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        trace_id = newest["message"].rsplit("(trace ", 1)[1].rstrip(")")
+        (out / "cycle-trace.json").write_text(json.dumps(jaeger.raw(trace_id)))
+        rc = subprocess.call([sys.executable, str(ROOT / "hack" / "trace-png.py"), str(out / "cycle-trace.json"),
+                              str(out / "cycle-trace.png"), "--title", f"scaling cycle: {newest['message'][:80]}"])
+        report["cycle_trace"] = {"id": trace_id, "drawn": rc == 0}
+    return report
+
+
 def write_report(stack: Stack, cluster, prom, timeline: Timeline) -> None:
     import matplotlib
 
@@ -289,6 +324,8 @@ def write_report(stack: Stack, cluster, prom, timeline: Timeline) -> None:
                               "--since", f"{max(5, int(stack.duration / 60) + 1)}m", "--var", f"namespace={NAMESPACE}",
                               "--var", f"modeldeployment={MDEP}"])
         summary["dashboards_rendered"] = rc == 0
+    if stack.jaeger is not None:
+        summary["tracing"] = trace_report(stack.jaeger, cluster, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     say("summary: " + json.dumps(summary))
     say(f"report written to {out} (timeline.png, events.txt, timeline.json, summary.json, dashboards/)")

@@ -39,3 +39,7 @@ def test_short_demo_scales_for_the_promised_reasons(tmp_path):
         assert (out / name).stat().st_size > 0
     events = (out / "events.txt").read_text()
     assert "ScaledToZero" in events and "Scaled" in events
+    # Jaeger is built by `make cluster-build`: the demo traces all three components.
+    tracing = summary["tracing"]
+    assert {"elastiserve-operator", "elastiserve-activator", "elastiserve-server"} <= set(tracing["services"]), tracing
+    assert tracing["cycle_trace"]["drawn"] and (out / "cycle-trace.png").stat().st_size > 0

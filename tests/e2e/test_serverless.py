@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -256,6 +257,11 @@ def test_zero_to_one_and_back(k8s_cluster, namespace, prometheus_factory, operat
         patches = [s for s in cycle if s.name == "apply Deployment"
                    and s.tags.get("elastiserve.field_manager") == "elastiserve-scaler"]
         assert patches, sorted(s.name for s in cycle)
+        dump = os.environ.get("ELASTISERVE_TRACE_DUMP")  # docs/observability.md draws its figures from these
+        if dump:
+            Path(dump).mkdir(parents=True, exist_ok=True)
+            (Path(dump) / "wake-request.json").write_text(json.dumps(jaeger.raw(trace_id)))
+            (Path(dump) / "scaling-cycle.json").write_text(json.dumps(jaeger.raw(cycle_id)))
 
         # Turning scale-to-zero off restores the minimum.
         k8s_cluster.kubectl("patch", "mdep", "lm", "-n", namespace, "--type=merge",

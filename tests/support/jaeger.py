@@ -46,6 +46,10 @@ class Jaeger:
         """OTEL_* settings that send a component's spans here, flushed every 200 ms."""
         return {"OTEL_EXPORTER_OTLP_ENDPOINT": self.otlp_url, "OTEL_BSP_SCHEDULE_DELAY": "200", **extra}
 
+    def raw(self, trace_id: str) -> dict:
+        """Jaeger's JSON for one trace, as its query API returns it (for saving and drawing)."""
+        return self._get(f"/api/traces/{trace_id}")
+
     def _get(self, path: str) -> Any:
         with urllib.request.urlopen(f"{self.query_url}{path}", timeout=5) as r:
             return json.loads(r.read())
@@ -93,25 +97,33 @@ def jaeger_binary() -> Path:
     if proc.returncode != 0:
         build = subprocess.run([str(JAEGER_SH), "build"], capture_output=True, text=True, timeout=3600)
         if build.returncode != 0:
-            pytest.fail(f"hack/jaeger.sh build failed:\n{build.stderr[-3000:]}")
+            raise RuntimeError(f"hack/jaeger.sh build failed:\n{build.stderr[-3000:]}")
         proc = subprocess.run([str(JAEGER_SH), "path"], capture_output=True, text=True, timeout=30)
     if proc.returncode != 0:
-        pytest.fail(f"Jaeger is not built: {proc.stderr.strip()}")
+        raise RuntimeError(f"Jaeger is not built: {proc.stderr.strip()}")
     return Path(proc.stdout.strip())
 
 
-@pytest.fixture(scope="module")
-def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
+def start_jaeger(work: Path) -> tuple[Jaeger, Callable[[], None]]:
+    """Build (if needed) and start Jaeger on free loopback ports; returns it and a stop function.
+    Used by the fixture below and by the demo (hack/live.py)."""
     binary = jaeger_binary()
-    work = tmp_path_factory.mktemp("jaeger")
     otlp, query = free_port(), free_port()
-    config = work / "config.yaml"
+    config = work / "jaeger.yaml"
     config.write_text(subprocess.run([str(JAEGER_SH), "config", str(otlp), str(query)], check=True,
                                      capture_output=True, text=True, timeout=30).stdout)
     log = work / "jaeger.log"
     proc = subprocess.Popen([str(binary), "--config", str(config)], stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True, env={**os.environ, "GOMAXPROCS": "1"})
     j = Jaeger(f"http://127.0.0.1:{otlp}", f"http://127.0.0.1:{query}")
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
     def up() -> bool:
         if proc.poll() is not None:
@@ -121,11 +133,19 @@ def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
 
     try:
         wait_until(up, timeout=60, interval=0.2, what="Jaeger query API")
+    except BaseException:
+        stop()
+        raise
+    return j, stop
+
+
+@pytest.fixture(scope="module")
+def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
+    try:
+        j, stop = start_jaeger(tmp_path_factory.mktemp("jaeger"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
         yield j
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop()
