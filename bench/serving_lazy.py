@@ -36,28 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from elastiserve.serving import paths
-
+from elastiserve.serving.builder import ensure_model
 
 _T0 = time.perf_counter()
 
 
 def log(msg: str) -> None:
     print(f"[serving_lazy {time.perf_counter() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def ensure_model(variant: str) -> Path:
-    d = paths.model_dir(paths.DEFAULT_MODEL_NAME)
-    if not (d / paths.VARIANT_FILES["fp32"]).exists():
-        from elastiserve.serving.builder import build_model
-
-        log(f"building the model into {d}")
-        build_model(d)
-    if variant == "int8" and not (d / paths.VARIANT_FILES["int8"]).exists():
-        from elastiserve.serving.quantize import quantize_model
-
-        log("quantising")
-        quantize_model(d)
-    return d
 
 
 def zipf_requests(n_models: int, s: float, mean_session: float, n_requests: int, seed: int) -> list[int]:
@@ -246,7 +231,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     a = ap.parse_args()
 
-    src = ensure_model(a.variant)
+    src = ensure_model(a.variant, log)
     art = paths.VARIANT_FILES[a.variant]
     size = (src / art).stat().st_size
     from elastiserve.serving.sentences import workload_sentences

@@ -33,29 +33,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from elastiserve.serving.builder import ensure_model
+
 REPO = Path(__file__).resolve().parents[1]
 _T0 = time.perf_counter()
 
 
 def log(msg: str) -> None:
     print(f"[serving_s3 {time.perf_counter() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def ensure_model() -> Path:
-    from elastiserve.serving import paths
-
-    d = paths.model_dir(paths.DEFAULT_MODEL_NAME)
-    if not (d / paths.VARIANT_FILES["fp32"]).exists():
-        from elastiserve.serving.builder import build_model
-
-        log(f"building MiniLM into {d}")
-        build_model(d)
-    if not (d / paths.VARIANT_FILES["int8"]).exists():
-        from elastiserve.serving.quantize import quantize_model
-
-        log("quantising to INT8")
-        quantize_model(d)
-    return d
 
 
 def s3_up(state: Path) -> dict[str, str]:
@@ -93,7 +78,7 @@ def main() -> None:
     from elastiserve.serving.store import ModelStore
     from elastiserve.serving.textproc import load_tokenizer
 
-    model_dir = ensure_model()
+    model_dir = ensure_model("int8", log)
     work = Path(tempfile.mkdtemp(prefix="es-bench-s3-"))
     state = work / "s3"
     try:

@@ -33,27 +33,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support.devstack import free_port  # noqa: E402
 
+from elastiserve.serving.builder import ensure_model  # noqa: E402
+
 SETTINGS = {"off": None, "sampled_1pct": "0.01", "sampled_100pct": "1.0"}
 
 
 def log(msg: str) -> None:
     print(f"[tracing] {msg}", file=sys.stderr, flush=True)
-
-
-def ensure_model(variant: str) -> Path:
-    from elastiserve.serving import paths
-
-    d = paths.model_dir(paths.DEFAULT_MODEL_NAME)
-    if not (d / paths.VARIANT_FILES["fp32"]).exists():
-        from elastiserve.serving.builder import build_model
-
-        log(f"building the model into {d}")
-        build_model(d)
-    if variant == "int8" and not (d / paths.VARIANT_FILES["int8"]).exists():
-        from elastiserve.serving.quantize import quantize_model
-
-        quantize_model(d)
-    return d
 
 
 def start_jaeger(work: Path) -> tuple[subprocess.Popen, str, str]:
@@ -141,7 +127,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    model_dir = ensure_model(args.variant)
+    model_dir = ensure_model(args.variant, log)
     with tempfile.TemporaryDirectory(prefix="bench-tracing-") as tmp:
         work = Path(tmp)
         procs = []

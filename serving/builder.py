@@ -329,3 +329,21 @@ def build_tiny_model(out_dir: Path, *, hidden: int = 8, layers: int = 1, heads: 
 def copy_model_dir(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, dirs_exist_ok=True)
     return dst
+
+
+def ensure_model(variant: str = "fp32", log=None) -> Path:
+    """The MiniLM model folder in the model cache, built (and, for ``int8``, quantised) on first use.
+
+    ``log``: called with a line before each slow step (benchmarks print progress with it)."""
+    d = paths.model_dir(paths.DEFAULT_MODEL_NAME)
+    if not (d / paths.VARIANT_FILES["fp32"]).exists():
+        if log:
+            log(f"building MiniLM into {d}")
+        build_model(d)
+    if variant == "int8" and not (d / paths.VARIANT_FILES["int8"]).exists():
+        from .quantize import quantize_model
+
+        if log:
+            log("quantising to INT8")
+        quantize_model(d)
+    return d

@@ -7,6 +7,7 @@ Jaeger.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import aiohttp
@@ -70,23 +71,30 @@ class ServerOnWake:
         self.endpoints.write_text(json.dumps({key: [str(self.server.make_url("/")).rstrip("/")]}))
 
 
-async def test_a_request_that_wakes_a_model_is_one_trace(spans, store, tmp_path):
+@contextlib.asynccontextmanager
+async def activator_at_zero(store, tmp_path):
+    """An activator in front of a model with no replica; the first request starts a real server."""
     endpoints = tmp_path / "endpoints.json"
     waker = ServerOnWake(store, endpoints)
     act = Activator(FileResolver(endpoints), waker, timeout=20, poll_interval=0.01)
     front = TestServer(act.app())
     await front.start_server()
-    spans.clear()
     try:
         async with aiohttp.ClientSession() as session:
-            body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["wake up"]}]}
-            headers = {"Host": HOST, "traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-01"}
-            async with session.post(front.make_url("/v2/models/alpha/infer"), json=body, headers=headers) as r:
-                assert r.status == 200, await r.text()
+            yield session, front.make_url("/v2/models/alpha/infer")
     finally:
         await front.close()
         if waker.server is not None:
             await waker.server.close()
+
+
+async def test_a_request_that_wakes_a_model_is_one_trace(spans, store, tmp_path):
+    async with activator_at_zero(store, tmp_path) as (session, url):
+        spans.clear()
+        body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["wake up"]}]}
+        headers = {"Host": HOST, "traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-01"}
+        async with session.post(url, json=body, headers=headers) as r:
+            assert r.status == 200, await r.text()
 
     finished = {s.name: s for s in spans.get_finished_spans()}
     assert {s.context.trace_id for s in finished.values()} == {int(TRACE_ID, 16)}, sorted(finished)
@@ -115,26 +123,15 @@ async def test_a_request_that_wakes_a_model_is_one_trace(spans, store, tmp_path)
 
 
 async def test_held_requests_link_to_the_wake_they_waited_for(spans, store, tmp_path):
-    endpoints = tmp_path / "endpoints.json"
-    waker = ServerOnWake(store, endpoints)
-    act = Activator(FileResolver(endpoints), waker, timeout=20, poll_interval=0.01)
-    front = TestServer(act.app())
-    await front.start_server()
-    spans.clear()
-    try:
-        async with aiohttp.ClientSession() as session:
-            body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]}]}
+    async with activator_at_zero(store, tmp_path) as (session, url):
+        spans.clear()
+        body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]}]}
 
-            async def one():
-                async with session.post(front.make_url("/v2/models/alpha/infer"), json=body,
-                                        headers={"Host": HOST}) as r:
-                    return r.status
+        async def one():
+            async with session.post(url, json=body, headers={"Host": HOST}) as r:
+                return r.status
 
-            assert await asyncio.gather(*(one() for _ in range(5))) == [200] * 5
-    finally:
-        await front.close()
-        if waker.server is not None:
-            await waker.server.close()
+        assert await asyncio.gather(*(one() for _ in range(5))) == [200] * 5
     finished = spans.get_finished_spans()
     wakes = [s for s in finished if s.name == "activator.wake"]
     holds = [s for s in finished if s.name == "activator.hold"]
