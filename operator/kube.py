@@ -9,6 +9,7 @@ Temporary/Permanent errors with the API server's message, so kopf retries what c
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import re
 from typing import Any
@@ -49,13 +50,18 @@ def _apply_bodies_as_utf8(api_client: k8s.ApiClient) -> None:
     if getattr(rest, "_elastiserve_utf8", False):
         return
     original = rest.request
+    # By name, not position: the client's releases do not all order request()'s parameters alike
+    # (36.x: method, url, query_params, headers, body, ...).
+    signature = inspect.signature(original)
 
-    def request(method, url, headers=None, body=None, *args, **kwargs):
+    def request(*args, **kwargs):
+        call = signature.bind(*args, **kwargs)
+        headers, body = call.arguments.get("headers"), call.arguments.get("body")
         if headers and headers.get("Content-Type") == APPLY and isinstance(body, (dict, list)):
             text = json.dumps(body, ensure_ascii=False)
             # YAML refuses DEL and C1 controls raw (and may fold NEL): escape those, keep the rest as UTF-8
-            body = _YAML_UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
-        return original(method, url, headers, body, *args, **kwargs)
+            call.arguments["body"] = _YAML_UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
+        return original(*call.args, **call.kwargs)
 
     rest.request = request
     rest._elastiserve_utf8 = True
