@@ -9,7 +9,6 @@ Temporary/Permanent errors with the API server's message, so kopf retries what c
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import re
 from typing import Any
@@ -45,25 +44,26 @@ _YAML_UNPRINTABLE = re.compile("[\x7f-\x9f\ufffe\uffff]")
 def _apply_bodies_as_utf8(api_client: k8s.ApiClient) -> None:
     """Send apply patches as UTF-8 JSON. The client's own ``json.dumps`` escapes characters beyond U+FFFF
     as surrogate pairs (``\\ud800\\udc00``), which the API server's YAML decoder (apply patches are YAML)
-    refuses: a spec with such a character in an arg or env value could never be applied."""
+    refuses: a spec with such a character in an arg or env value could never be applied.
+
+    The body is re-encoded where it leaves the client, at the connection pool: the client's releases
+    differ above it (36.x serialises every apply body itself, and orders request()'s parameters
+    differently), the pool's ``request(method, url, body=..., headers=...)`` does not."""
     rest = api_client.rest_client
     if getattr(rest, "_elastiserve_utf8", False):
         return
-    original = rest.request
-    # By name, not position: the client's releases do not all order request()'s parameters alike
-    # (36.x: method, url, query_params, headers, body, ...).
-    signature = inspect.signature(original)
+    pool = rest.pool_manager
+    original = pool.request
 
-    def request(*args, **kwargs):
-        call = signature.bind(*args, **kwargs)
-        headers, body = call.arguments.get("headers"), call.arguments.get("body")
-        if headers and headers.get("Content-Type") == APPLY and isinstance(body, (dict, list)):
-            text = json.dumps(body, ensure_ascii=False)
+    def request(method, url, *args, **kwargs):
+        headers, body = kwargs.get("headers") or {}, kwargs.get("body")
+        if headers.get("Content-Type") == APPLY and isinstance(body, (str, bytes)):
+            text = json.dumps(json.loads(body), ensure_ascii=False)
             # YAML refuses DEL and C1 controls raw (and may fold NEL): escape those, keep the rest as UTF-8
-            call.arguments["body"] = _YAML_UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
-        return original(*call.args, **call.kwargs)
+            kwargs["body"] = _YAML_UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
+        return original(method, url, *args, **kwargs)
 
-    rest.request = request
+    pool.request = request
     rest._elastiserve_utf8 = True
 
 

@@ -1,30 +1,37 @@
-"""The apply-body encoding wraps the client's REST call by parameter name, whatever the client's version."""
+"""Apply bodies leave the installed kubernetes client as UTF-8 JSON (through its real REST layer)."""
 
 from __future__ import annotations
+
+import json
 
 from kubernetes import client as k8s
 
 from elastiserve.operator.kube import APPLY, _apply_bodies_as_utf8
 
 
-def test_apply_bodies_go_as_utf8_and_other_arguments_pass_through():
-    api = k8s.ApiClient()
-    seen: dict = {}
+class Pool:
+    """Stands in for the connection pool only: what the client would send over the wire."""
 
-    # The signature of kubernetes 36's RESTClientObject.request: query_params sits before headers.
-    def request(method, url, query_params=None, headers=None, body=None, post_params=None,
-                _preload_content=True, _request_timeout=None):
-        seen.update(method=method, query_params=query_params, headers=headers, body=body, timeout=_request_timeout)
-        return "sent"
+    def __init__(self):
+        self.sent: list[dict] = []
 
-    api.rest_client.request = request
+    def request(self, method, url, body=None, fields=None, headers=None, **kw):
+        self.sent.append({"method": method, "url": url, "body": body, "headers": dict(headers or {})})
+        return type("Response", (), {"status": 200, "reason": "OK", "data": b"{}", "headers": {},
+                                     "getheaders": lambda self: {}, "getheader": lambda self, k, d=None: d})()
+
+
+def test_apply_bodies_go_as_utf8_and_everything_else_as_the_client_sends_it():
+    api = k8s.ApiClient(k8s.Configuration(host="https://api.example"))
+    pool = api.rest_client.pool_manager = Pool()
     _apply_bodies_as_utf8(api)
-    assert api.rest_client.request("PATCH", "https://api/x", query_params=[("force", True)],
-                                   headers={"Content-Type": APPLY}, body={"arg": "\U0001F600\x85"},
-                                   _request_timeout=30) == "sent"
+    obj = {"kind": "Deployment", "arg": "\U0001F600\x85"}
+    api.rest_client.request("PATCH", "https://api.example/x", query_params=[("force", "true")],
+                            headers={"Content-Type": APPLY}, body=obj, _preload_content=False)
+    sent = pool.sent[-1]
     # beyond U+FFFF raw UTF-8 (not a surrogate pair the YAML decoder refuses); C1 controls escaped
-    assert seen["body"] == '{"arg": "\U0001F600\\u0085"}'.encode()
-    assert seen["query_params"] == [("force", True)] and seen["timeout"] == 30
-    # other requests are untouched
-    api.rest_client.request("GET", "https://api/y", headers={"Accept": "application/json"}, body={"k": "v"})
-    assert seen["body"] == {"k": "v"}
+    assert sent["body"] == '{"kind": "Deployment", "arg": "\U0001F600\\u0085"}'.encode()
+    assert json.loads(sent["body"]) == obj and sent["url"].endswith("?force=true")
+    api.rest_client.request("PATCH", "https://api.example/y", headers={"Content-Type": "application/merge-patch+json"},
+                            body=obj, _preload_content=False)
+    assert pool.sent[-1]["body"] == json.dumps(obj)  # other requests are untouched
