@@ -274,4 +274,6 @@ class Remote:
         fs = self.fs(uri)
         if urlsplit(uri).scheme == "s3":
             return fs.open(uri, "rb", block_size=block_size, cache_type="none", fill_cache=False)
-        return fs.open(uri, "rb", block_size=block_size)
+        # http(s): every read here is sequential (streamed to disk), so a streaming file (block_size=0)
+        # needs no Range support; plain file servers (python -m http.server) have none.
+        return fs.open(uri, "rb", block_size=0)

@@ -303,3 +303,27 @@ def test_server_with_an_s3_store_gets_a_disk_cache_and_a_bad_secret_folder_is_a_
     with pytest.raises(ServingError, match="s3-credentials-dir"):
         Server(ServerConfig(**cfg, s3_credentials_dir=str(tmp_path / "no-such-secret")))
     assert Server(ServerConfig(stores=[str(tmp_path)], models={"a": None})).artifacts is None
+
+
+def test_http_store_without_range_support_is_streamed_into_the_cache(tmp_path):
+    """A plain file server (no Range, no ETag) is a valid http(s) store: the download streams."""
+    import functools
+    import http.server
+
+    from elastiserve.serving.remote import Remote
+
+    (tmp_path / "www" / "m").mkdir(parents=True)
+    payload = bytes(range(256)) * 4096  # 1 MiB, several read chunks
+    (tmp_path / "www" / "m" / "model.onnx").write_bytes(payload)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cache = ArtifactCache(tmp_path / "cache", budget_bytes=4 << 20, remote=Remote(), chunk_bytes=64 << 10,
+                              retry=RetryPolicy(attempts=1, base_seconds=0.0), sleep=lambda s: None)
+        path = cache.fetch(f"http://127.0.0.1:{server.server_address[1]}/m/model.onnx")
+        assert path.read_bytes() == payload
+    finally:
+        server.shutdown()
+        server.server_close()
