@@ -58,9 +58,8 @@ def draw(trace: dict, out: Path, title: str) -> None:
     ax.set_xlabel("ms from the first span")
     ax.set_title(title, fontsize=10)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
-    ax.legend(handles, list(colours), loc="upper left", bbox_to_anchor=(0, -0.12 * 8 / max(8, len(rows)) - 0.1),
-              ncol=len(colours), fontsize=8, frameon=False)
-    fig.subplots_adjust(left=0.36, right=0.93, bottom=0.28 if len(rows) < 6 else 0.12)
+    fig.legend(handles, list(colours), loc="lower center", ncol=len(colours), fontsize=8, frameon=False)
+    fig.subplots_adjust(left=0.36, right=0.93, bottom=0.2 if len(rows) < 8 else 0.12)
     fig.savefig(out, dpi=110)
 
 
