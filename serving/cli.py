@@ -71,7 +71,7 @@ def quantize(
     per_channel: bool = typer.Option(True, help="Per-output-channel weight scales."),
     reduce_range: bool = typer.Option(False, help="7-bit weights (for CPUs without VNNI if accuracy suffers)."),
     smooth: bool = typer.Option(True, help="Exact activation-outlier rewrite before quantising (see docs/serving.md)."),
-    alpha: float = typer.Option(0.6, help="Smoothing strength (0 = weights only, 1 = activations only)."),
+    alpha: float = typer.Option(0.7, help="Smoothing strength (0 = weights only, 1 = activations only)."),
     outliers: int = typer.Option(2, help="FFN-output channels kept in fp32 per layer."),
 ) -> None:
     """Write model.int8.onnx next to model.onnx with onnxruntime.quantization."""

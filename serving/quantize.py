@@ -106,7 +106,7 @@ def quantize_static_model(src: Path, dst: Path, tokenizer, sentences: Sequence[s
 
 
 def quantize_model(model_dir: Path | None = None, *, method: str = "dynamic", per_channel: bool = True,
-                   reduce_range: bool = False, smooth: bool = True, alpha: float = 0.6, outliers: int = 2,
+                   reduce_range: bool = False, smooth: bool = True, alpha: float = 0.7, outliers: int = 2,
                    output: Path | None = None, calibration: Sequence[str] | None = None) -> QuantizeResult:
     """Write ``model.int8.onnx`` next to ``model.onnx`` in ``model_dir`` (or to ``output``).
 
@@ -209,7 +209,7 @@ def _value_projection_for(prod, producers, inits):
     return mm.input[1], node.input[1]
 
 
-def prepare_for_int8(model: onnx.ModelProto, tokenizer, sentences: Sequence[str], *, alpha: float = 0.6,
+def prepare_for_int8(model: onnx.ModelProto, tokenizer, sentences: Sequence[str], *, alpha: float = 0.7,
                      outliers: int = 2, batch: int = 8) -> tuple[onnx.ModelProto, list[str], list[dict]]:
     """Return (fp32-equivalent model, fp32 MatMul node names to keep unquantised, report)."""
     import numpy as np
