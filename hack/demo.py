@@ -270,7 +270,8 @@ def main() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if stack.keep and ok:
-            say("KEEP=1: everything is left running; `hack/cluster.sh down` and `pkill -f elastiserve` stop it")
+            pids = " ".join(str(p.pid) for p in stack.procs)
+            say(f"KEEP=1: everything is left running; stop it with `kill {pids}` and `hack/cluster.sh down`")
         else:
             stack.stop_all()
     if not ok:
