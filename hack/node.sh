@@ -482,14 +482,5 @@ node_down() {
 
 node_status() {
   node_present || { echo "real node: not running"; return 0; }
-  local c rc=0
-  for c in "${NODE_COMPONENTS[@]}"; do
-    if alive "${c}"; then
-      printf '%-24s running  pid %s\n' "${c}" "$(pid_of "${c}")"
-    else
-      printf '%-24s STOPPED\n' "${c}"
-      rc=1
-    fi
-  done
-  return "${rc}"
+  components_status "${NODE_COMPONENTS[@]}"
 }

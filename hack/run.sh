@@ -481,14 +481,10 @@ do_env() {
   printf 'export PATH=%q:%q:%q:"$PATH"\n' "$(k8s_dir)" "$(helm_dir)" "$(kwok_dir)"
 }
 
-do_status() {
-  if [[ ! -f "${MARKER}" ]]; then
-    echo "cluster: not running (no state in ${STATE})"
-    return 1
-  fi
-  load_ports || true
+# components_status NAME... : one line per component (running with its pid, or STOPPED); fails if any stopped.
+components_status() {
   local c rc=0
-  for c in "${COMPONENTS[@]}"; do
+  for c in "$@"; do
     if alive "${c}"; then
       printf '%-24s running  pid %s\n' "${c}" "$(pid_of "${c}")"
     else
@@ -496,6 +492,17 @@ do_status() {
       rc=1
     fi
   done
+  return "${rc}"
+}
+
+do_status() {
+  if [[ ! -f "${MARKER}" ]]; then
+    echo "cluster: not running (no state in ${STATE})"
+    return 1
+  fi
+  load_ports || true
+  local rc=0
+  components_status "${COMPONENTS[@]}" || rc=1
   echo "kube-apiserver: https://127.0.0.1:${APISERVER_PORT:-?}  etcd: http://127.0.0.1:${ETCD_PORT:-?}"
   echo "kubeconfig: ${STATE}/kubeconfig"
   node_status || rc=1
