@@ -10,6 +10,9 @@
 * One download per artifact: concurrent callers wanting the same entry wait for the one download.
 * LRU on disk, independent of the memory budget: before a download, least recently used entries not in
   use are removed until it fits. An artifact larger than the whole budget is refused with a clear error.
+* Derived files: a file computed from a verified artifact (ONNX Runtime's optimized graph, see
+  ``runtime.make_session``) may be kept in the artifact's entry (:meth:`ArtifactCache.derived_path`); it is
+  counted in the budget (:meth:`ArtifactCache.note_derived`) and leaves with the entry.
 * Revalidated: every fetch asks the store for the object's metadata (a HEAD); a deleted object drops its
   entries. When the store cannot be reached, the newest cached copy of that URI is used (with a warning),
   so an evicted model comes back from disk during an outage.
@@ -66,6 +69,11 @@ class CacheEntry:
     verified_by: str
     last_used: float
     users: int = 0
+    extra: int = 0  # bytes of derived files kept in the entry's folder
+
+    @property
+    def disk_bytes(self) -> int:
+        return self.size + self.extra
 
 
 @dataclass
@@ -96,13 +104,14 @@ class ArtifactCache:
 
     ``clock`` (wall seconds) orders the LRU; ``sleep`` is the retry backoff's; ``on_chunk(uri, done, total)``
     and ``on_retry(attempt, error)`` are seams for progress reporting and for fault-injection tests.
+    ``keep_derived`` False: loads keep no derived files (the benchmark's side-by-side reference).
     """
 
     def __init__(self, root: str | Path, *, budget_bytes: int, remote: Remote | None = None,
                  retry: RetryPolicy | None = None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, chunk_bytes: int = CHUNK,
                  on_chunk: Callable[[str, int, int], None] | None = None,
-                 on_retry: Callable[[int, FetchError], None] | None = None):
+                 on_retry: Callable[[int, FetchError], None] | None = None, keep_derived: bool = True):
         if budget_bytes <= 0:
             raise ValueError("the artifact cache budget must be positive")
         self.root = Path(root).expanduser()
@@ -112,6 +121,7 @@ class ArtifactCache:
         self.clock, self.sleep = clock, sleep
         self.chunk_bytes = chunk_bytes
         self.on_chunk, self.on_retry = on_chunk, on_retry
+        self.keep_derived = keep_derived
         self.stats = DiskStats()
         self._lock = threading.Lock()
         self._entries: dict[str, CacheEntry] = {}
@@ -132,7 +142,8 @@ class ArtifactCache:
                 if size != meta["size"]:
                     raise ValueError("size differs from the metadata")
                 self._entries[d.name] = CacheEntry(d.name, meta["uri"], meta.get("etag"), size, meta["digest"],
-                                                   meta.get("verified_by", "size"), (d / META).stat().st_mtime)
+                                                   meta.get("verified_by", "size"), (d / META).stat().st_mtime,
+                                                   extra=self._derived_bytes(d, clean=True))
             except (OSError, ValueError, KeyError) as e:
                 log.warning("artifact cache: removing unusable entry %s (%s)", d, e)
                 shutil.rmtree(d, ignore_errors=True)
@@ -140,9 +151,24 @@ class ArtifactCache:
             log.info("artifact cache %s: %d entries, %d bytes (budget %d)", self.root, len(self._entries),
                      self.used_bytes, self.budget)
 
+    @staticmethod
+    def _derived_bytes(d: Path, *, clean: bool = False) -> int:
+        """Bytes of the derived files in entry folder ``d``; ``clean``: remove unfinished ones (dot files)."""
+        total = 0
+        for f in d.iterdir():
+            if f.name in (DATA, META):
+                continue
+            if f.name.startswith("."):
+                if clean:
+                    _rm(f)
+                continue
+            with contextlib.suppress(OSError):
+                total += sum(x.stat().st_size for x in f.rglob("*") if x.is_file()) if f.is_dir() else f.stat().st_size
+        return total
+
     @property
     def used_bytes(self) -> int:
-        return sum(e.size for e in self._entries.values())
+        return sum(e.disk_bytes for e in self._entries.values())
 
     def entries(self) -> list[CacheEntry]:
         with self._lock:
@@ -158,6 +184,40 @@ class ArtifactCache:
 
     def path_of(self, key: str) -> Path:
         return self.root / key / DATA
+
+    def derived_path(self, data_path: Path, name: str) -> Path:
+        """Where a file derived from the artifact at ``data_path`` (as yielded by :meth:`local`) is kept."""
+        if not name or "/" in name or name.startswith(".") or name in (DATA, META):
+            raise ValueError(f"invalid derived file name {name!r}")
+        data_path = Path(data_path)
+        if data_path.parent.parent != self.root or data_path.name != DATA:
+            raise ValueError(f"{data_path} is not an artifact of the cache {self.root}")
+        return data_path.parent / name
+
+    def note_derived(self, path: Path) -> None:
+        """Count the derived file or folder ``path`` (from :meth:`derived_path`) in its entry's bytes, evicting least
+        recently used entries not in use if the budget is now exceeded; when that is not enough the derived
+        file is removed again (it is an optimization, never a reason to fail a load)."""
+        path = Path(path)
+        victims = []
+        with self._lock:
+            e = self._entries.get(path.parent.name)
+            if e is None or not path.exists():
+                return
+            e.extra = self._derived_bytes(path.parent)
+            for v in sorted(self._entries.values(), key=lambda x: x.last_used):
+                if self.used_bytes + self._reserved <= self.budget:
+                    break
+                if v.users == 0 and v is not e:
+                    self._remove(v)
+                    victims.append(v)
+            if self.used_bytes + self._reserved > self.budget:
+                _rm(path)
+                e.extra = self._derived_bytes(path.parent)
+        for v in victims:
+            self.stats.evictions += 1
+            log.info("artifact cache: evicted %s (etag %s, %d bytes, LRU) for a derived file", v.uri, v.etag,
+                     v.disk_bytes)
 
     def _note(self, msg: str) -> None:
         self.stats.events = (self.stats.events + [msg])[-50:]
@@ -427,12 +487,19 @@ class ArtifactCache:
             self._reserved += nbytes
         for e in victims:
             self.stats.evictions += 1
-            log.info("artifact cache: evicted %s (etag %s, %d bytes, LRU)", e.uri, e.etag, e.size)
+            log.info("artifact cache: evicted %s (etag %s, %d bytes, LRU)", e.uri, e.etag, e.disk_bytes)
 
     def _remove(self, e: CacheEntry) -> None:
         """Caller holds the lock."""
         self._entries.pop(e.key, None)
         shutil.rmtree(self.root / e.key, ignore_errors=True)
+
+
+def _rm(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
 
 
 def artifact_cache_for(config, store) -> ArtifactCache | None:

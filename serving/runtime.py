@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import platform
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -14,10 +19,15 @@ import onnxruntime as ort
 from . import paths
 from .textproc import encode, load_tokenizer
 
+log = logging.getLogger("elastiserve.serving.runtime")
+PROVIDERS = ["CPUExecutionProvider"]
 
-def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
+
+def session_options(intra_op_threads: int | None = None, *, optimize: bool = True) -> ort.SessionOptions:
+    """``optimize=False``: the graph is taken as it is (an already optimized graph, see :func:`make_session`)."""
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     threads = intra_op_threads
     if threads is None:
         env = os.environ.get("ELASTISERVE_INTRA_OP_THREADS")
@@ -32,9 +42,74 @@ def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
     return so
 
 
-def make_session(model: str | bytes | Path, intra_op_threads: int | None = None) -> ort.InferenceSession:
+def _cpu_tag() -> str:
+    """The instruction sets ORT's kernels and layout choices depend on (the ``flags`` of /proc/cpuinfo)."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                    break
+    except OSError:
+        pass
+    return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:12]
+
+
+def optimized_graph_name() -> str:
+    """Folder name of an optimized graph saved by :func:`make_session`, keyed by what the optimized graph is
+    only valid for: the ONNX Runtime version (fused contrib ops change between versions), the execution
+    providers, the optimization level and the CPU's instruction sets (ORT documents optimized models as
+    hardware specific). A folder written by another ORT, provider or CPU has another name and is never opened."""
+    eps = "+".join(p.removesuffix("ExecutionProvider").lower() for p in PROVIDERS)
+    return f"ort-{ort.__version__}-{eps}-all-{_cpu_tag()}"
+
+
+OPTIMIZED_GRAPH = "model.onnx"
+OPTIMIZED_WEIGHTS = "weights.bin"
+
+
+def make_session(model: str | bytes | Path, intra_op_threads: int | None = None, *,
+                 optimized: Path | None = None) -> ort.InferenceSession:
+    """An ORT session for ``model`` (a path or the serialized bytes).
+
+    ``optimized``: a folder where the graph ONNX Runtime optimized from ``model`` is kept (next to the artifact
+    in the disk cache, named by :func:`optimized_graph_name`): the graph in ``model.onnx`` and the weights in
+    ``weights.bin`` (ORT's external initializers, which it maps from the file instead of parsing and copying
+    them out of the protobuf). When the folder exists the session is created from it with graph optimizations
+    off (ORT's "offline" mode: the fusions are already in the graph), which skips both the optimization passes
+    and the weights' copy; otherwise the session is created from ``model`` as usual while ORT writes the folder
+    (under a temporary name, renamed into place once complete). A folder ORT cannot open is removed and the
+    session is created from ``model``."""
     src = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(src, sess_options=session_options(intra_op_threads), providers=["CPUExecutionProvider"])
+    if optimized is None or isinstance(model, bytes):
+        return ort.InferenceSession(src, sess_options=session_options(intra_op_threads), providers=PROVIDERS)
+    optimized = Path(optimized)
+    if (optimized / OPTIMIZED_GRAPH).exists():
+        try:
+            return ort.InferenceSession(str(optimized / OPTIMIZED_GRAPH),
+                                        sess_options=session_options(intra_op_threads, optimize=False),
+                                        providers=PROVIDERS)
+        except Exception as e:  # noqa: BLE001 - a damaged derived file: rebuild it from the verified artifact
+            log.warning("optimized graph %s unusable (%s): removed, optimizing %s again", optimized,
+                        str(e).splitlines()[0][:200] if str(e) else type(e).__name__, src)
+    shutil.rmtree(optimized, ignore_errors=True)
+    tmp = optimized.with_name(f".{uuid.uuid4().hex}.part")
+    tmp.mkdir(parents=True)
+    so = session_options(intra_op_threads)
+    so.optimized_model_filepath = str(tmp / OPTIMIZED_GRAPH)
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", OPTIMIZED_WEIGHTS)
+    so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    try:
+        session = ort.InferenceSession(src, sess_options=so, providers=PROVIDERS)
+        if (tmp / OPTIMIZED_GRAPH).exists():
+            try:
+                os.rename(tmp, optimized)  # atomic: the optimized graph appears complete or not at all
+            except OSError:  # another process sharing the cache put it there first
+                pass
+        return session
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_manifest(model_dir: Path) -> dict:

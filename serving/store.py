@@ -114,8 +114,9 @@ class ModelSource:
 
     def load(self, variant: str, intra_op_threads: int | None = None):
         """Load the ONNX session + tokenizer; returns a :class:`runtime.Embedder`. Remote files come through
-        the artifact cache when there is one (a verified local copy), else are read into memory."""
-        from .runtime import Embedder, make_session
+        the artifact cache when there is one (a verified local copy, with ONNX Runtime's optimized graph kept
+        beside it), else are read into memory."""
+        from .runtime import Embedder, make_session, optimized_graph_name
         from .textproc import load_tokenizer
 
         art = self.artifact(variant)
@@ -137,12 +138,17 @@ class ModelSource:
             current = art
             if cached:
                 with self.artifacts.local(art) as local_path:
+                    # ORT's optimized graph is kept next to the artifact: a reload skips the optimization too
+                    optimized = (self.artifacts.derived_path(local_path, optimized_graph_name())
+                                 if self.artifacts.keep_derived else None)
                     try:
-                        session = make_session(local_path, intra_op_threads)
+                        session = make_session(local_path, intra_op_threads, optimized=optimized)
                     except Exception as e:  # the bytes match the store but are no model: do not keep them
                         cleanup = e
                     else:
                         cleanup = None
+                        if optimized is not None:
+                            self.artifacts.note_derived(optimized)  # written (or rewritten) by this load
                 if cleanup is not None:
                     self.artifacts.drop(art, f"ONNX Runtime could not load it ({type(cleanup).__name__})")
                     raise cleanup

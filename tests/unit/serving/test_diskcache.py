@@ -127,6 +127,35 @@ def test_lru_eviction_under_the_disk_budget_spares_entries_in_use(tmp_path, remo
     assert cache.status()["evictions"] == 1 and cache.used_bytes <= 1000
 
 
+def test_derived_files_count_in_the_budget_and_leave_with_their_entry(tmp_path, remote):
+    a, b = (remote.put(f"{n}/model.onnx", n.encode() * 400) for n in "ab")
+    clock = iter(range(100, 200)).__next__
+    cache = make(tmp_path, remote, budget=1000, clock=clock)
+    pa = cache.fetch(a)
+    with pytest.raises(ValueError, match="derived file name"):
+        cache.derived_path(pa, "../escape")
+    with pytest.raises(ValueError, match="not an artifact"):
+        cache.derived_path(tmp_path / "elsewhere" / "data", "x.onnx")
+    da = cache.derived_path(pa, "opt.onnx")
+    da.write_bytes(b"o" * 300)
+    cache.note_derived(da)
+    assert cache.used_bytes == 700
+    with cache.local(b) as pb:  # 400 more: a (700 with its derived file) is evicted whole
+        assert cache.used_bytes == 400 and not da.exists() and not pa.exists()
+        db = cache.derived_path(pb, "opt.onnx")
+        db.write_bytes(b"o" * 700)  # would exceed the budget with nothing left to evict: not kept
+        cache.note_derived(db)
+        assert not db.exists() and cache.used_bytes == 400
+        db.write_bytes(b"o" * 100)
+        cache.note_derived(db)
+    (db.parent / ".half-written.part").mkdir()
+    (db.parent / ".half-written.part" / "model.onnx").write_bytes(b"?")
+    (db.parent / "folder").mkdir()
+    (db.parent / "folder" / "weights.bin").write_bytes(b"w" * 50)
+    again = make(tmp_path, remote, budget=1000)  # a restart counts derived files, drops unfinished ones
+    assert again.used_bytes == 550 and not (db.parent / ".half-written.part").exists()
+
+
 def test_artifact_larger_than_the_budget_is_refused(tmp_path, remote):
     uri = remote.put("big/model.onnx", b"x" * 2000)
     with pytest.raises(FetchError, match="artifact-cache-budget") as ei:
@@ -282,6 +311,42 @@ async def test_remote_models_load_through_the_cache_and_bad_ones_are_not_kept(tm
     with pytest.raises(ModelLoadError, match="no such key") as ei:
         await cache.get("empty")
     assert ei.value.cause == "no_such_key" and ei.value.payload()["uri"].endswith("empty/model.onnx")
+    cache.close()
+
+
+async def test_reload_from_the_disk_cache_opens_the_optimized_graph_with_identical_outputs(tmp_path, store, clock):
+    """The first load keeps ONNX Runtime's optimized graph next to the artifact (counted in the disk budget);
+    a reload after eviction opens it with graph optimizations off and embeds exactly as before; a damaged
+    optimized graph is rebuilt from the verified artifact instead of failing the load."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from elastiserve.serving.loader import ModelCache, ModelStore
+    from elastiserve.serving.runtime import OPTIMIZED_GRAPH, OPTIMIZED_WEIGHTS, optimized_graph_name
+
+    disk = make(tmp_path, FolderRemote(store), budget=1 << 30)
+    cache = ModelCache(ModelStore(["s3://b/"], artifacts=disk).resolve_all({"alpha": None}), budget_bytes=1 << 30,
+                       clock=clock, trim_after_unload=False)
+    texts = ["the quick brown fox", "a cat", "models load fast from the disk cache"]
+    e, _ = await cache.get("alpha")
+    first = e.model.embed(texts)
+    assert e.model.session.get_session_options().graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    [entry] = [x for x in disk.entries() if x.uri.endswith("alpha/model.onnx")]
+    optimized = disk.path_of(entry.key).parent / optimized_graph_name()
+    files = {p.name: p.stat().st_size for p in optimized.iterdir()}
+    assert set(files) == {OPTIMIZED_GRAPH, OPTIMIZED_WEIGHTS} and entry.extra == sum(files.values())
+    assert files[OPTIMIZED_WEIGHTS] > 0  # initializers of 1 KiB and more are outside the protobuf
+    assert disk.used_bytes == sum(x.size for x in disk.entries()) + entry.extra
+    for damage in (None, b"not a graph"):
+        if damage:
+            (optimized / OPTIMIZED_GRAPH).write_bytes(damage)
+        cache.unload("alpha", "evicted")
+        e, _ = await cache.get("alpha")
+        level = e.model.session.get_session_options().graph_optimization_level
+        want = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if damage else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        assert level == want
+        assert np.array_equal(e.model.embed(texts), first)
+    assert (optimized / OPTIMIZED_GRAPH).read_bytes() != b"not a graph"  # rebuilt
     cache.close()
 
 
