@@ -30,7 +30,21 @@ METRIC_NAMES = (
     "elastiserve_model_load_duration_seconds",
     "elastiserve_model_version_info",
     "elastiserve_model_switches_total",
+    "elastiserve_model_load_failing",
 )
+
+#: Values of the ``cause`` label of ``elastiserve_model_load_failing`` (bounded: anything else is ``other``).
+#: The remote ones are ``serving.remote``'s; ``too_large``: over the memory budget; ``invalid_model``: the
+#: files were read but are no usable model (corrupt, wrong inputs, missing tokenizer).
+LOAD_FAILURE_CAUSES = ("no_credentials", "access_denied", "no_such_key", "endpoint_unreachable", "transfer_failed",
+                       "server_error", "checksum_mismatch", "disk_budget", "too_large", "invalid_model", "other")
+
+
+def load_failure_cause(cause: str | None) -> str:
+    """The bounded ``cause`` label for a load error's cause (None: the files were no usable model)."""
+    if cause is None:
+        return "invalid_model"
+    return cause if cause in LOAD_FAILURE_CAUSES else "other"
 
 
 class ServingMetrics:
@@ -66,6 +80,10 @@ class ServingMetrics:
         self.switches = Counter("elastiserve_model_switches_total",
                                 "Hot switches of a sub-model version by result (success|error)",
                                 const + ["model", "result"], registry=r)
+        self.load_failing = Gauge("elastiserve_model_load_failing",
+                                  "1 while the sub-model's latest load attempt failed, labelled with the cause "
+                                  "(no series once a load succeeds)", const + ["model", "cause"], registry=r)
+        self._failing: dict[str, str] = {}  # model -> cause label of its exported failure series
         self._c = {"modeldeployment": self.modeldeployment, "variant": self.variant}
         self.inflight.labels(**self._c)
         self.models_loaded.labels(**self._c).set(0)
@@ -91,6 +109,19 @@ class ServingMetrics:
         if result == "success":
             self.model_loaded.labels(**self.c(model=model)).set(1)
             self.model_loaded_bytes.labels(**self.c(model=model)).set(nbytes)
+
+    def set_load_failure(self, model: str, cause: str | None) -> None:
+        """The latest load of ``model`` failed with ``cause`` (a :data:`LOAD_FAILURE_CAUSES` value), or
+        succeeded (``cause=None``: its failure series is removed)."""
+        old = self._failing.pop(model, None)
+        if old is not None and old != cause:
+            try:
+                self.load_failing.remove(self.modeldeployment, self.variant, model, old)
+            except KeyError:
+                pass
+        if cause is not None:
+            self.load_failing.labels(**self.c(model=model, cause=cause)).set(1)
+            self._failing[model] = cause
 
     def on_unload(self, model: str, reason: str) -> None:
         self.unloads.labels(**self.c(model=model, reason=reason)).inc()
