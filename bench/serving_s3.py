@@ -11,13 +11,15 @@ variant, ``--repeats`` times, with the server's real code (``ArtifactCache`` + `
   the bucket's data is in the S3 server's page cache after the upload: a best case for the bucket);
 * ``cache_hit_s``: the same fetch against the warm disk cache (a HEAD per file, no body);
 * ``session_s``: ONNX Runtime session (graph optimized online, as without the cache) + tokenizer from the
-  local files; ``session_save_optimized_s``: the same while ORT writes the optimized graph next to the artifact
-  (what a cache miss does); ``session_optimized_s``: the session from that optimized graph with graph
-  optimizations off (what a cache hit does) - its embeddings are checked to be identical to the online one's;
+  local files; ``derive_s``: writing ORT's optimized graph next to the artifact (what the server does in the
+  background after a first load); ``session_optimized_s``: tokenizer + the session from that optimized graph
+  with graph optimizations off (what a reload does) - its embeddings are checked to be identical to the
+  online session's;
 * ``first_inference_s``: one request of 8 sentences on the new session;
 * ``reload_from_bucket_s`` / ``reload_from_disk_s``: what an evicted sub-model costs to come back, end to end
-  (``ModelSource.load``) with an empty disk cache (download, optimize, write the optimized graph) vs a warm one
-  (HEADs, the optimized graph); ``reload_*_online_s``: the same without the optimized graph (the session
+  (``ModelSource.load``) with an empty disk cache (download, session) vs a warm one (HEADs, the optimized graph
+  the first load had written in the background: the bench waits for that job, ``background_derive_s``, before
+  the reload); ``reload_*_online_s``: the same without the optimized graph (the session
   optimizes online from the artifact every time: the design before it was cached), side by side; ``reload_in_memory_s``: the pre-cache path
   (the whole artifact read into memory from S3, session from bytes), for reference.
 
@@ -80,7 +82,7 @@ def main() -> None:
     from elastiserve.serving import paths
     from elastiserve.serving.diskcache import ArtifactCache
     from elastiserve.serving.remote import Remote, S3Settings
-    from elastiserve.serving.runtime import Embedder, make_session, optimized_graph_name
+    from elastiserve.serving.runtime import Embedder, make_session, open_optimized, optimized_graph_name, write_optimized
     from elastiserve.serving.sentences import eval_sentences
     from elastiserve.serving.store import ModelStore
     from elastiserve.serving.textproc import load_tokenizer
@@ -115,7 +117,7 @@ def main() -> None:
             uris = [art, f"s3://bench/minilm/v1/{paths.TOKENIZER_FILE}", f"s3://bench/minilm/v1/{paths.CONFIG_FILE}"]
             identical = True
             t: dict[str, list[float]] = {k: [] for k in ("download_s", "cache_hit_s", "session_s",
-                                                         "session_save_optimized_s", "session_optimized_s",
+                                                         "derive_s", "session_optimized_s", "background_derive_s",
                                                          "first_inference_s",
                                                          "reload_from_bucket_s", "reload_from_disk_s",
                                                          "reload_from_bucket_online_s", "reload_from_disk_online_s",
@@ -139,12 +141,13 @@ def main() -> None:
                 t["first_inference_s"].append(time.perf_counter() - t0)
                 del emb
                 opt = disk.derived_path(local[0], optimized_graph_name())
-                for key in ("session_save_optimized_s", "session_optimized_s"):  # the first writes, the second reads
-                    t0 = time.perf_counter()
-                    tok = load_tokenizer(local[1].read_text(), int(manifest.get("max_length", 256)), from_string=True)
-                    emb = Embedder(make_session(local[0], args.threads, optimized=opt), tok, name="minilm",
-                                   variant=variant, manifest=manifest)
-                    t[key].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                assert write_optimized(local[0], opt)
+                t["derive_s"].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                tok = load_tokenizer(local[1].read_text(), int(manifest.get("max_length", 256)), from_string=True)
+                emb = Embedder(open_optimized(opt, args.threads), tok, name="minilm", variant=variant, manifest=manifest)
+                t["session_optimized_s"].append(time.perf_counter() - t0)
                 got = emb.embed(texts)
                 del emb
                 identical = identical and bool(np.array_equal(got, ref))
@@ -155,6 +158,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 src.load(variant, args.threads)
                 t["reload_from_bucket_s"].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                assert cold.wait_derived(300) and cold.stats.derived == 1
+                t["background_derive_s"].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 src.load(variant, args.threads)
                 t["reload_from_disk_s"].append(time.perf_counter() - t0)
@@ -180,15 +186,12 @@ def main() -> None:
                 "median": med,
                 "samples": {k: [round(x, 4) for x in v] for k, v in t.items()},
                 "download_MBps": round(size / 1e6 / med["download_s"], 1),
-                "cold_start_from_bucket_s": round(med["download_s"] + med["session_save_optimized_s"]
-                                                  + med["first_inference_s"], 4),
+                "cold_start_from_bucket_s": round(med["download_s"] + med["session_s"] + med["first_inference_s"], 4),
                 "cold_start_from_disk_s": round(med["cache_hit_s"] + med["session_optimized_s"]
                                                 + med["first_inference_s"], 4),
                 "ratio_fetch_bucket_vs_disk": round(med["download_s"] / med["cache_hit_s"], 1),
                 "ratio_reload_bucket_vs_disk": round(med["reload_from_bucket_s"] / med["reload_from_disk_s"], 2),
-                # the bucket path as it was (no optimized graph to write) over the disk path with the graph
-                "ratio_reload_bucket_online_vs_disk": round(med["reload_from_bucket_online_s"]
-                                                            / med["reload_from_disk_s"], 2),
+                # without the optimized graph (the design before it), same run
                 "ratio_reload_bucket_vs_disk_online": round(med["reload_from_bucket_online_s"]
                                                             / med["reload_from_disk_online_s"], 2),
                 "ratio_session_online_vs_optimized": round(med["session_s"] / med["session_optimized_s"], 2),

@@ -10,9 +10,10 @@
 * One download per artifact: concurrent callers wanting the same entry wait for the one download.
 * LRU on disk, independent of the memory budget: before a download, least recently used entries not in
   use are removed until it fits. An artifact larger than the whole budget is refused with a clear error.
-* Derived files: a file computed from a verified artifact (ONNX Runtime's optimized graph, see
-  ``runtime.make_session``) may be kept in the artifact's entry (:meth:`ArtifactCache.derived_path`); it is
-  counted in the budget (:meth:`ArtifactCache.note_derived`) and leaves with the entry.
+* Derived files: a file or folder computed from a verified artifact (ONNX Runtime's optimized graph, see
+  ``runtime.write_optimized``) is produced in the background after a load (:meth:`ArtifactCache.derive`, one
+  low-priority worker thread) and kept in the artifact's entry; it is counted in the budget and leaves with
+  the entry.
 * Revalidated: every fetch asks the store for the object's metadata (a HEAD); a deleted object drops its
   entries. When the store cannot be reached, the newest cached copy of that URI is used (with a warning),
   so an evicted model comes back from disk during an outage.
@@ -31,7 +32,8 @@ import shutil
 import threading
 import time
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -87,6 +89,9 @@ class DiskStats:
     evictions: int = 0
     stale_uses: int = 0  # served from disk while the store was unreachable
     retries: int = 0
+    derived: int = 0  # derived files produced (optimized graphs)
+    derive_errors: int = 0
+    derive_seconds: float = 0.0
     events: list[str] = field(default_factory=list)  # recent notable events, newest last
 
 
@@ -122,6 +127,8 @@ class ArtifactCache:
         self.chunk_bytes = chunk_bytes
         self.on_chunk, self.on_retry = on_chunk, on_retry
         self.keep_derived = keep_derived
+        self._deriving: dict[tuple[str, str], Future] = {}
+        self._derive_pool: ThreadPoolExecutor | None = None
         self.stats = DiskStats()
         self._lock = threading.Lock()
         self._entries: dict[str, CacheEntry] = {}
@@ -193,6 +200,50 @@ class ArtifactCache:
         if data_path.parent.parent != self.root or data_path.name != DATA:
             raise ValueError(f"{data_path} is not an artifact of the cache {self.root}")
         return data_path.parent / name
+
+    def derive(self, data_path: Path, name: str, produce: Callable[[Path, Path], bool]) -> Future | None:
+        """In the background: ``produce(data_path, target)`` writes the derived file or folder ``name`` of the
+        artifact at ``data_path`` (as yielded by :meth:`local`) and returns whether it did. One worker thread at
+        a lower CPU priority, so the load that asked for it and the requests being served do not wait; the entry
+        is kept from eviction meanwhile and the result counted in the budget (:meth:`note_derived`). Returns the
+        job, or None when derived files are off, the target exists or is being produced already."""
+        if not self.keep_derived:
+            return None
+        target = self.derived_path(data_path, name)
+        key = target.parent.name
+        with self._lock:
+            e = self._entries.get(key)
+            if e is None or target.exists() or (key, name) in self._deriving:
+                return None
+            if self._derive_pool is None:
+                self._derive_pool = ThreadPoolExecutor(1, thread_name_prefix="artifact-derive",
+                                                       initializer=_lower_priority)
+            e.users += 1
+            fut = self._derive_pool.submit(self._run_derive, e, Path(data_path), target, produce)
+            self._deriving[(key, name)] = fut
+        return fut
+
+    def _run_derive(self, e: CacheEntry, data_path: Path, target: Path, produce: Callable[[Path, Path], bool]) -> None:
+        t0 = time.perf_counter()
+        try:
+            if produce(data_path, target):
+                self.note_derived(target)
+                self.stats.derived += 1
+                self.stats.derive_seconds += time.perf_counter() - t0
+                log.info("artifact cache: derived %s of %s in %.3fs", target.name, e.uri, time.perf_counter() - t0)
+        except Exception as err:  # noqa: BLE001 - an optimization: log it, never fail a load for it
+            self.stats.derive_errors += 1
+            log.warning("artifact cache: could not derive %s of %s: %s", target.name, e.uri, err)
+        finally:
+            with self._lock:
+                e.users -= 1
+                self._deriving.pop((target.parent.name, target.name), None)
+
+    def wait_derived(self, timeout: float | None = None) -> bool:
+        """Wait for the derivations queued so far; False if some are still running after ``timeout``."""
+        with self._lock:
+            pending = list(self._deriving.values())
+        return not wait_futures(pending, timeout=timeout).not_done
 
     def note_derived(self, path: Path) -> None:
         """Count the derived file or folder ``path`` (from :meth:`derived_path`) in its entry's bytes, evicting least
@@ -493,6 +544,12 @@ class ArtifactCache:
         """Caller holds the lock."""
         self._entries.pop(e.key, None)
         shutil.rmtree(self.root / e.key, ignore_errors=True)
+
+
+def _lower_priority() -> None:
+    """Derivations are background work: lower this worker thread's CPU priority (Linux: per thread)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def _rm(p: Path) -> None:

@@ -69,45 +69,50 @@ OPTIMIZED_GRAPH = "model.onnx"
 OPTIMIZED_WEIGHTS = "weights.bin"
 
 
-def make_session(model: str | bytes | Path, intra_op_threads: int | None = None, *,
-                 optimized: Path | None = None) -> ort.InferenceSession:
-    """An ORT session for ``model`` (a path or the serialized bytes).
-
-    ``optimized``: a folder where the graph ONNX Runtime optimized from ``model`` is kept (next to the artifact
-    in the disk cache, named by :func:`optimized_graph_name`): the graph in ``model.onnx`` and the weights in
-    ``weights.bin`` (ORT's external initializers, which it maps from the file instead of parsing and copying
-    them out of the protobuf). When the folder exists the session is created from it with graph optimizations
-    off (ORT's "offline" mode: the fusions are already in the graph), which skips both the optimization passes
-    and the weights' copy; otherwise the session is created from ``model`` as usual while ORT writes the folder
-    (under a temporary name, renamed into place once complete). A folder ORT cannot open is removed and the
-    session is created from ``model``."""
+def make_session(model: str | bytes | Path, intra_op_threads: int | None = None) -> ort.InferenceSession:
+    """An ORT session for ``model`` (a path or the serialized bytes), its graph optimized online."""
     src = str(model) if isinstance(model, Path) else model
-    if optimized is None or isinstance(model, bytes):
-        return ort.InferenceSession(src, sess_options=session_options(intra_op_threads), providers=PROVIDERS)
-    optimized = Path(optimized)
-    if (optimized / OPTIMIZED_GRAPH).exists():
-        try:
-            return ort.InferenceSession(str(optimized / OPTIMIZED_GRAPH),
-                                        sess_options=session_options(intra_op_threads, optimize=False),
-                                        providers=PROVIDERS)
-        except Exception as e:  # noqa: BLE001 - a damaged derived file: rebuild it from the verified artifact
-            log.warning("optimized graph %s unusable (%s): removed, optimizing %s again", optimized,
-                        str(e).splitlines()[0][:200] if str(e) else type(e).__name__, src)
-    shutil.rmtree(optimized, ignore_errors=True)
-    tmp = optimized.with_name(f".{uuid.uuid4().hex}.part")
+    return ort.InferenceSession(src, sess_options=session_options(intra_op_threads), providers=PROVIDERS)
+
+
+def open_optimized(folder: Path, intra_op_threads: int | None = None) -> ort.InferenceSession | None:
+    """A session from the optimized graph :func:`write_optimized` left in ``folder``, with graph optimizations
+    off (ORT's "offline" mode: the fusions are already in the graph), which skips both the optimization passes
+    and the weights' copy (ORT maps ``weights.bin``). None when there is none; a folder ORT cannot open is
+    removed (and None returned) so the caller falls back to the artifact."""
+    graph = Path(folder) / OPTIMIZED_GRAPH
+    if not graph.exists():
+        return None
+    try:
+        return ort.InferenceSession(str(graph), sess_options=session_options(intra_op_threads, optimize=False),
+                                    providers=PROVIDERS)
+    except Exception as e:  # noqa: BLE001 - a damaged derived file: rebuilt from the verified artifact
+        log.warning("optimized graph %s unusable (%s): removed", folder,
+                    str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def write_optimized(model: Path, folder: Path) -> bool:
+    """Have ONNX Runtime optimize ``model`` and save the result in ``folder`` (named by
+    :func:`optimized_graph_name`): the graph in ``model.onnx``, initializers of 1 KiB and more in
+    ``weights.bin`` (external data, which ORT maps instead of copying). Written under a temporary name next to
+    ``folder`` and renamed into place once complete. Returns whether ``folder`` now holds a graph."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{uuid.uuid4().hex}.part")
     tmp.mkdir(parents=True)
-    so = session_options(intra_op_threads)
+    so = session_options(1)
     so.optimized_model_filepath = str(tmp / OPTIMIZED_GRAPH)
     so.add_session_config_entry("session.optimized_model_external_initializers_file_name", OPTIMIZED_WEIGHTS)
     so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     try:
-        session = ort.InferenceSession(src, sess_options=so, providers=PROVIDERS)
+        ort.InferenceSession(str(model), sess_options=so, providers=PROVIDERS)
         if (tmp / OPTIMIZED_GRAPH).exists():
             try:
-                os.rename(tmp, optimized)  # atomic: the optimized graph appears complete or not at all
+                os.rename(tmp, folder)  # atomic: the optimized graph appears complete or not at all
             except OSError:  # another process sharing the cache put it there first
                 pass
-        return session
+        return (folder / OPTIMIZED_GRAPH).exists()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

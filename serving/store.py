@@ -116,7 +116,7 @@ class ModelSource:
         """Load the ONNX session + tokenizer; returns a :class:`runtime.Embedder`. Remote files come through
         the artifact cache when there is one (a verified local copy, with ONNX Runtime's optimized graph kept
         beside it), else are read into memory."""
-        from .runtime import Embedder, make_session, optimized_graph_name
+        from .runtime import Embedder, make_session, open_optimized, optimized_graph_name, write_optimized
         from .textproc import load_tokenizer
 
         art = self.artifact(variant)
@@ -138,17 +138,20 @@ class ModelSource:
             current = art
             if cached:
                 with self.artifacts.local(art) as local_path:
-                    # ORT's optimized graph is kept next to the artifact: a reload skips the optimization too
-                    optimized = (self.artifacts.derived_path(local_path, optimized_graph_name())
-                                 if self.artifacts.keep_derived else None)
+                    # ORT's optimized graph, kept next to the artifact after a first load (written in the
+                    # background): a reload skips the graph optimization and the weights' copy too
+                    folder = (self.artifacts.derived_path(local_path, optimized_graph_name())
+                              if self.artifacts.keep_derived else None)
                     try:
-                        session = make_session(local_path, intra_op_threads, optimized=optimized)
+                        session = open_optimized(folder, intra_op_threads) if folder is not None else None
+                        if session is None:
+                            session = make_session(local_path, intra_op_threads)
                     except Exception as e:  # the bytes match the store but are no model: do not keep them
                         cleanup = e
                     else:
                         cleanup = None
-                        if optimized is not None:
-                            self.artifacts.note_derived(optimized)  # written (or rewritten) by this load
+                        if folder is not None:
+                            self.artifacts.derive(local_path, folder.name, write_optimized)
                 if cleanup is not None:
                     self.artifacts.drop(art, f"ONNX Runtime could not load it ({type(cleanup).__name__})")
                     raise cleanup
