@@ -32,6 +32,7 @@ from ..scaling.rollout import RolloutPlan, VersionHealth, advance, split_version
 from . import builders, telemetry
 from .failpoints import failpoint
 from .kube import SCALER_MANAGER, Kube
+from .loadfailures import CONDITION as LOAD_CONDITION, load_failure_report, read_load_failures
 
 WAKE_ANNOTATION = "elastiserve.dev/activate"
 """Set by the activator (``<unix time>:<pending requests>``) to wake a model at zero."""
@@ -487,6 +488,7 @@ async def _cycle(
     failpoint("after-actuate")  # replicas patched, status not yet written
     routing = await route(mspec, name, namespace, uid, decision.desired, obs, st.get("routing"), body, memo)
     hot = await publish_hot_set(mspec, name, namespace, uid, source, memo)
+    failures = await read_load_failures(source, mspec, namespace, name)
 
     # ---- status, Events, metrics
     summary = decision.summary()
@@ -514,6 +516,13 @@ async def _cycle(
         plan.status.phase, "Idle")
     patch.status["conditions"] = set_condition(conds, "Rollout", active, rollout_reason,
                                                plan.status.message or "no rollout", now, generation)
+    if failures is not None:  # sub-models the servers cannot load: status, condition, Events on change
+        report = load_failure_report(failures, st.get("subModelLoadFailures"))
+        patch.status["subModelLoadFailures"] = report.entries
+        patch.status["conditions"] = set_condition(patch.status["conditions"], LOAD_CONDITION, report.loaded,
+                                                   report.reason, report.message, now, generation)
+        for type_, reason, message in report.events:
+            kopf.event(body, type=type_, reason=reason, message=message[:1000])
     if plan.event:
         reason, message = plan.event
         (kopf.warn if reason == "RolloutRolledBack" else notice)(body, reason=reason, message=message[:1000])
