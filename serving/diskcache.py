@@ -187,7 +187,10 @@ class ArtifactCache:
                     "entries": len(self._entries), "downloading": len(self._inflight),
                     "hits": self.stats.hits, "misses": self.stats.misses, "downloads": self.stats.downloads,
                     "download_errors": self.stats.download_errors, "evictions": self.stats.evictions,
-                    "retries": self.stats.retries, "stale_uses": self.stats.stale_uses}
+                    "retries": self.stats.retries, "stale_uses": self.stats.stale_uses,
+                    "download_bytes": self.stats.download_bytes,
+                    "download_seconds": round(self.stats.download_seconds, 6), "derived": self.stats.derived,
+                    "derive_errors": self.stats.derive_errors}
 
     def path_of(self, key: str) -> Path:
         return self.root / key / DATA

@@ -401,3 +401,27 @@ def test_http_store_without_range_support_is_streamed_into_the_cache(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_disk_cache_figures_are_exported_as_prometheus_metrics(tmp_path, remote):
+    from elastiserve.serving.metrics import ARTIFACT_CACHE_METRICS, ServingMetrics
+
+    a, b = (remote.put(f"{n}/model.onnx", n.encode() * 400) for n in "ab")
+    cache = make(tmp_path, remote, budget=600)
+    m = ServingMetrics("md", "int8")
+    m.watch_artifact_cache(cache.status)
+    cache.fetch(a)
+    cache.fetch(a)
+    cache.fetch(b)  # evicts a
+    text = m.render()[0].decode()
+    lines = {ln.split("{")[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+             if ln.startswith("elastiserve_artifact_cache_")}
+    assert set(lines) == set(ARTIFACT_CACHE_METRICS)
+    assert 'elastiserve_artifact_cache_hits_total{modeldeployment="md",variant="int8"} 1.0' in text
+    assert (lines["elastiserve_artifact_cache_misses_total"], lines["elastiserve_artifact_cache_downloads_total"],
+            lines["elastiserve_artifact_cache_evictions_total"]) == (2, 2, 1)
+    assert (lines["elastiserve_artifact_cache_used_bytes"], lines["elastiserve_artifact_cache_budget_bytes"],
+            lines["elastiserve_artifact_cache_download_bytes_total"]) == (400, 600, 800)
+    assert lines["elastiserve_artifact_cache_download_seconds_total"] > 0
+    assert "# TYPE elastiserve_artifact_cache_hits_total counter" in text
+    assert "# TYPE elastiserve_artifact_cache_used_bytes gauge" in text
