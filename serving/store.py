@@ -133,7 +133,9 @@ class ModelSource:
             current = self.sibling(paths.TOKENIZER_FILE)
             tok_bytes = self._read_optional(current)
             if tok_bytes is None:
-                raise ModelLoadError(self.name, f"{paths.TOKENIZER_FILE} not found next to {art}")
+                raise ModelLoadError(self.name, f"{paths.TOKENIZER_FILE} not found next to {art}",
+                                     cause="no_such_key" if self.remote else None,
+                                     uri=current if self.remote else None)
             tok = load_tokenizer(tok_bytes.decode("utf-8"), max_length, from_string=True)
             current = art
             if cached:
