@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -24,7 +25,7 @@ PROVIDERS = ["CPUExecutionProvider"]
 
 
 def session_options(intra_op_threads: int | None = None, *, optimize: bool = True) -> ort.SessionOptions:
-    """``optimize=False``: the graph is taken as it is (an already optimized graph, see :func:`make_session`)."""
+    """``optimize=False``: the graph is taken as it is (an already optimized graph, see :func:`open_optimized`)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
@@ -42,6 +43,7 @@ def session_options(intra_op_threads: int | None = None, *, optimize: bool = Tru
     return so
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_tag() -> str:
     """The instruction sets ORT's kernels and layout choices depend on (the ``flags`` of /proc/cpuinfo)."""
     flags = ""
@@ -57,7 +59,7 @@ def _cpu_tag() -> str:
 
 
 def optimized_graph_name() -> str:
-    """Folder name of an optimized graph saved by :func:`make_session`, keyed by what the optimized graph is
+    """Folder name of an optimized graph saved by :func:`write_optimized`, keyed by what the optimized graph is
     only valid for: the ONNX Runtime version (fused contrib ops change between versions), the execution
     providers, the optimization level and the CPU's instruction sets (ORT documents optimized models as
     hardware specific). A folder written by another ORT, provider or CPU has another name and is never opened."""

@@ -117,7 +117,7 @@ class ModelSource:
         the artifact cache when there is one (a verified local copy, with ONNX Runtime's optimized graph kept
         beside it), else are read into memory."""
         from .runtime import Embedder, make_session, open_optimized, optimized_graph_name, write_optimized
-        from .textproc import load_tokenizer
+        from .textproc import shared_tokenizer
 
         art = self.artifact(variant)
         current = art
@@ -136,7 +136,7 @@ class ModelSource:
                 raise ModelLoadError(self.name, f"{paths.TOKENIZER_FILE} not found next to {art}",
                                      cause="no_such_key" if self.remote else None,
                                      uri=current if self.remote else None)
-            tok = load_tokenizer(tok_bytes.decode("utf-8"), max_length, from_string=True)
+            tok = shared_tokenizer(tok_bytes.decode("utf-8"), max_length)
             current = art
             if cached:
                 with self.artifacts.local(art) as local_path:

@@ -312,3 +312,18 @@ async def test_http_store_through_fsspec(store, clock):
         cache.close()
     finally:
         await srv.close()
+
+
+def test_tokenizers_are_parsed_once_per_content_and_length(tiny_template):
+    from elastiserve.serving import textproc
+
+    text = (tiny_template / "tokenizer.json").read_text()
+    a = textproc.shared_tokenizer(text, 32)
+    assert textproc.shared_tokenizer(text, 32) is a  # a reload (or a sibling sub-model) reuses it
+    b = textproc.shared_tokenizer(text, 8)  # another max_length is another tokenizer
+    assert b is not a and len(b.encode("the quick brown fox jumps over the lazy dog " * 4).ids) == 8
+    assert textproc.encode(a, ["a cat"])["input_ids"].tolist() == \
+        textproc.encode(textproc.load_tokenizer(text, 32, from_string=True), ["a cat"])["input_ids"].tolist()
+    for i in range(textproc.PARSED_TOKENIZERS):  # bounded: the oldest goes
+        textproc.shared_tokenizer(text, 100 + i)
+    assert textproc.shared_tokenizer(text, 32) is not a
