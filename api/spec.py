@@ -12,7 +12,7 @@ import re
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from .base import QUANTITY_PATTERN, ApiModel, parse_bytes, parse_quantity
 
@@ -161,6 +161,15 @@ class ModelSpec(ApiModel):
     ``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``, ``AWS_REGION``, ``AWS_DEFAULT_REGION`` (optional). Only
     these keys are mounted, read-only, into the model servers; the operator never reads the Secret, and
     credentials never go in the spec. Unset: the servers use their environment (e.g. a workload identity)."""
+
+    @field_validator("credentials_secret", mode="before")
+    @classmethod
+    def _secret_in_this_namespace(cls, v):
+        if isinstance(v, str) and not (len(v) <= 63 and re.match(DNS_LABEL, v)):
+            raise ValueError(
+                f"credentialsSecret must name a Secret in the ModelDeployment's own namespace: a DNS-1123 label "
+                f"(lowercase letters, digits and '-', at most 63 characters; no namespace, '/' or '.'), got {v!r}")
+        return v
 
 
 # --------------------------------------------------------------------------- containers
