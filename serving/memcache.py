@@ -579,7 +579,7 @@ class ModelCache:
                 current = self._resident.get(name)
                 if current is not None and current.source == self.sources.get(name):
                     return current  # a hot switch installed the new version meanwhile: serve that one
-                raise ModelLoadError(name, "model was reconfigured while loading")
+                raise ModelLoadError(name, "model was reconfigured while loading", cause="reconfigured")
             self._make_room(name, nbytes)
             self._resident[name] = e
             self.stats.loads += 1
@@ -606,8 +606,9 @@ class ModelCache:
 
     def _fail(self, name: str, err: ServingError, t0: float) -> None:
         self.last_error[name] = str(err)
-        if self.metrics and name in self.sources:
-            self.metrics.set_load_failure(name, _failure_cause(err))
+        cause = _failure_cause(err)
+        if self.metrics and name in self.sources and cause is not None:
+            self.metrics.set_load_failure(name, cause)
         if isinstance(err, ModelTooLarge):
             return  # counted as "refused"
         self.stats.load_errors += 1
@@ -626,14 +627,15 @@ class ModelCache:
             t.cancel()
 
 
-def _failure_cause(err: ServingError) -> str:
-    """The bounded ``cause`` label of a failed load (see ``metrics.LOAD_FAILURE_CAUSES``)."""
+def _failure_cause(err: ServingError) -> str | None:
+    """The bounded ``cause`` label of a failed load (see ``metrics.LOAD_FAILURE_CAUSES``); None when the
+    model itself is not the problem (memory briefly reserved by other loads: the request is retried)."""
     from .metrics import load_failure_cause
 
     if isinstance(err, ModelTooLarge):
         return "too_large"
-    if isinstance(err, BudgetExhausted):
-        return "other"  # memory briefly reserved by other loads: transient
+    if isinstance(err, BudgetExhausted) or getattr(err, "cause", None) == "reconfigured":
+        return None
     return load_failure_cause(getattr(err, "cause", None))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from elastiserve.serving.loader import (
     BudgetExhausted, InvalidModelName, ModelCache, ModelLoadError, ModelSource, ModelStore, ModelTooLarge,
-    UnknownModel, UnsafeModelURI, parse_bytes, parse_model_pairs,
+    ServingError, UnknownModel, UnsafeModelURI, parse_bytes, parse_model_pairs,
 )
 from elastiserve.serving.metrics import ServingMetrics
 
@@ -327,3 +327,23 @@ def test_tokenizers_are_parsed_once_per_content_and_length(tiny_template):
     for i in range(textproc.PARSED_TOKENIZERS):  # bounded: the oldest goes
         textproc.shared_tokenizer(text, 100 + i)
     assert textproc.shared_tokenizer(text, 32) is not a
+
+
+async def test_load_failures_are_exported_with_a_bounded_cause_and_cleared_by_a_success(clock):
+    m = ServingMetrics("md", "fp32")
+    loader = FakeLoader(fail={"bad"})
+    cache = make_cache(["big", "bad"], {"big": 10_000, "bad": 10}, budget=1000, clock=clock, metrics=m, loader=loader)
+
+    def failing() -> dict[str, str]:
+        text = m.render()[0].decode()
+        return {ln.split('model="')[1].split('"')[0]: ln.split('cause="')[1].split('"')[0]
+                for ln in text.splitlines() if ln.startswith("elastiserve_model_load_failing{")}
+
+    for name in ("big", "bad"):
+        with pytest.raises(ServingError):
+            await cache.get(name)
+    assert failing() == {"big": "too_large", "bad": "invalid_model"}  # no cause known: the files are no model
+    loader.fail.clear()
+    await cache.get("bad")
+    assert failing() == {"big": "too_large"}
+    cache.close()
