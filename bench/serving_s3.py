@@ -1,7 +1,7 @@
 """Cold start of a sub-model from S3, split into its parts, and an evicted model's reload from the disk cache
 vs from the bucket - fp32 and INT8 MiniLM, side by side in one run.
 
-    hack/s3.sh build && python bench/serving_s3.py [--repeats 5] [--out bench-s3.json]
+    hack/s3.sh build && python bench/serving_s3.py [--repeats 7] [--out bench-s3.json]
 
 Starts SeaweedFS on loopback with ``hack/s3.sh up`` (its own state folder, stopped with ``down`` at the end),
 uploads the MiniLM folder (built into the model cache if needed) to ``s3://bench/minilm/v1/``, then for each
@@ -19,9 +19,9 @@ variant, ``--repeats`` times, with the server's real code (``ArtifactCache`` + `
 * ``reload_from_bucket_s`` / ``reload_from_disk_s``: what an evicted sub-model costs to come back, end to end
   (``ModelSource.load``) with an empty disk cache (download, session) vs a warm one (HEADs, the optimized graph
   the first load had written in the background: the bench waits for that job, ``background_derive_s``, before
-  the reload); ``reload_*_online_s``: the same without the optimized graph (the session
-  optimizes online from the artifact every time: the design before it was cached), side by side; ``reload_in_memory_s``: the pre-cache path
-  (the whole artifact read into memory from S3, session from bytes), for reference.
+  the reload); ``reload_*_online_s``: the same without the optimized graph (the session optimizes online
+  from the artifact every time: the design before it was cached), side by side; ``reload_in_memory_s``: the
+  pre-cache path (the whole artifact read into memory from S3, session from bytes), for reference.
 
 Ratios (medians) compare within this run. Pod start (image pull, container start) is not included: this
 runs on the local server process; real pods are another piece of work.
