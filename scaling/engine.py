@@ -24,6 +24,9 @@ from .limits import clamp, rate_limit, record_event, stabilize, within
 from .rules import RULES, RuleInput
 from .variants import equivalents, max_equivalents, split
 
+HOLD_LEADS = 2.0
+"""Scale-downs of the SLO policy wait this many primary lead times (a replica must be worth its start-up)."""
+
 
 def _ceil(x: float) -> int:
     return math.ceil(x - 1e-9)
@@ -289,7 +292,7 @@ def decide(
     behavior = spec.behavior
     if slo_plan is not None:
         # A replica must be worth its start-up: hold scale-downs for at least the primary's lead time.
-        lead = math.ceil(slo_plan.summary.lead_seconds[spec.primary.name])
+        lead = math.ceil(HOLD_LEADS * slo_plan.summary.lead_seconds[spec.primary.name])
         if lead > behavior.scale_down.stabilization_window_seconds:
             behavior = behavior.model_copy(update={"scale_down": behavior.scale_down.model_copy(
                 update={"stabilization_window_seconds": min(lead, 3600)})})

@@ -55,6 +55,10 @@ ATTAINMENT_SMOOTHING = 1 / 5760
 """About one day of cycles at 15 s."""
 COVERAGE_SMOOTHING = 0.02
 FORECAST_MIN_CHECKS = 20
+NEIGHBOURS = 0.1
+"""Share of the history, nearest in recent growth, that the conditional rise quantile reads."""
+GROWTH_CYCLES = 1
+"""Cycles over which the recent growth that conditions the rise quantile is measured."""
 
 
 @dataclass
@@ -148,14 +152,28 @@ def record_demand(state: SloState, qps: float | None, now: datetime, sync_second
 
 
 def rise_quantile(demand: list[float], k: int, q: float) -> float | None:
-    """Quantile ``q`` of the rise ``max(d[i+1..i+k]) - d[i]`` (req/s) over the history, None with too few
-    samples. Rises are additive, not ratios: a spike adds about the same load whatever the level it
-    starts from, so at the top of a spike the next spike is not assumed to multiply it again."""
+    """Quantile ``q`` of the rise ``max(d[i+1..i+k]) - d[i]`` (req/s) over the history, conditioned on the
+    current growth; None with too few samples.
+
+    Rises are additive, not ratios: a spike adds about the same load whatever the level it starts from,
+    so at the top of a spike the next spike is not assumed to multiply it again. The distribution is
+    read from the ``NEIGHBOURS`` share of past cycles whose own growth in one cycle (``d[i] - d[i-1]``)
+    was nearest the newest one (the most recent first among equals): while demand is flat the rises
+    that followed flat cycles count, and the tail of rare ramps does not inflate headroom all day; once a
+    ramp has started, the rises that followed past ramps do."""
     d = np.asarray(demand, dtype=float)
-    if k < 1 or len(d) < k + MIN_SAMPLES:
+    g = GROWTH_CYCLES
+    if k < 1 or len(d) < k + MIN_SAMPLES + g:
         return None
     ahead = np.lib.stride_tricks.sliding_window_view(d[1:], k).max(axis=1)
-    return float(np.quantile(ahead - d[: len(ahead)], q))
+    rises = (ahead - d[: len(ahead)])[g:]
+    growth = (d[g:] - d[:-g])[: len(rises)]
+    n = min(len(rises), max(MIN_SAMPLES, int(NEIGHBOURS * len(rises))))
+    if n < len(rises):
+        # nearest in growth first, the most recent first among equals
+        order = np.lexsort((-np.arange(len(rises)), np.abs(growth - (d[-1] - d[-1 - g]))))
+        rises = rises[order[:n]]
+    return float(np.quantile(rises, q))
 
 
 def fresh_rate(state: SloState, qps: float | None, now: datetime, spec: ModelDeploymentSpec) -> float:

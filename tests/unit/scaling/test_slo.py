@@ -76,12 +76,13 @@ def test_startup_is_smoothed_and_sets_lead_times():
     "demand,k,q,want",
     [
         ([100.0] * 100, 4, 0.99, 0.0),
-        ([100.0, 200.0] * 50, 1, 0.75, 100.0),  # every other step rises by 100
+        ([200.0, 100.0] * 50, 1, 0.75, 100.0),  # alternating, last step down: the next one rises by 100
+        ([100.0, 200.0] * 50, 1, 0.75, -100.0),  # last step up: in this history a fall always followed
         ([100.0] * 10, 4, 0.99, None),  # too little history
-        ([100.0] * 60 + [400.0] + [100.0] * 60, 3, 1.0, 300.0),  # a spike: the largest rise ahead
+        ([100.0] * 60 + [400.0] + [100.0] * 3, 3, 1.0, 300.0),  # a recent spike: the largest rise ahead
         ([300.0] * 60 + [100.0] * 60, 2, 1.0, 0.0),  # a step down never counts as a rise
     ],
-    ids=["flat", "alternating", "too-short", "spike", "step-down"],
+    ids=["flat", "alternating-down", "alternating-up", "too-short", "spike", "step-down"],
 )
 def test_rise_quantile(demand, k, q, want):
     got = slo.rise_quantile(demand, k, q)
@@ -89,6 +90,20 @@ def test_rise_quantile(demand, k, q, want):
         assert got is None
     else:
         assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_rise_quantile_is_conditioned_on_the_current_growth(monkeypatch):
+    """Flat stretches with two ramps of +50 per cycle: while demand is flat, the quantile reads the rises
+    that followed recent flat cycles; once a ramp is under way, the rises that followed ramp cycles."""
+    ramp = [100.0 + 50 * i for i in range(1, 7)]
+    history = [100.0] * 150 + ramp + [100.0] * 150 + ramp + [100.0] * 150
+    calm = slo.rise_quantile(history, 4, 0.9)
+    rising = slo.rise_quantile(history + [150.0], 4, 0.9)
+    assert calm == pytest.approx(0.0)
+    assert rising is not None and rising >= 100.0
+    # Unconditioned (every cycle a neighbour), the ramps would set a calm cycle's headroom too.
+    monkeypatch.setattr(slo, "NEIGHBOURS", 1.0)
+    assert slo.rise_quantile(history, 4, 0.99) >= 100.0
 
 
 def test_demand_ring_is_bounded_and_restarts_after_a_gap():
