@@ -11,7 +11,7 @@
 #   down        stop everything `up` started (the real node too), restore host state, remove the state dir
 #   env         print `export KUBECONFIG=...` (and PATH) lines: eval "$(hack/cluster.sh env)"
 #   status      show what runs (exit 1 when the cluster is not fully up)
-#   build-node  build the kubelet, kube-proxy and crictl (cached by version) for the real node
+#   build-node  build the kubelet, kube-proxy, crictl and Prometheus (cached by version) for the real node
 #   node-up     add a real node (containerd, runc, CNI bridge, kubelet, kube-proxy) to a running cluster
 #   node-down   stop the real node and restore the host state it changed
 #   kubelet-restart  stop the real node's kubelet and start it again (pods keep running)
@@ -28,7 +28,7 @@ source "${HACK_DIR}/run.sh"
 source "${HACK_DIR}/node.sh"
 
 usage() {
-  sed -n '7,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '7,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 main() {

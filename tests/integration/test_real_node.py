@@ -376,12 +376,12 @@ def test_prometheus_discovers_model_servers_activator_operator_and_cadvisor(
         traffic.wait_ok(10)
     with PrometheusServer(config=config, workdir=tmp_path / "prom", binary=installed.prometheus_sd) as prom:
         # the two model-server pods, found by their labels and scraped at their annotated port
+        def model_targets_up() -> set[str]:
+            return {t["discoveredLabels"]["__meta_kubernetes_pod_name"] for t in prom.api("targets")["activeTargets"]
+                    if t["labels"]["job"] == "model-servers" and t["health"] == "up"}
+
+        wait_until(lambda: model_targets_up() == pods, timeout=60, what=f"model-server targets {pods} up")
         targets = prom.api("targets")["activeTargets"]
-        discovered = wait_until(
-            lambda: {t["discoveredLabels"]["__meta_kubernetes_pod_name"] for t in prom.api("targets")["activeTargets"]
-                     if t["labels"]["job"] == "model-servers" and t["health"] == "up"} or None,
-            timeout=60, what="model-server targets up")
-        assert discovered == pods
         # their own series, labelled with namespace and pod by discovery
         sel = f'namespace="{pair}",modeldeployment="{PAIR}"'
         served = prom.wait_for_query(f"sum by (pod) (elastiserve_requests_total{{{sel}}})", timeout=60,
@@ -394,7 +394,7 @@ def test_prometheus_discovers_model_servers_activator_operator_and_cadvisor(
         assert all(float(s["value"][1]) > 0 for s in cpu if s["metric"]["pod"] in pods)
         assert {s["metric"]["node"] for s in cpu} == {NODE_NAME}
         # the operator and the activator pods; honor_labels keeps the model's namespace on their series
-        prom.wait_for_query(f'elastiserve_operator_replicas{{namespace="{pair}",name="{PAIR}"}} == 2', timeout=60)
+        prom.wait_for_query(f'elastiserve_operator_replicas{{namespace="{pair}",modeldeployment="{PAIR}"}} == 2', timeout=60)
         prom.wait_for_query(f'elastiserve_activator_requests_total{{{sel},code="200"}} >= 10', timeout=60)
         up = {t["labels"]["job"]: t["health"] for t in prom.api("targets")["activeTargets"]}
         assert up["elastiserve-operator"] == up["elastiserve-activator"] == up["cadvisor"] == "up", targets
