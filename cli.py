@@ -185,7 +185,14 @@ _MOUNT_FOR = {"serve": "serving.cli", "model": "serving.cli", "activator": "serv
 """The one mount a command needs. Every model-server pod starts with `elastiserve serve`: importing the
 backtest's statsmodels/scipy too cost it ~13 s of its start on a real node's 500m CPU limit."""
 
-_COMMAND = _command(sys.argv[1:])
+
+def _is_our_command_line() -> bool:
+    """sys.argv is ours (the `elastiserve` script, `python -m elastiserve.cli`), not an importer's (pytest)."""
+    prog = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return prog.name == "elastiserve" or (prog.suffix == ".py" and prog.resolve() == Path(__file__).resolve())
+
+
+_COMMAND = _command(sys.argv[1:]) if _is_our_command_line() else None
 if _COMMAND not in _CORE:
     _mount_optional(_MOUNT_FOR.get(_COMMAND))  # anything else (--help, a typo): every command, for the listing
 
