@@ -223,6 +223,16 @@ build_prometheus() {
     "-s -w -X github.com/prometheus/common/version.Version=${semver} -X github.com/prometheus/common/version.Branch=release"
 }
 
+# `hack/cluster.sh build-addons`: CoreDNS and metrics-server from their Go modules, cached by version.
+# Built only: nothing starts them yet (docs/local-cluster.md, "Not there yet").
+cmd_build_addons() {
+  go_env
+  build_simple coredns "${COREDNS_VERSION}" "$(coredns_dir)" github.com/coredns/coredns \
+    "-s -w -X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}"
+  build_simple metrics-server "${METRICS_SERVER_VERSION}" "$(metrics_server_dir)" sigs.k8s.io/metrics-server/cmd/metrics-server \
+    "-s -w -X k8s.io/client-go/pkg/version.gitVersion=${METRICS_SERVER_VERSION}"
+}
+
 node_built() { component_done "$(node_dir)" && component_done "$(crictl_dir)" && component_done "$(prometheus_dir)"; }
 
 # `hack/cluster.sh build-node`: the kubelet, kube-proxy and crictl for the real node (hack/node.sh)

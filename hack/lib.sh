@@ -37,6 +37,8 @@ helm_dir() { printf '%s/helm-%s' "${BIN_ROOT}" "${HELM_VERSION}"; }
 node_dir() { printf '%s/node-%s' "${BIN_ROOT}" "${KUBERNETES_VERSION}"; }
 crictl_dir() { printf '%s/crictl-%s' "${BIN_ROOT}" "${CRI_TOOLS_VERSION}"; }
 prometheus_dir() { printf '%s/prometheus-%s' "${BIN_ROOT}" "${PROMETHEUS_VERSION}"; }
+coredns_dir() { printf '%s/coredns-%s' "${BIN_ROOT}" "${COREDNS_VERSION}"; }
+metrics_server_dir() { printf '%s/metrics-server-%s' "${BIN_ROOT}" "${METRICS_SERVER_VERSION}"; }
 
 ETCD_BIN() { printf '%s/etcd' "$(etcd_dir)"; }
 APISERVER_BIN() { printf '%s/kube-apiserver' "$(k8s_dir)"; }
