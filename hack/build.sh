@@ -213,7 +213,27 @@ build_crictl() {
     "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=${CRI_TOOLS_VERSION}"
 }
 
-node_built() { component_done "$(node_dir)" && component_done "$(crictl_dir)"; }
+# Prometheus from its Go module: Debian's package leaves out kubernetes_sd_configs ("field
+# kubernetes_sd_configs not found in type config.ScrapeConfig"), which the real node's discovery needs
+# (hack/prometheus-sd.py). Without the builtinassets tag the web UI is not embedded; the API works.
+build_prometheus() {
+  local semver
+  semver=$(printf '%s' "${PROMETHEUS_VERSION#v0.}" | awk -F. '{printf "%d.%d.%s", int($1 / 100), $1 % 100, $2}')
+  build_simple prometheus "${PROMETHEUS_VERSION}" "$(prometheus_dir)" github.com/prometheus/prometheus/cmd/prometheus \
+    "-s -w -X github.com/prometheus/common/version.Version=${semver} -X github.com/prometheus/common/version.Branch=release"
+}
+
+# `hack/cluster.sh build-addons`: CoreDNS and metrics-server from their Go modules, cached by version.
+# Built only: nothing starts them yet (docs/local-cluster.md, "Not there yet").
+cmd_build_addons() {
+  go_env
+  build_simple coredns "${COREDNS_VERSION}" "$(coredns_dir)" github.com/coredns/coredns \
+    "-s -w -X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}"
+  build_simple metrics-server "${METRICS_SERVER_VERSION}" "$(metrics_server_dir)" sigs.k8s.io/metrics-server/cmd/metrics-server \
+    "-s -w -X k8s.io/client-go/pkg/version.gitVersion=${METRICS_SERVER_VERSION}"
+}
+
+node_built() { component_done "$(node_dir)" && component_done "$(crictl_dir)" && component_done "$(prometheus_dir)"; }
 
 # `hack/cluster.sh build-node`: the kubelet, kube-proxy and crictl for the real node (hack/node.sh)
 cmd_build_node() {
@@ -226,6 +246,7 @@ cmd_build_node() {
   start=$(now_s)
   build_node_binaries
   build_crictl
+  build_prometheus
   local total=$(($(now_s) - start))
   printf 'node-total\t%s\n' "${total}" >>"${LOG_ROOT}/build-times.tsv"
   log "node components built in $(fmt_duration "${total}")"

@@ -36,6 +36,9 @@ kwok_dir() { printf '%s/kwok-%s' "${BIN_ROOT}" "${KWOK_VERSION}"; }
 helm_dir() { printf '%s/helm-%s' "${BIN_ROOT}" "${HELM_VERSION}"; }
 node_dir() { printf '%s/node-%s' "${BIN_ROOT}" "${KUBERNETES_VERSION}"; }
 crictl_dir() { printf '%s/crictl-%s' "${BIN_ROOT}" "${CRI_TOOLS_VERSION}"; }
+prometheus_dir() { printf '%s/prometheus-%s' "${BIN_ROOT}" "${PROMETHEUS_VERSION}"; }
+coredns_dir() { printf '%s/coredns-%s' "${BIN_ROOT}" "${COREDNS_VERSION}"; }
+metrics_server_dir() { printf '%s/metrics-server-%s' "${BIN_ROOT}" "${METRICS_SERVER_VERSION}"; }
 
 ETCD_BIN() { printf '%s/etcd' "$(etcd_dir)"; }
 APISERVER_BIN() { printf '%s/kube-apiserver' "$(k8s_dir)"; }
@@ -47,6 +50,7 @@ HELM_BIN() { printf '%s/helm' "$(helm_dir)"; }
 KUBELET_BIN() { printf '%s/kubelet' "$(node_dir)"; }
 KUBE_PROXY_BIN() { printf '%s/kube-proxy' "$(node_dir)"; }
 CRICTL_BIN() { printf '%s/crictl' "$(crictl_dir)"; }
+PROMETHEUS_BIN() { printf '%s/prometheus' "$(prometheus_dir)"; }
 
 # The pod sandbox image of the real node (hack/image.sh pause builds it, hack/node.sh imports it).
 PAUSE_REF="localhost/elastiserve-pause:${KUBERNETES_VERSION}"

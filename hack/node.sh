@@ -334,12 +334,16 @@ serializeImagePulls: false
 shutdownGracePeriod: 0s
 containerLogMaxSize: 10Mi
 YAML
+  # --containerd: the kubelet's cAdvisor labels container_* series with namespace/pod/container only
+  # when it reaches containerd, by default at /run/containerd/containerd.sock (not ours); the flag is
+  # deprecated but honoured in v1.34. Without it Prometheus sees cgroup ids and no pod names.
   start_proc kubelet "$(KUBELET_BIN)" \
     --config "${NODE}/kubelet.yaml" \
     --kubeconfig "${NODE}/kubelet.kubeconfig" \
     --root-dir "${NODE}/kubelet" \
     --hostname-override "${REAL_NODE_NAME}" \
     --node-ip "${NODE_GATEWAY}" \
+    --containerd "$(NODE_SOCK)" \
     --node-labels "type=real,elastiserve.dev/node=real" \
     --v 1
 }
@@ -403,6 +407,18 @@ node_up() {
     curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:${KUBE_PROXY_HEALTHZ_PORT}/healthz"
   printf 'node-up\t%s\n' $(($(now_s) - start)) >>"${LOG_ROOT}/build-times.tsv"
   log "real node ${REAL_NODE_NAME} Ready in $(fmt_duration $(($(now_s) - start))) (pods ${POD_CIDR} on ${NODE_BRIDGE})"
+}
+
+# Stop the kubelet (SIGTERM, as a service manager would) and start it again with the same config and
+# ports; the containers keep running meanwhile. For the node-level fault tests.
+node_kubelet_restart() {
+  node_present && alive kubelet || die "no real node runs in ${STATE} (ELASTISERVE_REAL_NODE=1 hack/cluster.sh up)"
+  load_ports
+  stop_procs kubelet
+  node_kubelet_up
+  wait_component kubelet 60 "the kubelet's /healthz" \
+    curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:${KUBELET_HEALTHZ_PORT}/healthz"
+  log "kubelet restarted"
 }
 
 # Kill what is left of this node's containerd shims (their command line names our socket).

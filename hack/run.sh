@@ -477,6 +477,8 @@ do_env() {
   printf 'export ELASTISERVE_KUBECTL=%q\n' "$(KUBECTL_BIN)"
   printf 'export ELASTISERVE_HELM=%q\n' "$(HELM_BIN)"
   printf 'export ELASTISERVE_KWOK=%q\n' "$(KWOK_BIN)"
+  # Prometheus with kubernetes_sd_configs (built by build-node; hack/prometheus-sd.py writes its config)
+  printf 'export ELASTISERVE_PROMETHEUS_SD=%q\n' "$(PROMETHEUS_BIN)"
   # shellcheck disable=SC2016
   printf 'export PATH=%q:%q:%q:"$PATH"\n' "$(k8s_dir)" "$(helm_dir)" "$(kwok_dir)"
 }
@@ -535,6 +537,7 @@ do_node_up() {
 }
 cmd_node_up() { with_lock do_node_up; }
 cmd_node_down() { with_lock node_down; }
+cmd_kubelet_restart() { with_lock node_kubelet_restart; }
 
 # image: build the project's image (cached by content) and import it into the running real node
 cmd_image() {

@@ -27,6 +27,9 @@ S3_DIR="${ELASTISERVE_S3_DIR:-${ELASTISERVE_CACHE}/s3}"
 S3_ACCESS_KEY="${ELASTISERVE_S3_ACCESS_KEY:-elastiserve}"
 S3_SECRET_KEY="${ELASTISERVE_S3_SECRET_KEY:-elastiserve-secret}"
 S3_REGION="${ELASTISERVE_S3_REGION:-us-east-1}"
+# The address every SeaweedFS service binds and advertises: loopback, or (for pods of the real node)
+# the node's bridge gateway, e.g. ELASTISERVE_S3_IP=10.250.0.1. Never the machine's uplink.
+S3_IP="${ELASTISERVE_S3_IP:-127.0.0.1}"
 
 seaweedfs_dir() { printf '%s/seaweedfs-%s' "${BIN_ROOT}" "${SEAWEEDFS_VERSION}"; }
 WEED_BIN() { printf '%s/weed' "$(seaweedfs_dir)"; }
@@ -85,6 +88,9 @@ cmd_up() {
     log "already running (pid $(cat "${S3_DIR}/weed.pid")); endpoint $(cat "${S3_DIR}/endpoint")"
     return
   fi
+  if [[ "${S3_IP}" != 127.* ]] && ! ip -o -4 addr show dev es-cni0 2>/dev/null | grep -qF " ${S3_IP}/"; then
+    die "ELASTISERVE_S3_IP=${S3_IP} is neither loopback nor the real node's bridge (es-cni0) address: refusing to listen there"
+  fi
   mkdir -p "${S3_DIR}/data"
   local s3port
   s3port=${ELASTISERVE_S3_PORT:-$(free_port)}
@@ -92,7 +98,7 @@ cmd_up() {
 {"identities": [{"name": "elastiserve", "credentials": [{"accessKey": "${S3_ACCESS_KEY}", "secretKey": "${S3_SECRET_KEY}"}],
   "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
 JSON
-  printf 'http://127.0.0.1:%s' "${s3port}" >"${S3_DIR}/endpoint"
+  printf 'http://%s:%s' "${S3_IP}" "${s3port}" >"${S3_DIR}/endpoint"
   # Every internal port (and its gRPC twin) is a free one, so several servers
   # can run side by side. weed binds /tmp/seaweedfs-<svc>-grpc-<port>.sock per
   # gRPC port and for the filer's and gateway's HTTP: `down` removes them.
@@ -100,7 +106,7 @@ JSON
   mg=$(free_port) vg=$(free_port) fg=$(free_port) sg=$(free_port) fp=$(free_port)
   printf 'master-grpc %s\nvolume-grpc %s\nfiler-grpc %s\ns3-grpc %s\nfiler %s\ns3 %s\n' \
     "${mg}" "${vg}" "${fg}" "${sg}" "${fp}" "${s3port}" >"${S3_DIR}/socket-ports"
-  "$(WEED_BIN)" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="${S3_DIR}/data" \
+  "$(WEED_BIN)" server -ip="${S3_IP}" -ip.bind="${S3_IP}" -dir="${S3_DIR}/data" \
     -master.port="$(free_port)" -master.port.grpc="${mg}" \
     -volume.port="$(free_port)" -volume.port.grpc="${vg}" -volume.max=0 \
     -filer -filer.port="${fp}" -filer.port.grpc="${fg}" \

@@ -249,6 +249,14 @@ def build_deployment(
             "periodSeconds": 2,
             "failureThreshold": 3,
         },
+        # Liveness starts once the server answers: a start under a CPU quota on a busy node (interpreter,
+        # imports, preload) took 30-60 s on the real node, and a 60 s liveness budget killed servers
+        # that were still starting (restart loops). Up to 5 minutes to start; then liveness as before.
+        "startupProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": port.name},
+            "periodSeconds": 2,
+            "failureThreshold": 150,
+        },
         "livenessProbe": {
             "httpGet": {"path": "/v2/health/live", "port": port.name},
             "periodSeconds": 10,

@@ -16,9 +16,12 @@ import functools
 import http.server
 import ipaddress
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -29,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from support import wait_until
+from support.cluster import run_cluster_sh
 from support.real_node import NFT_TABLE, NODE_GATEWAY, NODE_NAME, POD_CIDR, RealCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
@@ -235,3 +239,236 @@ def test_nothing_addressed_to_the_pod_or_service_ranges_leaves_the_machine(insta
     assert dropped >= 1, (after_host, after_pod)
     # and the pods' addresses live on the bridge
     assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(POD_CIDR)
+
+
+# ------------------------------------------------------------------ two replicas: discovery and node-level faults
+
+PAIR = "minilm"
+PAIR_NS = "real-pair"
+
+
+def _ready_pods(k, ns: str, name: str) -> list[dict]:
+    pods = k.kubectl_json("-n", ns, "get", "pods", "-l", f"elastiserve.dev/modeldeployment={name}")["items"]
+    return [p for p in pods if p["metadata"].get("deletionTimestamp") is None
+            and {c["type"]: c["status"] for c in p["status"].get("conditions", [])}.get("Ready") == "True"]
+
+
+@pytest.fixture(scope="module")
+def pair(installed: RealCluster, model_store: str) -> Iterator[str]:
+    """A ModelDeployment with two Ready replicas on the real node (namespace yielded), served by the activator."""
+    k = installed.cluster
+    k.kubectl("create", "namespace", PAIR_NS)
+    wait_until(lambda: k.kubectl("-n", PAIR_NS, "get", "serviceaccount", "default", check=False).returncode == 0,
+               timeout=60, what=f"ServiceAccount default in {PAIR_NS}")
+    k.apply({
+        "apiVersion": "elastiserve.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": PAIR, "namespace": PAIR_NS},
+        "spec": {
+            "model": {"name": "minilm", "uri": model_store,
+                      "lazyLoading": {"memoryBudget": "512Mi", "preload": ["minilm"]}},
+            "template": {"image": installed.image,
+                         "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "300m", "memory": "1Gi"}}},
+            "replicas": {"min": 2, "max": 2},
+            "scaleToZero": {"enabled": True, "idleSeconds": 3600},
+        },
+    })
+    try:
+        wait_until(lambda: len(_ready_pods(k, PAIR_NS, PAIR)) == 2, timeout=300, interval=1,
+                   what=f"two Ready replicas of {PAIR_NS}/{PAIR}")
+        yield PAIR_NS
+    finally:
+        k.kubectl("delete", "namespace", PAIR_NS, "--wait=false", "--ignore-not-found", check=False)
+
+
+class Traffic:
+    """Requests sent one after another through the in-cluster activator's Service while a fault happens.
+
+    Every outcome is kept (HTTP status, or the exception's name for a connection that failed), so a test
+    can show that no request was lost."""
+
+    def __init__(self, k, ns: str, name: str) -> None:
+        activator = k.kubectl_json("-n", SYSTEM_NS, "get", "service", f"{RELEASE}-elastiserve-activator")
+        self.url = f"http://{activator['spec']['clusterIP']}:80/v1/models/minilm:embed"
+        self.host = f"{name}.{ns}.svc"
+        self.outcomes: list[tuple[float, int | str]] = []
+        self.gap_502: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _one(self) -> int | str:
+        req = urllib.request.Request(self.url, data=json.dumps({"texts": ["a node-level fault"]}).encode(),
+                                     headers={"Content-Type": "application/json", "Host": self.host})
+        try:
+            with urllib.request.urlopen(req, timeout=40) as resp:  # noqa: S310 - our own Service
+                resp.read()
+                return resp.status
+        except urllib.error.HTTPError as e:
+            if e.code == 502:
+                self.gap_502.append(e.read().decode(errors="replace"))
+            return e.code
+        except (OSError, urllib.error.URLError) as e:
+            return type(e).__name__
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.outcomes.append((time.monotonic(), self._one()))
+            self._stop.wait(0.05)
+
+    def ok_count(self) -> int:
+        return sum(1 for _, o in self.outcomes if o == 200)
+
+    def failures(self) -> list[tuple[float, int | str]]:
+        return [(t, o) for t, o in self.outcomes if o != 200]
+
+    def assert_none_lost(self, what: str, victim_ip: str) -> None:
+        """No request lost; or only the known activator gap (issue 21's area), reported as xfail.
+
+        The known gap: the activator forwards to a replica whose container just died before the
+        replica's EndpointSlice says so, and answers 502 "replica http://<that pod>:8080 ... failed"
+        instead of retrying another Ready replica. Any other failure fails the test."""
+        lost = self.failures()
+        print(f"\n{what}: {len(self.outcomes)} requests through the activator, {len(lost)} lost: {lost[:5]}")
+        if not lost:
+            return
+        known = [o for _, o in lost if o == 502]
+        other = [o for _, o in lost if o != 502]
+        assert not other, f"{what}: requests lost other than to the dying replica: {lost}"
+        assert self.gap_502 and all(victim_ip in body for body in self.gap_502), self.gap_502[:5]
+        pytest.xfail(f"{what}: {len(known)} of {len(self.outcomes)} requests got 502 from the activator, forwarded "
+                     f"to the dying replica {victim_ip} while another was Ready (serving/activator.py does not retry "
+                     "another endpoint on a connection error)")
+
+    def wait_ok(self, n: int, timeout: float = 60) -> None:
+        """Wait until ``n`` more requests than now have succeeded."""
+        target = self.ok_count() + n
+        wait_until(lambda: self.ok_count() >= target, timeout=timeout, interval=0.2,
+                   what=f"{n} more successful requests through the activator (outcomes: {self.outcomes[-5:]})")
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def test_prometheus_discovers_model_servers_activator_operator_and_cadvisor(
+        installed: RealCluster, pair: str, tmp_path: Path):
+    """No target is registered by hand: kubernetes_sd_configs finds the pods and the kubelet."""
+    from elastiserve.api import parse_spec
+    from elastiserve.metrics.queries import render
+    from support.prometheus import PrometheusServer
+
+    k = installed.cluster
+    if not installed.prometheus_sd or not Path(installed.prometheus_sd).exists():
+        pytest.fail(f"Prometheus with kubernetes_sd_configs missing ({installed.prometheus_sd!r}): "
+                    "run hack/cluster.sh build-node", pytrace=False)
+    out = subprocess.run([sys.executable, str(ROOT / "hack" / "prometheus-sd.py"), "--out", str(tmp_path / "sd"),
+                          "--kubeconfig", str(k.kubeconfig)], env=k.env, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    config = json.loads(Path(out.stdout.strip()).read_text())
+    assert all("static_configs" not in job and job["kubernetes_sd_configs"] for job in config["scrape_configs"])
+    pods = {p["metadata"]["name"] for p in _ready_pods(k, pair, PAIR)}
+    with Traffic(k, pair, PAIR) as traffic:
+        traffic.wait_ok(10)
+    with PrometheusServer(config=config, workdir=tmp_path / "prom", binary=installed.prometheus_sd) as prom:
+        # the two model-server pods, found by their labels and scraped at their annotated port
+        def model_targets_up() -> set[str]:
+            return {t["discoveredLabels"]["__meta_kubernetes_pod_name"] for t in prom.api("targets")["activeTargets"]
+                    if t["labels"]["job"] == "model-servers" and t["health"] == "up"}
+
+        wait_until(lambda: model_targets_up() == pods, timeout=60, what=f"model-server targets {pods} up")
+        targets = prom.api("targets")["activeTargets"]
+        # their own series, labelled with namespace and pod by discovery
+        sel = f'namespace="{pair}",modeldeployment="{PAIR}"'
+        served = prom.wait_for_query(f"sum by (pod) (elastiserve_requests_total{{{sel}}})", timeout=60,
+                                     predicate=lambda r: {s["metric"]["pod"] for s in r} == pods)
+        assert sum(float(s["value"][1]) for s in served) >= 10
+        # container CPU measured by the kubelet's cAdvisor (through the API server's node proxy)
+        cpu = prom.wait_for_query(
+            f'container_cpu_usage_seconds_total{{namespace="{pair}",container!="",container!="POD"}}', timeout=60,
+            predicate=lambda r: {s["metric"]["pod"] for s in r} >= pods)
+        assert all(float(s["value"][1]) > 0 for s in cpu if s["metric"]["pod"] in pods)
+        assert {s["metric"]["node"] for s in cpu} == {NODE_NAME}
+        # the operator and the activator pods; honor_labels keeps the model's namespace on their series
+        prom.wait_for_query(f'elastiserve_operator_replicas{{namespace="{pair}",modeldeployment="{PAIR}"}} == 2', timeout=60)
+        prom.wait_for_query(f'elastiserve_activator_requests_total{{{sel},code="200"}} >= 10', timeout=60)
+        up = {t["labels"]["job"]: t["health"] for t in prom.api("targets")["activeTargets"]}
+        assert up["elastiserve-operator"] == up["elastiserve-activator"] == up["cadvisor"] == "up", targets
+        # and the operator's own CPU query (what scaling reads) finds the measured CPU of both replicas
+        md = k.kubectl_json("-n", pair, "get", "modeldeployment", PAIR)
+        query = render("cpu", parse_spec(md["spec"]), pair, PAIR)
+        value = wait_until(lambda: prom.query_value(query), timeout=60, what=f"{query} returns a value")
+        assert value > 0
+
+
+def _converged(k, ns: str, name: str, exclude: set[str] = frozenset()) -> list[dict] | None:
+    """Two Ready replicas (none of ``exclude``), and the ModelDeployment's Deployment agrees."""
+    pods = _ready_pods(k, ns, name)
+    if len(pods) != 2 or {p["metadata"]["name"] for p in pods} & exclude:
+        return None
+    deploys = k.kubectl_json("-n", ns, "get", "deployments", "-l", f"elastiserve.dev/modeldeployment={name}")["items"]
+    if [d["status"].get("readyReplicas") for d in deploys] != [2]:
+        return None
+    return pods
+
+
+def test_a_killed_model_server_container_restarts_and_no_request_is_lost(installed: RealCluster, pair: str):
+    k = installed.cluster
+    victim = sorted(_ready_pods(k, pair, PAIR), key=lambda p: p["metadata"]["name"])[0]
+    status = victim["status"]["containerStatuses"][0]
+    container_id = status["containerID"].split("://", 1)[1]
+    procs = _pod_cgroup("cpu", victim["metadata"]["uid"]) / container_id / "cgroup.procs"
+    pids = [int(p) for p in procs.read_text().split()]
+    assert pids, f"no process in {procs}"
+    with Traffic(k, pair, PAIR) as traffic:
+        traffic.wait_ok(10)
+        for pid in pids:  # the model server and whatever it started: the container dies at once
+            os.kill(pid, signal.SIGKILL)
+
+        def restarted():
+            pod = k.kubectl_json("-n", pair, "get", "pod", victim["metadata"]["name"])
+            return pod["status"]["containerStatuses"][0]["restartCount"] > status["restartCount"]
+
+        wait_until(restarted, timeout=120, interval=0.5, what="the kubelet restarts the killed container")
+        wait_until(lambda: _converged(k, pair, PAIR), timeout=300, interval=1, what="two Ready replicas again")
+        traffic.wait_ok(10)
+    traffic.assert_none_lost("container killed", victim["status"]["podIP"])
+
+
+def test_an_evicted_pod_is_replaced_and_no_request_is_lost(installed: RealCluster, pair: str):
+    k = installed.cluster
+    victim_pod = sorted(_ready_pods(k, pair, PAIR), key=lambda p: p["metadata"]["name"])[0]
+    victim = victim_pod["metadata"]["name"]
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": victim, "namespace": pair}}
+    with Traffic(k, pair, PAIR) as traffic:
+        traffic.wait_ok(10)
+        # the Eviction API, as `kubectl drain` and the kubelet's node-pressure eviction use it
+        k.kubectl("create", "--raw", f"/api/v1/namespaces/{pair}/pods/{victim}/eviction", "-f", "-",
+                  input=json.dumps(eviction))
+        wait_until(lambda: _converged(k, pair, PAIR, exclude={victim}), timeout=300, interval=1,
+                   what=f"a replacement for {victim} Ready")
+        traffic.wait_ok(10)
+    traffic.assert_none_lost("pod evicted", victim_pod["status"]["podIP"])
+
+
+def test_a_kubelet_restart_keeps_the_pods_and_no_request_is_lost(installed: RealCluster, pair: str):
+    k = installed.cluster
+    before = {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"]
+              for p in _ready_pods(k, pair, PAIR)}
+    with Traffic(k, pair, PAIR) as traffic:
+        traffic.wait_ok(10)
+        run_cluster_sh("kubelet-restart", env=k.env, timeout=180)
+        node_ready = lambda: {c["type"]: c["status"] for c in  # noqa: E731
+                              k.kubectl_json("get", "node", NODE_NAME)["status"]["conditions"]}["Ready"] == "True"
+        wait_until(node_ready, timeout=120, interval=1, what="the node Ready after the kubelet restart")
+        pods = wait_until(lambda: _converged(k, pair, PAIR), timeout=120, interval=1, what="two Ready replicas")
+        traffic.wait_ok(10)
+    # the containers outlived their kubelet: same pods, no restart, and no request lost (nothing died)
+    assert {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"] for p in pods} == before
+    lost = traffic.failures()
+    print(f"\nkubelet restarted: {len(traffic.outcomes)} requests through the activator, {len(lost)} lost")
+    assert lost == []

@@ -49,6 +49,8 @@ class RealCluster:
     cluster: LocalCluster
     image: str
     """``localhost/elastiserve:<content hash>``: the image built from the repository's Dockerfile."""
+    prometheus_sd: str = ""
+    """A Prometheus with ``kubernetes_sd_configs`` (built by ``build-node``; Debian's has none)."""
 
     @property
     def repository(self) -> str:
@@ -121,7 +123,7 @@ def real_cluster() -> Iterator[RealCluster]:
     cluster = LocalCluster(kubeconfig=kubeconfig, bin_dir=Path(exports["ELASTISERVE_BIN_DIR"]),
                            helm_bin=Path(exports["ELASTISERVE_HELM"]), state_dir=state, env=env)
     try:
-        yield RealCluster(cluster=cluster, image=image)
+        yield RealCluster(cluster=cluster, image=image, prometheus_sd=exports.get("ELASTISERVE_PROMETHEUS_SD", ""))
     finally:
         run_cluster_sh("down", env=env, timeout=180)
 

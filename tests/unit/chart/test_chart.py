@@ -296,14 +296,18 @@ def test_operator_probes_hit_the_kopf_liveness_endpoint(helm):
 @pytest.mark.parametrize(
     "sets,expected",
     [
-        ([], ["run", "--all-namespaces", "--metrics-port=9090", "--liveness=http://0.0.0.0:8081/healthz"]),
+        # zero-scaled models' Services point at the activator (without it a request at zero finds nothing)
+        ([], ["run", "--all-namespaces", "--metrics-port=9090", "--liveness=http://0.0.0.0:8081/healthz",
+              "--activator-service=elastiserve/elastiserve-activator"]),
         (
             ["watchNamespaces={a,b}", "operator.prometheusUrl=http://prom:9090", "operator.verbose=true"],
             ["run", "--namespace=a", "--namespace=b", "--metrics-port=9090", "--liveness=http://0.0.0.0:8081/healthz",
-             "--prometheus-url=http://prom:9090", "--verbose"],
+             "--prometheus-url=http://prom:9090", "--activator-service=elastiserve/elastiserve-activator", "--verbose"],
         ),
+        (["activator.enabled=false"],
+         ["run", "--all-namespaces", "--metrics-port=9090", "--liveness=http://0.0.0.0:8081/healthz"]),
     ],
-    ids=["cluster-wide", "namespaces"],
+    ids=["cluster-wide", "namespaces", "no-activator"],
 )
 def test_operator_command_line(helm, sets, expected):
     container = one(docs(helm.template(sets=sets).stdout), "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]

@@ -134,3 +134,24 @@ def test_validate_does_not_import_the_heavy_packages():
     out = subprocess.run([sys.executable, "-c", code, str(ROOT / "examples" / "full.yaml")], capture_output=True,
                          text=True, timeout=120)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("command,absent", [
+    # a model server starts with `elastiserve serve` in every pod: the backtest's statsmodels/scipy are not for it
+    (["serve", "--help"], ("statsmodels", "scipy", "pandas", "kubernetes")),
+    (["activator", "--help"], ("statsmodels", "scipy", "pandas", "onnxruntime")),
+])
+def test_a_subcommand_imports_only_its_own_packages(command, absent):
+    code = (f"import sys; sys.argv = ['elastiserve', *{command!r}]\n"
+            "from elastiserve.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            f"print('HEAVY', sorted(m for m in {absent!r} if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_help_still_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "elastiserve.cli", "--help"], capture_output=True, text=True,
+                         timeout=120, cwd="/")
+    for command in ("serve", "model", "activator", "backtest", "validate", "run"):
+        assert command in out.stdout, out.stdout + out.stderr
