@@ -263,6 +263,9 @@ async def test_request_after_a_timeout_is_served_when_a_replica_appears(tmp_path
             async with session.post(url, json={"id": "early"}, headers=hdr) as r:
                 assert r.status == 503
             waker.start = True  # the next wake brings a replica up
+            # The expired wake keeps its 0.5 s deadline; the new one gets time to start a server even on a
+            # loaded machine (with 0.5 s it sometimes gave up first, and a third wake was needed).
+            act.timeout = 10.0
             async with session.post(url, json={"id": "late"}, headers=hdr) as r:
                 assert r.status == 200 and (await r.json())["id"] == "late"
         assert len(waker.calls) == 2 and upstream.seen == ["late"]
