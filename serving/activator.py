@@ -487,20 +487,29 @@ class Activator:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         model = self.models.setdefault(key, _Model())
-        base = endpoints[model.endpoint_index % len(endpoints)]
-        model.endpoint_index += 1
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in HOP_BY_HOP and k.lower() not in TRACE_HEADERS}
-        url = base.rstrip("/") + request.rel_url.path_qs
-        try:
-            with TRACER.start_as_current_span("activator.forward", kind=tracing.SpanKind.CLIENT,
-                                              attributes={"elastiserve.model": key, "server.address": base}):
-                tracing.inject(headers)  # the replica's span continues this trace
-                return await self._send(request, url, body, headers)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            return web.json_response(
-                {"error": f"replica {base} of {key} failed: {type(exc).__name__}"}, status=502, headers={"Retry-After": "1"}
-            )
+        # A replica that refuses or drops the connection (killed, evicted, restarting) is skipped and the
+        # next ready one is tried, so no request is lost while one replica is left; a slow replica (a
+        # timeout) is not retried elsewhere, which would only double the load.
+        failure = ""
+        for _ in range(len(endpoints)):
+            base = endpoints[model.endpoint_index % len(endpoints)]
+            model.endpoint_index += 1
+            url = base.rstrip("/") + request.rel_url.path_qs
+            attempt = dict(headers)
+            try:
+                with TRACER.start_as_current_span("activator.forward", kind=tracing.SpanKind.CLIENT,
+                                                  attributes={"elastiserve.model": key, "server.address": base}):
+                    tracing.inject(attempt)  # the replica's span continues this trace
+                    return await self._send(request, url, body, attempt)
+            except aiohttp.ClientConnectionError as exc:
+                failure = f"replica {base} of {key} failed: {type(exc).__name__}"
+                continue
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                failure = f"replica {base} of {key} failed: {type(exc).__name__}"
+                break
+        return web.json_response({"error": failure}, status=502, headers={"Retry-After": "1"})
 
     async def _send(self, request: web.Request, url: str, body: bytes, headers: dict[str, str]) -> web.Response:
         assert self._session is not None

@@ -322,22 +322,12 @@ class Traffic:
         return [(t, o) for t, o in self.outcomes if o != 200]
 
     def assert_none_lost(self, what: str, victim_ip: str) -> None:
-        """No request lost; or only the known activator gap (issue 21's area), reported as xfail.
-
-        The known gap: the activator forwards to a replica whose container just died before the
-        replica's EndpointSlice says so, and answers 502 "replica http://<that pod>:8080 ... failed"
-        instead of retrying another Ready replica. Any other failure fails the test."""
+        """No request lost: a request the activator forwarded to the dying replica (its container gone before
+        its EndpointSlice says so) is retried on another Ready replica."""
         lost = self.failures()
         print(f"\n{what}: {len(self.outcomes)} requests through the activator, {len(lost)} lost: {lost[:5]}")
-        if not lost:
-            return
-        known = [o for _, o in lost if o == 502]
-        other = [o for _, o in lost if o != 502]
-        assert not other, f"{what}: requests lost other than to the dying replica: {lost}"
-        assert self.gap_502 and all(victim_ip in body for body in self.gap_502), self.gap_502[:5]
-        pytest.xfail(f"{what}: {len(known)} of {len(self.outcomes)} requests got 502 from the activator, forwarded "
-                     f"to the dying replica {victim_ip} while another was Ready (serving/activator.py does not retry "
-                     "another endpoint on a connection error)")
+        assert not lost, (f"{what}: {len(lost)} of {len(self.outcomes)} requests lost while another replica was "
+                          f"Ready (victim {victim_ip}): {lost[:5]}; activator answers: {self.gap_502[:5]}")
 
     def wait_ok(self, n: int, timeout: float = 60) -> None:
         """Wait until ``n`` more requests than now have succeeded."""

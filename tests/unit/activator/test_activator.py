@@ -272,3 +272,54 @@ async def test_request_after_a_timeout_is_served_when_a_replica_appears(tmp_path
     finally:
         await server.close()
         await upstream.server.close()
+
+
+def _closed_port_url() -> str:
+    """A loopback URL nothing listens on (bound, then closed: connections are refused)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+async def test_a_replica_that_refuses_connections_is_skipped(tmp_path):
+    """A killed or evicted replica still listed as an endpoint costs no request while another is Ready."""
+    upstream = Upstream()
+    await upstream.server.start_server()
+    endpoints = tmp_path / "endpoints.json"
+    alive = str(upstream.server.make_url("/")).rstrip("/")
+    endpoints.write_text(json.dumps({KEY: [_closed_port_url(), alive]}))
+    act = Activator(FileResolver(endpoints), StartOnWake(upstream, endpoints, start=False), timeout=10)
+    server = TestServer(act.app())
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = server.make_url("/v2/models/minilm/infer")
+            codes = []
+            for i in range(6):
+                async with session.post(url, json={"id": str(i)}, headers=HOST) as r:
+                    codes.append(r.status)
+        assert codes == [200] * 6
+        assert upstream.seen == [str(i) for i in range(6)]  # each exactly once
+    finally:
+        await server.close()
+        await upstream.server.close()
+
+
+async def test_all_replicas_refusing_is_a_502_naming_one(tmp_path):
+    endpoints = tmp_path / "endpoints.json"
+    dead = [_closed_port_url(), _closed_port_url()]
+    endpoints.write_text(json.dumps({KEY: dead}))
+    act = Activator(FileResolver(endpoints), StartOnWake(Upstream(), endpoints, start=False), timeout=10)
+    server = TestServer(act.app())
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(server.make_url("/v2/models/minilm/infer"), json={"id": "x"}, headers=HOST) as r:
+                assert r.status == 502 and r.headers["Retry-After"] == "1"
+                error = (await r.json())["error"]
+        assert any(d in error for d in dead) and KEY in error
+    finally:
+        await server.close()
