@@ -92,17 +92,17 @@ def run_operator(
     from .kube import Kube
 
     memo = shared_memo(
-        prometheus_url=prometheus_url,
+        kube=Kube(),
+        activator=_activator(activator_service, activator_address),
+        # model-server pods send their spans to the same place as the operator
+        pod_env=tracing.inherited_env() if tracing.configure("elastiserve-operator") else None,
         metrics_policy=policy,
+        prometheus_url=prometheus_url,
         peering=peering,
         priority=priority,
         peering_lifetime=peering_lifetime,
         all_namespaces=all_namespaces,
-        activator=_activator(activator_service, activator_address),
     )
-    memo.kube = Kube()
-    if tracing.configure("elastiserve-operator"):
-        memo.pod_env = tracing.inherited_env()  # model-server pods send their spans to the same place
     asyncio.run(
         kopf.operator(
             clusterwide=all_namespaces,

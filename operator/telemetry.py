@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .. import tracing
 
 REGISTRY = CollectorRegistry()
 _L = ("namespace", "modeldeployment")
@@ -44,3 +50,14 @@ SCALED_TO_ZERO = Gauge("elastiserve_operator_scaled_to_zero", "1 while the model
 MAX_REPLICAS = Gauge(
     "elastiserve_operator_max_replicas", "Upper replica bound of the variant.", _L + ("variant",), registry=REGISTRY
 )
+
+
+TRACER = tracing.tracer("elastiserve.operator")
+
+
+@contextmanager
+def phase(name: str, **attributes: Any) -> Iterator[Any]:
+    """One phase of a cycle (``metrics``, ``forecast``, ``decide``...): timed in ``RECONCILE_SECONDS`` under
+    ``phase=name`` and traced as a span of that name, a child of the cycle's span. Yields the span."""
+    with RECONCILE_SECONDS.labels(name).time(), TRACER.start_as_current_span(name, attributes=attributes) as span:
+        yield span
