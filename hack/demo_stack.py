@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # reuse the real-infrastructure helpers the tests use
@@ -31,7 +32,7 @@ def say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
-def fail(msg: str) -> "NoReturn":  # noqa: F821
+def fail(msg: str) -> NoReturn:
     print(f"[demo] error: {msg}", file=sys.stderr, flush=True)
     raise SystemExit(1)
 
