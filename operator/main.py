@@ -33,7 +33,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     settings.persistence.finalizer = "elastiserve.dev/finalizer"
     # Events: only warnings from log lines. At INFO kopf turned every "Timer 'scale' succeeded" into an
     # Event: ~3 Events per object per sync (bench/scale_cluster.py measured 273 per cycle for 100 models).
-    # Our own Normal Events (Scaled, RoutedToPods, ...) are posted explicitly (handlers.notice).
+    # Our own Normal Events (Scaled, RoutedToPods, ...) are posted explicitly (apply.post).
     settings.posting.level = logging.WARNING
     # Invalid specs raise PermanentError; Temporary errors (Prometheus down, API hiccups) retry soon.
     settings.execution.max_workers = 16
