@@ -9,6 +9,7 @@ the in-memory ``ObjectState``. Reads only: nothing here changes the cluster.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +25,7 @@ from ..metrics.policy import TOKEN_SECRET_LABEL, MetricsPolicy, NotAllowed
 from ..metrics.refused import RefusedSource
 from ..scaling.rollout import VersionHealth
 from . import telemetry
-from .plan import Observed, Owned, hot_set_enabled, measuring_rollout
+from .plan import Observed, Owned, hot_set_enabled, measuring_rollout, rollout_status
 from .state import ForecasterEntry, ObjectState, OperatorState
 
 
@@ -112,10 +113,7 @@ async def version_health(
     canary_ready = sum(e.ready for e in canaries.values())
     if not isinstance(src, PrometheusSource):
         return VersionHealth(), VersionHealth(ready=canary_ready)
-    rollout = status["rollout"]
-    from ..api.status import RolloutStatus
-
-    step_started = RolloutStatus.model_validate(rollout).step_started_at or now
+    step_started = rollout_status(status).step_started_at or now
     window = int(min(max((now - step_started).total_seconds(), 10), spec.rollout.step_seconds))
     stable_raw, canary_raw = await asyncio.gather(
         asyncio.to_thread(src.version_health, spec, namespace, name, False, window),
@@ -168,11 +166,8 @@ async def observe(o: Observed, ctx: OperatorState, obj: ObjectState, pending: in
     with telemetry.phase("forecast"):
         at_zero = sum(e.replicas for e in o.stable.values()) == 0
         fc = await forecast(obj, src, spec, namespace, name, now, at_zero)
-    # Replicas put back by the plan count as ours here too (the version health reads ready replicas only).
     stable_h, canary_h = await version_health(src, spec, namespace, name, dict(o.status), dict(o.stable),
                                               dict(o.canaries), now)
     rates = await model_rates(src, spec, namespace, name)
-    from dataclasses import replace
-
     return replace(o, snapshot=snapshot, forecast=fc, stable_health=stable_h, canary_health=canary_h,
                    model_rates=rates, trace_id=tracing.trace_id())
