@@ -463,7 +463,7 @@ def plan_cycle(o: Observed, d: Decided) -> Plan:
         # The trace id leads from `kubectl describe mdep` to the cycle's trace (see docs/observability.md).
         tid = o.trace_id
         events.append(Event("Normal", "ScaledToZero" if decision.scale_to_zero else "Scaled",
-                            summary[:960] + (f" (trace {tid})" if tid else "")))
+                            (summary + slo_note(decision))[:960] + (f" (trace {tid})" if tid else "")))
         events.append(Log("info", f"scaled: {summary}"))
     else:
         events.append(Log("debug", f"hold: {summary}"))
@@ -475,6 +475,17 @@ def plan_cycle(o: Observed, d: Decided) -> Plan:
 
     return Plan(repairs=repairs, rollout=rollout_steps, replicas=replicas, routing=routing, hot_set=hot_steps,
                 status=status, events=tuple(events), metrics=_plan_metrics(o, d), decided=True)
+
+
+def slo_note(decision: Decision) -> str:
+    """What the SLO policy's reasons leave out and a scale decision rests on: the lead time of every variant
+    and how often the forecast's upper bound covered the real rate ("" without the SLO policy)."""
+    slo = decision.slo
+    if slo is None:
+        return ""
+    lead = ", ".join(f"{v} {s:.0f} s" for v, s in slo.lead_seconds.items())
+    coverage = "" if slo.forecast_coverage is None else f"; forecast coverage {slo.forecast_coverage:.2f}"
+    return f" (lead {lead}{coverage})"
 
 
 def _plan_repairs(o: Observed, d: Decided) -> tuple[Step, ...]:
@@ -619,6 +630,12 @@ def _plan_metrics(o: Observed, d: Decided) -> tuple[Metric, ...]:
         ]
         if n != before:
             out.append(Metric("SCALE_EVENTS", labels + (v, "up" if n > before else "down"), 1, "inc"))
+    slo = decision.slo
+    if slo is not None:
+        out += [Metric("SLO_LEAD_SECONDS", labels + (v,), s) for v, s in slo.lead_seconds.items()]
+        out += [Metric("SLO_QUANTILE", labels, slo.quantile), Metric("SLO_HEADROOM", labels, slo.headroom)]
+        if slo.forecast_coverage is not None:
+            out.append(Metric("FORECAST_COVERAGE", labels, slo.forecast_coverage))
     if forecast is not None and forecast.ready:
         out += [Metric("FORECAST_QPS", labels + ("mean",), forecast.peak_mean()),
                 Metric("FORECAST_QPS", labels + ("upper",), forecast.peak_upper())]

@@ -352,3 +352,32 @@ def test_the_scaled_event_names_the_trace():
     plan = cycle(observed(snapshot=healthy(qps=55.0), trace_id="4bf92f3577b34da6a3ce929d0e0e4736"))
     scaled = next(s for s in plan.events if isinstance(s, Event) and s.reason == "Scaled")
     assert scaled.message.endswith("(trace 4bf92f3577b34da6a3ce929d0e0e4736)")
+
+
+# --------------------------------------------------------------------------- the SLO policy's figures
+
+
+def test_slo_figures_are_exported_and_explain_the_scale_event():
+    """Per-variant lead time, quantile, headroom and forecast coverage: gauges every cycle, and the lead
+    times and coverage (which the reasons leave out) in the Scaled Event."""
+    spec = make_spec(slo={"enabled": True}, variants=[
+        {"name": "fp32", "capacityQps": 10},
+        {"name": "int8", "precision": "int8", "role": "burst", "capacityQps": 20, "replicas": {"min": 0, "max": 5}}])
+    previous = {"scaler": {"slo": {"forecastCoverage": 0.875, "forecastChecked": 40}}}
+    o = observed(spec, snapshot=healthy(qps=55.0), status=previous)
+    d = decide_cycle(o)
+    slo = d.decision.slo
+    assert slo is not None and slo.forecast_coverage == 0.875
+    plan = plan_cycle(o, d)
+    got = {(m.name, m.labels[2:]): m.value for m in plan.metrics}
+    assert got[("SLO_QUANTILE", ())] == slo.quantile and 0.5 < slo.quantile < 1
+    assert got[("SLO_HEADROOM", ())] == slo.headroom
+    assert got[("FORECAST_COVERAGE", ())] == 0.875
+    assert {v: got[("SLO_LEAD_SECONDS", (v,))] for v in ("fp32", "int8")} == slo.lead_seconds
+    scaled = next(s for s in plan.events if isinstance(s, Event) and s.reason == "Scaled")
+    lead = ", ".join(f"{v} {s:.0f} s" for v, s in slo.lead_seconds.items())
+    assert scaled.message.endswith(f"(lead {lead}; forecast coverage 0.88)")
+    # without the SLO policy: neither the gauges nor the note
+    plain = cycle(observed(snapshot=healthy(qps=55.0)))
+    assert not any(m.name.startswith("SLO_") or m.name == "FORECAST_COVERAGE" for m in plain.metrics)
+    assert "(lead" not in next(s for s in plain.events if isinstance(s, Event)).message
