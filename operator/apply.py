@@ -19,7 +19,7 @@ import kopf
 from . import telemetry
 from .failpoints import failpoint
 from .kube import SCALER_MANAGER, TEMPLATE_MANAGER, Kube
-from .plan import Apply, ApplyAll, Delete, Event, Log, Plan, Remember, SetHotSet, SetHpaVariant, Step
+from .plan import Apply, ApplyAll, Delete, Event, Log, Plan, Remember, SetHotSet, SetHpaVariant, SetReady, Step
 from .state import ObjectState
 
 
@@ -51,6 +51,8 @@ async def run_steps(steps: tuple[Step, ...], kube: Kube, obj: ObjectState, body:
             obj.hpa_variant = step.variant
         elif isinstance(step, SetHotSet):
             obj.hot_set = list(step.models)
+        elif isinstance(step, SetReady):
+            obj.ready = dict(step.condition)
         elif isinstance(step, Event):
             post(body, step)
         elif isinstance(step, Log):

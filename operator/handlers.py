@@ -99,8 +99,10 @@ async def reconcile(
         kopf.warn(body, reason="InvalidSpec", message=message[:1000])
         raise kopf.PermanentError(str(exc)) from None
     obj = ctx.of(namespace, name)
-    seen = observe.base(ctx, obj, mspec, namespace, name, uid, generation, status, owned_deployments, now)
-    await apply_plan(plan_reconcile(seen), ctx.api(), obj, body, patch, logger)
+    # One writer per object at a time: a cycle waits for the owned objects and the Ready condition it keeps.
+    async with obj.lock:
+        seen = observe.base(ctx, obj, mspec, namespace, name, uid, generation, status, owned_deployments, now)
+        await apply_plan(plan_reconcile(seen), ctx.api(), obj, body, patch, logger)
 
 
 # --------------------------------------------------------------------------- scaling loop

@@ -147,7 +147,7 @@ def base(ctx: OperatorState, obj: ObjectState, spec: ModelDeploymentSpec, namesp
         status=dict(status or {}),
         stable=deployments(index, namespace, name), canaries=deployments(index, namespace, name, canary=True),
         applied=dict(obj.applied), hpa_variant=obj.hpa_variant,
-        hot_set=tuple(obj.hot_set) if obj.hot_set is not None else None,
+        hot_set=tuple(obj.hot_set) if obj.hot_set is not None else None, ready=obj.ready,
         activator=(tuple(ctx.activator[0]), ctx.activator[1]) if ctx.activator else None,
         pod_env=tuple(tuple(kv) for kv in ctx.pod_env),
     )

@@ -85,6 +85,8 @@ class Observed:
     hpa_variant: str | None = None
     hot_set: tuple[str, ...] | None = None
     """In memory: the hot set last published."""
+    ready: Mapping[str, Any] | None = None
+    """In memory: the Ready condition the last reconcile wrote (``ObjectState.ready``)."""
     activator: tuple[tuple[str, ...], int] | None = None
     """(addresses, port) of the activator, when the operator runs with one."""
     pod_env: tuple[tuple[str, str], ...] = ()
@@ -190,6 +192,16 @@ class SetHotSet:
 
 
 @dataclass(frozen=True)
+class SetReady:
+    """``ObjectState.ready = condition``: the Ready condition a reconcile wrote, for the cycles after it."""
+
+    condition: Mapping[str, Any]
+
+    def describe(self) -> str:
+        return f"remember condition Ready={self.condition['status']} (generation {self.condition.get('observedGeneration')})"
+
+
+@dataclass(frozen=True)
 class Event:
     """A Kubernetes Event on the ModelDeployment."""
 
@@ -210,7 +222,7 @@ class Log:
         return f"log {self.level}: {self.message}"
 
 
-Step = Apply | ApplyAll | Delete | Remember | SetHpaVariant | SetHotSet | Event | Log
+Step = Apply | ApplyAll | Delete | Remember | SetHpaVariant | SetHotSet | SetReady | Event | Log
 
 
 @dataclass(frozen=True)
@@ -333,8 +345,21 @@ def plan_reconcile(o: Observed) -> Plan:
     status: dict[str, Any] = {"conditions": conds, "observedGeneration": o.generation}
     if o.status.get("phase") in (None, "Error", "Pending"):
         status["phase"] = "Ready"
+    ready = next(c for c in conds if c["type"] == "Ready")
     return Plan(owned=plan_owned(o), status=status, events=(
-        Log("info", f"reconciled {len(o.spec.variants)} variants (generation {o.generation})"),))
+        SetReady(ready), Log("info", f"reconciled {len(o.spec.variants)} variants (generation {o.generation})")))
+
+
+def with_ready(conditions: list[dict[str, Any]] | None, ready: Mapping[str, Any] | None) -> list[dict[str, Any]] | None:
+    """The previous conditions, with the Ready condition of the last reconcile when the status the cycle read
+    predates it (missing, or of an older generation). The cycle's status patch replaces the whole list:
+    without this, a cycle that started while reconcile ran would drop Ready."""
+    if ready is None:
+        return conditions
+    seen = next((c for c in conditions or [] if c.get("type") == "Ready"), None)
+    if seen is not None and (seen.get("observedGeneration") or 0) >= (ready.get("observedGeneration") or 0):
+        return conditions
+    return [c for c in conditions or [] if c.get("type") != "Ready"] + [dict(ready)]
 
 
 def missing_variants(o: Observed) -> list[str]:
@@ -442,7 +467,8 @@ def plan_cycle(o: Observed, d: Decided) -> Plan:
     status["forecast"] = forecast_status(o.forecast, spec.forecasting.horizon_seconds)
     status["slo"] = decision.slo.to_api() if decision.slo is not None else None
     previous = o.status.get("conditions")
-    conds = decision_conditions(previous, decision, o.forecast, spec.forecasting.enabled, o.now, o.generation)
+    conds = decision_conditions(with_ready(previous, o.ready), decision, o.forecast, spec.forecasting.enabled,
+                                o.now, o.generation)
     active = rs.phase in ("Progressing", "Promoting")
     rollout_reason = {"Progressing": "Progressing", "Promoting": "Promoting", "RolledBack": "RolledBack"}.get(
         rs.phase, "Idle")

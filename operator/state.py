@@ -10,7 +10,8 @@ memory, and all of it is a cache or a guard that can be rebuilt: ``applied`` (th
 floors we last sent, to skip unchanged patches and to tell our own edits from someone else's) is seeded
 from ``status.variants[].desired`` on the first cycle after a restart; ``hpa_variant`` is set again
 by the ``resume`` handler; ``hot_set`` (the last published hot set) is empty after a restart, so the
-ConfigMap is applied once more; ``forecaster`` is refitted from Prometheus' history (the first cycle
+ConfigMap is applied once more; ``ready`` (the Ready condition the last reconcile wrote) is set again by
+the ``resume`` handler; ``forecaster`` is refitted from Prometheus' history (the first cycle
 reads the whole history window); ``lock`` and ``last_cycle`` only serialise cycles and pace the timer.
 Operator-wide, :class:`OperatorState` holds the API client, the clock, the activator's address, the
 environment model-server pods inherit, the metrics tenancy policy and the Prometheus clients by
@@ -57,6 +58,9 @@ class ObjectState:
     """The variant whose replicas an HPA owns (actuation: HPA): its replicas are never restored."""
     hot_set: list[str] | None = None
     """The hot set last published in ``<name>-hotset``."""
+    ready: dict[str, Any] | None = None
+    """The ``Ready`` condition the last reconcile wrote. A cycle that read the status before that write
+    landed keeps this condition instead of dropping it (its merge patch replaces the whole list)."""
     forecaster: ForecasterEntry | None = None
 
 

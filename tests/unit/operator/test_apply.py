@@ -11,7 +11,7 @@ from elastiserve.operator import apply as apply_mod
 from elastiserve.operator import builders, telemetry
 from elastiserve.operator.apply import apply_plan
 from elastiserve.operator.plan import (
-    Apply, ApplyAll, Delete, Event, Log, Metric, Plan, Remember, SetHotSet, SetHpaVariant,
+    Apply, ApplyAll, Delete, Event, Log, Metric, Plan, Remember, SetHotSet, SetHpaVariant, SetReady,
 )
 from elastiserve.operator.state import ObjectState, OperatorState, operator_state
 
@@ -92,12 +92,13 @@ async def test_sections_run_in_their_fixed_order_and_state_follows(posted):
 async def test_owned_objects_dry_run_first_and_the_scaler_takes_over_unless_a_cycle_moved_on(posted):
     dep = builders.build_replicas("m", "ns", "fp32", 1)
     plan = Plan(owned=(Remember("fp32", 1), ApplyAll(({"kind": "Service", "metadata": {"name": "m"}}, dep)),
-                       Apply(replicas("fp32", 1), scaler=True, unless_changed=("fp32", 1)), SetHpaVariant("fp32")))
+                       Apply(replicas("fp32", 1), scaler=True, unless_changed=("fp32", 1)), SetHpaVariant("fp32")),
+                events=(SetReady({"type": "Ready", "status": "True", "observedGeneration": 2}),))
     kube, obj = FakeKube(), ObjectState()
     await apply_plan(plan, kube, obj, {}, SimpleNamespace(status={}), Logger())
     assert [c[-1] for c in kube.calls[:2]] == ["dry-run", "dry-run"]
     assert kube.calls[-1] == ("apply", "Deployment", "m-fp32", "elastiserve-scaler")
-    assert obj.hpa_variant == "fp32"
+    assert obj.hpa_variant == "fp32" and obj.ready == {"type": "Ready", "status": "True", "observedGeneration": 2}
 
     # a cycle decided 4 while the Deployment was being created: its value stands
     kube, obj = FakeKube(), ObjectState()

@@ -14,7 +14,7 @@ import pytest
 
 from elastiserve.api import MetricSnapshot, parse_spec
 from elastiserve.operator.plan import (
-    Apply, ApplyAll, Delete, Event, Log, Observed, Owned, Remember, SetHotSet, SetHpaVariant, decide_cycle,
+    Apply, ApplyAll, Delete, Event, Log, Observed, Owned, Remember, SetHotSet, SetHpaVariant, SetReady, decide_cycle,
     missing_variants, plan_cycle, plan_reconcile, plan_recreate,
 )
 from elastiserve.scaling.rollout import VersionHealth
@@ -154,6 +154,23 @@ def test_reconcile_prunes_a_variant_that_left_the_spec_and_the_hpa():
     assert plan.status["phase"] == "Ready" and plan.status["observedGeneration"] == 3
     hpa = plan_reconcile(observed(make_spec(actuation="HPA")))
     assert SetHpaVariant("fp32") in hpa.owned and not any(isinstance(s, Delete) for s in hpa.owned)
+
+
+def test_a_cycle_that_read_the_status_before_reconcile_wrote_it_keeps_ready():
+    """Reconcile and the first cycle start together on a new object; the cycle's status predates Ready.
+    Its merge patch replaces the whole condition list, so it must carry the Ready reconcile wrote."""
+    reconciled = plan_reconcile(observed())
+    remembered = next(s for s in reconciled.events if isinstance(s, SetReady)).condition
+    assert remembered["type"] == "Ready" and remembered["status"] == "True" and remembered["observedGeneration"] == 3
+    conds = {c["type"]: c for c in cycle(replace(observed(), ready=remembered)).status["conditions"]}
+    assert conds["Ready"] == remembered and conds["MetricsAvailable"]["status"] == "True"
+    # a status that already has a Ready of this generation (or newer) is left as it is
+    newer = dict(remembered, observedGeneration=4, message="from the status")
+    stale = replace(observed(status={"conditions": [newer]}), ready=remembered)
+    conds = {c["type"]: c for c in cycle(stale).status["conditions"]}
+    assert conds["Ready"]["message"] == "from the status"
+    # and without a reconcile in memory (a fresh operator), the status is the truth
+    assert "Ready" not in {c["type"] for c in cycle(observed()).status["conditions"]}
 
 
 # --------------------------------------------------------------------------- metrics outage
