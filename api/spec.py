@@ -12,7 +12,7 @@ import re
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from .base import QUANTITY_PATTERN, ApiModel, parse_bytes, parse_quantity
 
@@ -24,6 +24,8 @@ PROMETHEUS_URL_PATTERN = r"^https?://[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0
 Name = Annotated[str, StringConstraints(pattern=DNS_LABEL, min_length=1, max_length=40)]
 Uri = Annotated[str, StringConstraints(pattern=URI_PATTERN, min_length=1, max_length=1024)]
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=32)]
+SecretName = Annotated[str, StringConstraints(pattern=DNS_LABEL, min_length=1, max_length=63)]
+"""The name of a Secret in the ModelDeployment's own namespace (a DNS-1123 label: no namespace, no path)."""
 
 RUNTIME_OVERHEAD_BYTES = 256 * 2**20
 """Memory a model-server process needs besides model weights (Python, ONNX Runtime arenas): the memory
@@ -153,6 +155,21 @@ class ModelSpec(ApiModel):
     sub_models: list[SubModel] = Field(default_factory=list, max_length=256)
     """Further models served by the same replicas, loaded lazily."""
     lazy_loading: LazyLoading = Field(default_factory=LazyLoading)
+    credentials_secret: SecretName | None = None
+    """A Secret in this namespace with the object store's credentials, for ``s3://`` URIs: keys
+    ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` (required), ``AWS_SESSION_TOKEN``,
+    ``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``, ``AWS_REGION``, ``AWS_DEFAULT_REGION`` (optional). Only
+    these keys are mounted, read-only, into the model servers; the operator never reads the Secret, and
+    credentials never go in the spec. Unset: the servers use their environment (e.g. a workload identity)."""
+
+    @field_validator("credentials_secret", mode="before")
+    @classmethod
+    def _secret_in_this_namespace(cls, v):
+        if isinstance(v, str) and not (len(v) <= 63 and re.match(DNS_LABEL, v)):
+            raise ValueError(
+                f"credentialsSecret must name a Secret in the ModelDeployment's own namespace: a DNS-1123 label "
+                f"(lowercase letters, digits and '-', at most 63 characters; no namespace, '/' or '.'), got {v!r}")
+        return v
 
 
 # --------------------------------------------------------------------------- containers

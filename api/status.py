@@ -10,7 +10,8 @@ from pydantic import Field
 from .base import ApiModel
 from .decision import ScalerState, SloSummary
 
-CONDITION_TYPES = ("Ready", "MetricsAvailable", "ForecastReady", "ScalingActive", "Fallback", "Rollout")
+CONDITION_TYPES = ("Ready", "MetricsAvailable", "ForecastReady", "ScalingActive", "Fallback", "Rollout",
+                   "SubModelsLoaded")
 
 
 class Condition(ApiModel):
@@ -76,6 +77,18 @@ class RolloutStatus(ApiModel):
     message: str = ""
 
 
+class SubModelLoadFailure(ApiModel):
+    """A sub-model some replicas cannot load (from the model servers' ``elastiserve_model_load_failing``)."""
+
+    model: str
+    cause: str
+    """``no_credentials``, ``access_denied``, ``no_such_key``, ``endpoint_unreachable``, ``transfer_failed``,
+    ``server_error``, ``checksum_mismatch``, ``disk_budget``, ``too_large``, ``invalid_model`` or ``other``."""
+    pods: int = 0
+    """Replicas whose latest load of it failed with this cause."""
+    message: str = ""
+
+
 class ModelDeploymentStatus(ApiModel):
     """Observed state of a ModelDeployment."""
 
@@ -100,4 +113,6 @@ class ModelDeploymentStatus(ApiModel):
     """The SLO policy's last figures: chosen quantile, headroom, lead time per variant, forecast coverage."""
     scaler: ScalerState | None = None
     rollout: RolloutStatus | None = None
+    sub_model_load_failures: list[SubModelLoadFailure] = Field(default_factory=list)
+    """Sub-models that cannot be loaded, with the cause (also the ``SubModelsLoaded`` condition and Events)."""
     conditions: list[Condition] = Field(default_factory=list)

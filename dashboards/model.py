@@ -228,6 +228,37 @@ DASHBOARD = Dashboard(
                     unit="s",
                     min=0,
                 ),
+                Panel(
+                    "Sub-models failing to load",
+                    (Target(f"sum by (model, cause) (elastiserve_model_load_failing{SERVER})", "{{model}}: {{cause}}"),),
+                    min=0,
+                    width=8,
+                    description="Pods whose latest load of the sub-model failed, by cause "
+                                "(also status.subModelLoadFailures and the SubModelsLoaded condition).",
+                ),
+                Panel(
+                    "Artifact disk cache",
+                    (
+                        Target(_sum_rate("elastiserve_artifact_cache_hits_total"), "hits"),
+                        Target(_sum_rate("elastiserve_artifact_cache_misses_total"), "misses (downloads)"),
+                        Target(_sum_rate("elastiserve_artifact_cache_evictions_total"), "evictions"),
+                    ),
+                    unit="ops",
+                    min=0,
+                    width=8,
+                    description="Artifacts of s3:// and http(s):// stores: fetches served from the pods' disk "
+                                "cache vs downloaded, and LRU evictions under the disk budget.",
+                ),
+                Panel(
+                    "Artifact disk cache bytes",
+                    (
+                        Target(f"sum(elastiserve_artifact_cache_used_bytes{SERVER})", "used"),
+                        Target(f"sum(elastiserve_artifact_cache_budget_bytes{SERVER})", "budget"),
+                    ),
+                    unit="bytes",
+                    min=0,
+                    width=8,
+                ),
             ),
         ),
         Row(

@@ -22,7 +22,7 @@ from ..api.decision import SIGNALS, MetricSnapshot
 from ..api.spec import ModelDeploymentSpec
 from ..api.window import MetricWindow
 from .errors import AmbiguousSeries, MetricsError, NoData, QueryFailed
-from .queries import render, render_model_rates, render_version
+from .queries import render, render_load_failures, render_model_rates, render_version
 
 _STATUS = re.compile(r"HTTP Status Code (\d{3})")
 
@@ -213,6 +213,22 @@ class PrometheusSource:
                 continue
             if value is not None:
                 out[model] = value
+        return out
+
+    def load_failures(self, namespace: str, name: str) -> dict[tuple[str, str], int]:
+        """Pods failing to load each sub-model, by ``(model, cause)`` ({} when every load succeeded)."""
+        result = self._call(self._client.custom_query, render_load_failures(namespace, name))
+        if not isinstance(result, list):
+            raise QueryFailed("Prometheus sent a malformed response: result is not a vector")
+        out: dict[tuple[str, str], int] = {}
+        for series in result:
+            try:
+                key = (str(series["metric"]["model"]), str(series["metric"].get("cause") or "other"))
+                value = clean(series["value"][1])
+            except (KeyError, TypeError, IndexError):
+                continue
+            if value is not None and value >= 1:
+                out[key] = int(value)
         return out
 
     def history(

@@ -92,6 +92,16 @@ def render_model_rates(spec: ModelDeploymentSpec, namespace: str, name: str) -> 
     )
 
 
+LOAD_FAILURES_QUERY = (
+    "count by (model, cause) (elastiserve_model_load_failing{" + SERVER_SELECTOR + "} == 1)"
+)
+"""Pods whose latest load of a sub-model failed, per sub-model and cause (the server's bounded ``cause``)."""
+
+
+def render_load_failures(namespace: str, name: str) -> str:
+    return Template(LOAD_FAILURES_QUERY).safe_substitute(namespace=namespace, name=name)
+
+
 def track_pods_regex(spec: ModelDeploymentSpec, name: str, canary: bool) -> str:
     """Pods of the stable or the canary Deployments: ``<name>-<variant>[-canary]-<hash>-<id>``."""
     variants = "|".join(v.name for v in spec.variants)

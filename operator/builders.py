@@ -111,6 +111,11 @@ filesystem is read-only), sized a little above the cache's own budget."""
 ARTIFACTS_BUDGET = "4Gi"
 ARTIFACTS_SIZE_LIMIT = "5Gi"
 REMOTE_SCHEMES = ("s3://", "http://", "https://")
+CREDENTIALS_DIR = "/var/run/secrets/elastiserve/s3"
+"""Where ``model.credentialsSecret`` is mounted (read-only); the server reads one file per variable."""
+CREDENTIAL_KEYS_REQUIRED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+CREDENTIAL_KEYS_OPTIONAL = ("AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
+                            "AWS_DEFAULT_REGION")
 ANNOTATION_SUBMODELS = "elastiserve.dev/submodels"
 SUBMODELS_KEY = "models"
 
@@ -189,6 +194,8 @@ def server_env(spec: ModelDeploymentSpec, name: str, variant: Variant, version: 
     if remote:
         env += [{"name": "ELASTISERVE_ARTIFACT_CACHE_DIR", "value": ARTIFACTS_DIR},
                 {"name": "ELASTISERVE_ARTIFACT_CACHE_BUDGET", "value": ARTIFACTS_BUDGET}]
+    if spec.model.credentials_secret:
+        env.append({"name": "ELASTISERVE_S3_CREDENTIALS_DIR", "value": CREDENTIALS_DIR})
     if not lazy.enabled:
         env = [{"name": "ELASTISERVE_PRELOAD", "value": "all"} if e["name"] == "ELASTISERVE_PRELOAD" else e for e in env]
     # `elastiserve serve` listens on 127.0.0.1:8080 by default (right for a developer's shell, unreachable
@@ -299,8 +306,27 @@ def build_deployment(
         container.setdefault("volumeMounts", []).append({"name": "artifacts", "mountPath": ARTIFACTS_DIR})
         body["spec"]["template"]["spec"].setdefault("volumes", []).append(
             {"name": "artifacts", "emptyDir": {"sizeLimit": ARTIFACTS_SIZE_LIMIT}})
+    if spec.model.credentials_secret:
+        container.setdefault("volumeMounts", []).append(
+            {"name": "s3-credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
+        body["spec"]["template"]["spec"].setdefault("volumes", []).append(
+            credentials_volume(spec.model.credentials_secret))
     body["metadata"]["annotations"] = {ANNOTATION_HASH: spec_hash(body["spec"])}
     return body
+
+
+def credentials_volume(secret: str) -> dict[str, Any]:
+    """The pod volume of ``model.credentialsSecret``: a reference by name, so always to a Secret of the pod's
+    own namespace (the kubelet reads it; the operator never does). Only the S3 variables are projected, so
+    the spec cannot be used to put any other key of any other Secret into the tenant's container; the two
+    keys without which S3 cannot work are required (a missing Secret or key stops the pod at mount time with
+    the kubelet's FailedMount Event), the others optional. Files are readable by the pod's group only."""
+    def items(keys):
+        return [{"key": k, "path": k} for k in keys]
+    return {"name": "s3-credentials", "projected": {"defaultMode": 0o440, "sources": [
+        {"secret": {"name": secret, "items": items(CREDENTIAL_KEYS_REQUIRED)}},
+        {"secret": {"name": secret, "items": items(CREDENTIAL_KEYS_OPTIONAL), "optional": True}},
+    ]}}
 
 
 def build_replicas(name: str, namespace: str, variant: str, replicas: int, canary: bool = False) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from ..metrics.policy import TOKEN_SECRET_LABEL, MetricsPolicy, NotAllowed
 from ..metrics.refused import RefusedSource
 from ..scaling.rollout import VersionHealth
 from . import telemetry
+from .loadfailures import load_failure_report, read_load_failures
 from .plan import Observed, Owned, hot_set_enabled, measuring_rollout, rollout_status
 from .state import ForecasterEntry, ObjectState, OperatorState
 
@@ -169,5 +170,8 @@ async def observe(o: Observed, ctx: OperatorState, obj: ObjectState, pending: in
     stable_h, canary_h = await version_health(src, spec, namespace, name, dict(o.status), dict(o.stable),
                                               dict(o.canaries), now)
     rates = await model_rates(src, spec, namespace, name)
+    # Sub-models the servers cannot load, compared with what the status said last (operator/loadfailures.py).
+    failures = await read_load_failures(src, spec, namespace, name)
+    report = None if failures is None else load_failure_report(failures, o.status.get("subModelLoadFailures"))
     return replace(o, snapshot=snapshot, forecast=fc, stable_health=stable_h, canary_health=canary_h,
-                   model_rates=rates, trace_id=tracing.trace_id())
+                   model_rates=rates, load_failures=report, trace_id=tracing.trace_id())

@@ -27,6 +27,9 @@ from .status import decision_conditions, forecast_status, iso, set_condition, va
 
 # --------------------------------------------------------------------------- what a cycle sees
 
+LOAD_CONDITION = "SubModelsLoaded"
+"""``loadfailures.CONDITION`` (that module reads Prometheus, so the pure plan does not import it)."""
+
 
 def canary_key(variant: str) -> str:
     """Key of a canary Deployment's replicas in ``ObjectState.applied``."""
@@ -90,6 +93,9 @@ class Observed:
     activator: tuple[tuple[str, ...], int] | None = None
     """(addresses, port) of the activator, when the operator runs with one."""
     pod_env: tuple[tuple[str, str], ...] = ()
+    load_failures: Any = None
+    """``loadfailures.LoadFailureReport`` of this cycle (None: no sub-models, or the query failed: the status
+    keeps what it said last)."""
     trace_id: str | None = None
     """The cycle's trace, quoted in the Scaled Event."""
 
@@ -474,12 +480,18 @@ def plan_cycle(o: Observed, d: Decided) -> Plan:
         rs.phase, "Idle")
     status["conditions"] = set_condition(conds, "Rollout", active, rollout_reason, rs.message or "no rollout",
                                          o.now, o.generation)
+    events: list[Step] = []
+    report = o.load_failures
+    if report is not None:  # sub-models the servers cannot load: status, condition, Events on change
+        status["subModelLoadFailures"] = report.entries
+        status["conditions"] = set_condition(status["conditions"], LOAD_CONDITION, report.loaded, report.reason,
+                                             report.message, o.now, o.generation)
+        events += [Event(type_, reason, message[:1000]) for type_, reason, message in report.events]
     status["phase"] = "ScaledToZero" if sum(decision.desired.values()) == 0 else (
         "Scaling" if changed or obs.ready != obs.replicas else "Ready"
     )
 
     # ---- Events and logs
-    events: list[Step] = []
     if d.rollout.event:
         reason, message = d.rollout.event
         events.append(Event("Warning" if reason == "RolloutRolledBack" else "Normal", reason, message[:1000]))

@@ -10,6 +10,10 @@
 * One download per artifact: concurrent callers wanting the same entry wait for the one download.
 * LRU on disk, independent of the memory budget: before a download, least recently used entries not in
   use are removed until it fits. An artifact larger than the whole budget is refused with a clear error.
+* Derived files: a file or folder computed from a verified artifact (ONNX Runtime's optimized graph, see
+  ``runtime.write_optimized``) is produced in the background after a load (:meth:`ArtifactCache.derive`, one
+  low-priority worker thread) and kept in the artifact's entry; it is counted in the budget and leaves with
+  the entry.
 * Revalidated: every fetch asks the store for the object's metadata (a HEAD); a deleted object drops its
   entries. When the store cannot be reached, the newest cached copy of that URI is used (with a warning),
   so an evicted model comes back from disk during an outage.
@@ -28,7 +32,8 @@ import shutil
 import threading
 import time
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -66,6 +71,11 @@ class CacheEntry:
     verified_by: str
     last_used: float
     users: int = 0
+    extra: int = 0  # bytes of derived files kept in the entry's folder
+
+    @property
+    def disk_bytes(self) -> int:
+        return self.size + self.extra
 
 
 @dataclass
@@ -79,6 +89,9 @@ class DiskStats:
     evictions: int = 0
     stale_uses: int = 0  # served from disk while the store was unreachable
     retries: int = 0
+    derived: int = 0  # derived files produced (optimized graphs)
+    derive_errors: int = 0
+    derive_seconds: float = 0.0
     events: list[str] = field(default_factory=list)  # recent notable events, newest last
 
 
@@ -96,13 +109,14 @@ class ArtifactCache:
 
     ``clock`` (wall seconds) orders the LRU; ``sleep`` is the retry backoff's; ``on_chunk(uri, done, total)``
     and ``on_retry(attempt, error)`` are seams for progress reporting and for fault-injection tests.
+    ``keep_derived`` False: loads keep no derived files (the benchmark's side-by-side reference).
     """
 
     def __init__(self, root: str | Path, *, budget_bytes: int, remote: Remote | None = None,
                  retry: RetryPolicy | None = None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, chunk_bytes: int = CHUNK,
                  on_chunk: Callable[[str, int, int], None] | None = None,
-                 on_retry: Callable[[int, FetchError], None] | None = None):
+                 on_retry: Callable[[int, FetchError], None] | None = None, keep_derived: bool = True):
         if budget_bytes <= 0:
             raise ValueError("the artifact cache budget must be positive")
         self.root = Path(root).expanduser()
@@ -112,6 +126,9 @@ class ArtifactCache:
         self.clock, self.sleep = clock, sleep
         self.chunk_bytes = chunk_bytes
         self.on_chunk, self.on_retry = on_chunk, on_retry
+        self.keep_derived = keep_derived
+        self._deriving: dict[tuple[str, str], Future] = {}
+        self._derive_pool: ThreadPoolExecutor | None = None
         self.stats = DiskStats()
         self._lock = threading.Lock()
         self._entries: dict[str, CacheEntry] = {}
@@ -132,7 +149,8 @@ class ArtifactCache:
                 if size != meta["size"]:
                     raise ValueError("size differs from the metadata")
                 self._entries[d.name] = CacheEntry(d.name, meta["uri"], meta.get("etag"), size, meta["digest"],
-                                                   meta.get("verified_by", "size"), (d / META).stat().st_mtime)
+                                                   meta.get("verified_by", "size"), (d / META).stat().st_mtime,
+                                                   extra=self._derived_bytes(d, clean=True))
             except (OSError, ValueError, KeyError) as e:
                 log.warning("artifact cache: removing unusable entry %s (%s)", d, e)
                 shutil.rmtree(d, ignore_errors=True)
@@ -140,9 +158,24 @@ class ArtifactCache:
             log.info("artifact cache %s: %d entries, %d bytes (budget %d)", self.root, len(self._entries),
                      self.used_bytes, self.budget)
 
+    @staticmethod
+    def _derived_bytes(d: Path, *, clean: bool = False) -> int:
+        """Bytes of the derived files in entry folder ``d``; ``clean``: remove unfinished ones (dot files)."""
+        total = 0
+        for f in d.iterdir():
+            if f.name in (DATA, META):
+                continue
+            if f.name.startswith("."):
+                if clean:
+                    _rm(f)
+                continue
+            with contextlib.suppress(OSError):
+                total += sum(x.stat().st_size for x in f.rglob("*") if x.is_file()) if f.is_dir() else f.stat().st_size
+        return total
+
     @property
     def used_bytes(self) -> int:
-        return sum(e.size for e in self._entries.values())
+        return sum(e.disk_bytes for e in self._entries.values())
 
     def entries(self) -> list[CacheEntry]:
         with self._lock:
@@ -154,10 +187,91 @@ class ArtifactCache:
                     "entries": len(self._entries), "downloading": len(self._inflight),
                     "hits": self.stats.hits, "misses": self.stats.misses, "downloads": self.stats.downloads,
                     "download_errors": self.stats.download_errors, "evictions": self.stats.evictions,
-                    "retries": self.stats.retries, "stale_uses": self.stats.stale_uses}
+                    "retries": self.stats.retries, "stale_uses": self.stats.stale_uses,
+                    "download_bytes": self.stats.download_bytes,
+                    "download_seconds": round(self.stats.download_seconds, 6), "derived": self.stats.derived,
+                    "derive_errors": self.stats.derive_errors}
 
     def path_of(self, key: str) -> Path:
         return self.root / key / DATA
+
+    def derived_path(self, data_path: Path, name: str) -> Path:
+        """Where a file derived from the artifact at ``data_path`` (as yielded by :meth:`local`) is kept."""
+        if not name or "/" in name or name.startswith(".") or name in (DATA, META):
+            raise ValueError(f"invalid derived file name {name!r}")
+        data_path = Path(data_path)
+        if data_path.parent.parent != self.root or data_path.name != DATA:
+            raise ValueError(f"{data_path} is not an artifact of the cache {self.root}")
+        return data_path.parent / name
+
+    def derive(self, data_path: Path, name: str, produce: Callable[[Path, Path], bool]) -> Future | None:
+        """In the background: ``produce(data_path, target)`` writes the derived file or folder ``name`` of the
+        artifact at ``data_path`` (as yielded by :meth:`local`) and returns whether it did. One worker thread at
+        a lower CPU priority, so the load that asked for it and the requests being served do not wait; the entry
+        is kept from eviction meanwhile and the result counted in the budget (:meth:`note_derived`). Returns the
+        job, or None when derived files are off, the target exists or is being produced already."""
+        if not self.keep_derived:
+            return None
+        target = self.derived_path(data_path, name)
+        key = target.parent.name
+        with self._lock:
+            e = self._entries.get(key)
+            if e is None or target.exists() or (key, name) in self._deriving:
+                return None
+            if self._derive_pool is None:
+                self._derive_pool = ThreadPoolExecutor(1, thread_name_prefix="artifact-derive",
+                                                       initializer=_lower_priority)
+            e.users += 1
+            fut = self._derive_pool.submit(self._run_derive, e, Path(data_path), target, produce)
+            self._deriving[(key, name)] = fut
+        return fut
+
+    def _run_derive(self, e: CacheEntry, data_path: Path, target: Path, produce: Callable[[Path, Path], bool]) -> None:
+        t0 = time.perf_counter()
+        try:
+            if produce(data_path, target):
+                self.note_derived(target)
+                self.stats.derived += 1
+                self.stats.derive_seconds += time.perf_counter() - t0
+                log.info("artifact cache: derived %s of %s in %.3fs", target.name, e.uri, time.perf_counter() - t0)
+        except Exception as err:  # noqa: BLE001 - an optimization: log it, never fail a load for it
+            self.stats.derive_errors += 1
+            log.warning("artifact cache: could not derive %s of %s: %s", target.name, e.uri, err)
+        finally:
+            with self._lock:
+                e.users -= 1
+                self._deriving.pop((target.parent.name, target.name), None)
+
+    def wait_derived(self, timeout: float | None = None) -> bool:
+        """Wait for the derivations queued so far; False if some are still running after ``timeout``."""
+        with self._lock:
+            pending = list(self._deriving.values())
+        return not wait_futures(pending, timeout=timeout).not_done
+
+    def note_derived(self, path: Path) -> None:
+        """Count the derived file or folder ``path`` (from :meth:`derived_path`) in its entry's bytes, evicting least
+        recently used entries not in use if the budget is now exceeded; when that is not enough the derived
+        file is removed again (it is an optimization, never a reason to fail a load)."""
+        path = Path(path)
+        victims = []
+        with self._lock:
+            e = self._entries.get(path.parent.name)
+            if e is None or not path.exists():
+                return
+            e.extra = self._derived_bytes(path.parent)
+            for v in sorted(self._entries.values(), key=lambda x: x.last_used):
+                if self.used_bytes + self._reserved <= self.budget:
+                    break
+                if v.users == 0 and v is not e:
+                    self._remove(v)
+                    victims.append(v)
+            if self.used_bytes + self._reserved > self.budget:
+                _rm(path)
+                e.extra = self._derived_bytes(path.parent)
+        for v in victims:
+            self.stats.evictions += 1
+            log.info("artifact cache: evicted %s (etag %s, %d bytes, LRU) for a derived file", v.uri, v.etag,
+                     v.disk_bytes)
 
     def _note(self, msg: str) -> None:
         self.stats.events = (self.stats.events + [msg])[-50:]
@@ -427,12 +541,25 @@ class ArtifactCache:
             self._reserved += nbytes
         for e in victims:
             self.stats.evictions += 1
-            log.info("artifact cache: evicted %s (etag %s, %d bytes, LRU)", e.uri, e.etag, e.size)
+            log.info("artifact cache: evicted %s (etag %s, %d bytes, LRU)", e.uri, e.etag, e.disk_bytes)
 
     def _remove(self, e: CacheEntry) -> None:
         """Caller holds the lock."""
         self._entries.pop(e.key, None)
         shutil.rmtree(self.root / e.key, ignore_errors=True)
+
+
+def _lower_priority() -> None:
+    """Derivations are background work: lower this worker thread's CPU priority (Linux: per thread)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+def _rm(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
 
 
 def artifact_cache_for(config, store) -> ArtifactCache | None:

@@ -319,6 +319,10 @@ class ModelCache:
         for name in list(self.versions):
             if sources.get(name) != self.sources.get(name):
                 del self.versions[name]
+        if self.metrics:  # a failure was about the old location: the next load says what the new one does
+            for name in self.sources:
+                if sources.get(name) != self.sources[name]:
+                    self.metrics.set_load_failure(name, None)
         self.sources = dict(sources)
         if self.metrics:
             for name in self.sources:
@@ -453,6 +457,7 @@ class ModelCache:
             self.last_switch_error.pop(name, None)
             if self.metrics:
                 self.metrics.on_load(name, "success", dt, nbytes)
+                self.metrics.set_load_failure(name, None)
                 self.metrics.set_resident(len(self._resident))
                 if hasattr(self.metrics, "on_switch"):
                     self.metrics.on_switch(name, "success")
@@ -574,7 +579,7 @@ class ModelCache:
                 current = self._resident.get(name)
                 if current is not None and current.source == self.sources.get(name):
                     return current  # a hot switch installed the new version meanwhile: serve that one
-                raise ModelLoadError(name, "model was reconfigured while loading")
+                raise ModelLoadError(name, "model was reconfigured while loading", cause="reconfigured")
             self._make_room(name, nbytes)
             self._resident[name] = e
             self.stats.loads += 1
@@ -582,6 +587,7 @@ class ModelCache:
             self.last_error.pop(name, None)
             if self.metrics:
                 self.metrics.on_load(name, "success", dt, nbytes)
+                self.metrics.set_load_failure(name, None)
                 self.metrics.set_resident(len(self._resident))
                 self._publish_bytes(name)
                 self._publish_version(name)
@@ -600,6 +606,9 @@ class ModelCache:
 
     def _fail(self, name: str, err: ServingError, t0: float) -> None:
         self.last_error[name] = str(err)
+        cause = _failure_cause(err)
+        if self.metrics and name in self.sources and cause is not None:
+            self.metrics.set_load_failure(name, cause)
         if isinstance(err, ModelTooLarge):
             return  # counted as "refused"
         self.stats.load_errors += 1
@@ -616,6 +625,18 @@ class ModelCache:
         self._retiring.clear()
         for t in self._loading.values():
             t.cancel()
+
+
+def _failure_cause(err: ServingError) -> str | None:
+    """The bounded ``cause`` label of a failed load (see ``metrics.LOAD_FAILURE_CAUSES``); None when the
+    model itself is not the problem (memory briefly reserved by other loads: the request is retried)."""
+    from .metrics import load_failure_cause
+
+    if isinstance(err, ModelTooLarge):
+        return "too_large"
+    if isinstance(err, BudgetExhausted) or getattr(err, "cause", None) == "reconfigured":
+        return None
+    return load_failure_cause(getattr(err, "cause", None))
 
 
 class _Lease:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import os
 
+from typing import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -30,7 +33,68 @@ METRIC_NAMES = (
     "elastiserve_model_load_duration_seconds",
     "elastiserve_model_version_info",
     "elastiserve_model_switches_total",
+    "elastiserve_model_load_failing",
 )
+
+#: The disk cache of artifacts (``serving.diskcache``), exported when the server has one (remote stores):
+#: name -> (type, help, key in ``ArtifactCache.status()``).
+ARTIFACT_CACHE_METRICS: dict[str, tuple[str, str, str]] = {
+    "elastiserve_artifact_cache_hits_total": ("counter", "Artifact fetches served from the disk cache", "hits"),
+    "elastiserve_artifact_cache_misses_total": ("counter", "Artifact fetches that had to download", "misses"),
+    "elastiserve_artifact_cache_downloads_total": ("counter", "Completed, verified downloads", "downloads"),
+    "elastiserve_artifact_cache_download_errors_total": ("counter", "Downloads that failed (after retries)",
+                                                         "download_errors"),
+    "elastiserve_artifact_cache_download_bytes_total": ("counter", "Bytes downloaded into the cache",
+                                                        "download_bytes"),
+    "elastiserve_artifact_cache_download_seconds_total": ("counter", "Seconds spent in completed downloads "
+                                                          "(divide by downloads_total for the mean)",
+                                                          "download_seconds"),
+    "elastiserve_artifact_cache_evictions_total": ("counter", "Entries removed by the disk budget (LRU)",
+                                                   "evictions"),
+    "elastiserve_artifact_cache_stale_uses_total": ("counter", "Cached copies used while the store was "
+                                                    "unreachable", "stale_uses"),
+    "elastiserve_artifact_cache_optimized_graphs_total": ("counter", "ONNX Runtime optimized graphs written "
+                                                          "next to artifacts", "derived"),
+    "elastiserve_artifact_cache_used_bytes": ("gauge", "Bytes on disk (artifacts and their optimized graphs)",
+                                              "used_bytes"),
+    "elastiserve_artifact_cache_budget_bytes": ("gauge", "The disk budget (--artifact-cache-budget)",
+                                                "budget_bytes"),
+    "elastiserve_artifact_cache_entries": ("gauge", "Cached artifacts", "entries"),
+}
+
+
+class _ArtifactCacheCollector:
+    """Reads the cache's counters at scrape time (the cache itself knows nothing of Prometheus)."""
+
+    def __init__(self, status: Callable[[], dict], labels: dict[str, str]):
+        self.status, self.labels = status, labels
+
+    def describe(self):
+        return []  # collected on demand only
+
+    def collect(self):
+        st = self.status()
+        names, values = list(self.labels), list(self.labels.values())
+        for name, (kind, doc, key) in ARTIFACT_CACHE_METRICS.items():
+            if kind == "counter":
+                fam = CounterMetricFamily(name.removesuffix("_total"), doc, labels=names)
+            else:
+                fam = GaugeMetricFamily(name, doc, labels=names)
+            fam.add_metric(values, float(st.get(key, 0)))
+            yield fam
+
+#: Values of the ``cause`` label of ``elastiserve_model_load_failing`` (bounded: anything else is ``other``).
+#: The remote ones are ``serving.remote``'s; ``too_large``: over the memory budget; ``invalid_model``: the
+#: files were read but are no usable model (corrupt, wrong inputs, missing tokenizer).
+LOAD_FAILURE_CAUSES = ("no_credentials", "access_denied", "no_such_key", "endpoint_unreachable", "transfer_failed",
+                       "server_error", "checksum_mismatch", "disk_budget", "too_large", "invalid_model", "other")
+
+
+def load_failure_cause(cause: str | None) -> str:
+    """The bounded ``cause`` label for a load error's cause (None: the files were no usable model)."""
+    if cause is None:
+        return "invalid_model"
+    return cause if cause in LOAD_FAILURE_CAUSES else "other"
 
 
 class ServingMetrics:
@@ -66,6 +130,10 @@ class ServingMetrics:
         self.switches = Counter("elastiserve_model_switches_total",
                                 "Hot switches of a sub-model version by result (success|error)",
                                 const + ["model", "result"], registry=r)
+        self.load_failing = Gauge("elastiserve_model_load_failing",
+                                  "1 while the sub-model's latest load attempt failed, labelled with the cause "
+                                  "(no series once a load succeeds)", const + ["model", "cause"], registry=r)
+        self._failing: dict[str, str] = {}  # model -> cause label of its exported failure series
         self._c = {"modeldeployment": self.modeldeployment, "variant": self.variant}
         self.inflight.labels(**self._c)
         self.models_loaded.labels(**self._c).set(0)
@@ -91,6 +159,19 @@ class ServingMetrics:
         if result == "success":
             self.model_loaded.labels(**self.c(model=model)).set(1)
             self.model_loaded_bytes.labels(**self.c(model=model)).set(nbytes)
+
+    def set_load_failure(self, model: str, cause: str | None) -> None:
+        """The latest load of ``model`` failed with ``cause`` (a :data:`LOAD_FAILURE_CAUSES` value), or
+        succeeded (``cause=None``: its failure series is removed)."""
+        old = self._failing.pop(model, None)
+        if old is not None and old != cause:
+            try:
+                self.load_failing.remove(self.modeldeployment, self.variant, model, old)
+            except KeyError:
+                pass
+        if cause is not None:
+            self.load_failing.labels(**self.c(model=model, cause=cause)).set(1)
+            self._failing[model] = cause
 
     def on_unload(self, model: str, reason: str) -> None:
         self.unloads.labels(**self.c(model=model, reason=reason)).inc()
@@ -131,6 +212,10 @@ class ServingMetrics:
 
     def set_resident(self, count: int) -> None:
         self.models_loaded.labels(**self._c).set(count)
+
+    def watch_artifact_cache(self, status: Callable[[], dict]) -> None:
+        """Export the disk cache's figures (:data:`ARTIFACT_CACHE_METRICS`); ``status``: its ``status()``."""
+        self.registry.register(_ArtifactCacheCollector(status, dict(self._c)))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import logging
 import os
+import platform
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -14,10 +20,15 @@ import onnxruntime as ort
 from . import paths
 from .textproc import encode, load_tokenizer
 
+log = logging.getLogger("elastiserve.serving.runtime")
+PROVIDERS = ["CPUExecutionProvider"]
 
-def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
+
+def session_options(intra_op_threads: int | None = None, *, optimize: bool = True) -> ort.SessionOptions:
+    """``optimize=False``: the graph is taken as it is (an already optimized graph, see :func:`open_optimized`)."""
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     threads = intra_op_threads
     if threads is None:
         env = os.environ.get("ELASTISERVE_INTRA_OP_THREADS")
@@ -32,9 +43,80 @@ def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
     return so
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu_tag() -> str:
+    """The instruction sets ORT's kernels and layout choices depend on (the ``flags`` of /proc/cpuinfo)."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                    break
+    except OSError:
+        pass
+    return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:12]
+
+
+def optimized_graph_name() -> str:
+    """Folder name of an optimized graph saved by :func:`write_optimized`, keyed by what the optimized graph is
+    only valid for: the ONNX Runtime version (fused contrib ops change between versions), the execution
+    providers, the optimization level and the CPU's instruction sets (ORT documents optimized models as
+    hardware specific). A folder written by another ORT, provider or CPU has another name and is never opened."""
+    eps = "+".join(p.removesuffix("ExecutionProvider").lower() for p in PROVIDERS)
+    return f"ort-{ort.__version__}-{eps}-all-{_cpu_tag()}"
+
+
+OPTIMIZED_GRAPH = "model.onnx"
+OPTIMIZED_WEIGHTS = "weights.bin"
+
+
 def make_session(model: str | bytes | Path, intra_op_threads: int | None = None) -> ort.InferenceSession:
+    """An ORT session for ``model`` (a path or the serialized bytes), its graph optimized online."""
     src = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(src, sess_options=session_options(intra_op_threads), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(src, sess_options=session_options(intra_op_threads), providers=PROVIDERS)
+
+
+def open_optimized(folder: Path, intra_op_threads: int | None = None) -> ort.InferenceSession | None:
+    """A session from the optimized graph :func:`write_optimized` left in ``folder``, with graph optimizations
+    off (ORT's "offline" mode: the fusions are already in the graph), which skips both the optimization passes
+    and the weights' copy (ORT maps ``weights.bin``). None when there is none; a folder ORT cannot open is
+    removed (and None returned) so the caller falls back to the artifact."""
+    graph = Path(folder) / OPTIMIZED_GRAPH
+    if not graph.exists():
+        return None
+    try:
+        return ort.InferenceSession(str(graph), sess_options=session_options(intra_op_threads, optimize=False),
+                                    providers=PROVIDERS)
+    except Exception as e:  # noqa: BLE001 - a damaged derived file: rebuilt from the verified artifact
+        log.warning("optimized graph %s unusable (%s): removed", folder,
+                    str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def write_optimized(model: Path, folder: Path) -> bool:
+    """Have ONNX Runtime optimize ``model`` and save the result in ``folder`` (named by
+    :func:`optimized_graph_name`): the graph in ``model.onnx``, initializers of 1 KiB and more in
+    ``weights.bin`` (external data, which ORT maps instead of copying). Written under a temporary name next to
+    ``folder`` and renamed into place once complete. Returns whether ``folder`` now holds a graph."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{uuid.uuid4().hex}.part")
+    tmp.mkdir(parents=True)
+    so = session_options(1)
+    so.optimized_model_filepath = str(tmp / OPTIMIZED_GRAPH)
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", OPTIMIZED_WEIGHTS)
+    so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    try:
+        ort.InferenceSession(str(model), sess_options=so, providers=PROVIDERS)
+        if (tmp / OPTIMIZED_GRAPH).exists():
+            try:
+                os.rename(tmp, folder)  # atomic: the optimized graph appears complete or not at all
+            except OSError:  # another process sharing the cache put it there first
+                pass
+        return (folder / OPTIMIZED_GRAPH).exists()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_manifest(model_dir: Path) -> dict:

@@ -122,6 +122,8 @@ class Server:
         self.store = ModelStore(config.stores)
         self.artifacts = artifact_cache_for(config, self.store)
         self.store.artifacts = self.artifacts
+        if self.artifacts is not None:
+            self.metrics.watch_artifact_cache(self.artifacts.status)
         sources = self.store.discover() if config.discover else {}
         models = dict(config.models)
         self.models_file_pairs: dict[str, str | None] | None = None

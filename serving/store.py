@@ -114,9 +114,10 @@ class ModelSource:
 
     def load(self, variant: str, intra_op_threads: int | None = None):
         """Load the ONNX session + tokenizer; returns a :class:`runtime.Embedder`. Remote files come through
-        the artifact cache when there is one (a verified local copy), else are read into memory."""
-        from .runtime import Embedder, make_session
-        from .textproc import load_tokenizer
+        the artifact cache when there is one (a verified local copy, with ONNX Runtime's optimized graph kept
+        beside it), else are read into memory."""
+        from .runtime import Embedder, make_session, open_optimized, optimized_graph_name, write_optimized
+        from .textproc import shared_tokenizer
 
         art = self.artifact(variant)
         current = art
@@ -132,17 +133,27 @@ class ModelSource:
             current = self.sibling(paths.TOKENIZER_FILE)
             tok_bytes = self._read_optional(current)
             if tok_bytes is None:
-                raise ModelLoadError(self.name, f"{paths.TOKENIZER_FILE} not found next to {art}")
-            tok = load_tokenizer(tok_bytes.decode("utf-8"), max_length, from_string=True)
+                raise ModelLoadError(self.name, f"{paths.TOKENIZER_FILE} not found next to {art}",
+                                     cause="no_such_key" if self.remote else None,
+                                     uri=current if self.remote else None)
+            tok = shared_tokenizer(tok_bytes.decode("utf-8"), max_length)
             current = art
             if cached:
                 with self.artifacts.local(art) as local_path:
+                    # ORT's optimized graph, kept next to the artifact after a first load (written in the
+                    # background): a reload skips the graph optimization and the weights' copy too
+                    folder = (self.artifacts.derived_path(local_path, optimized_graph_name())
+                              if self.artifacts.keep_derived else None)
                     try:
-                        session = make_session(local_path, intra_op_threads)
+                        session = open_optimized(folder, intra_op_threads) if folder is not None else None
+                        if session is None:
+                            session = make_session(local_path, intra_op_threads)
                     except Exception as e:  # the bytes match the store but are no model: do not keep them
                         cleanup = e
                     else:
                         cleanup = None
+                        if folder is not None:
+                            self.artifacts.derive(local_path, folder.name, write_optimized)
                 if cleanup is not None:
                     self.artifacts.drop(art, f"ONNX Runtime could not load it ({type(cleanup).__name__})")
                     raise cleanup

@@ -97,9 +97,12 @@ async def test_load_then_memory_eviction_reloads_from_disk(s3_server, local_mode
     assert np.allclose(await embed(cache, "enc"), reference["enc/v1"], atol=1e-5)
     assert disk.stats.downloads == 3  # model.onnx, tokenizer.json, elastiserve.json
     assert {e.verified_by for e in disk.entries()} == {"etag-md5"}
+    assert disk.wait_derived(60) and disk.stats.derived == 1  # ORT's optimized graph, written in the background
     cache.unload("enc", "evicted")
     assert np.allclose(await embed(cache, "enc"), reference["enc/v1"], atol=1e-5)
     assert disk.stats.downloads == 3 and disk.stats.hits == 3  # back from disk, not from the bucket
+    async with cache.acquire("enc") as (e, _):  # ... from the optimized graph, not optimized again
+        assert e.model.session.get_session_options().graph_optimization_level.name == "ORT_DISABLE_ALL"
     assert np.allclose(await embed(cache, "other"), reference["other/v1"], atol=1e-5)
     assert disk.stats.downloads == 6
     # a second replica on the same node-local folder finds everything on disk
@@ -297,7 +300,7 @@ def test_server_process_reads_credentials_from_a_secret_folder_and_hot_switches_
     (secret / "AWS_ACCESS_KEY_ID").write_text(ACCESS_KEY)
     (secret / "AWS_SECRET_ACCESS_KEY").write_text(SECRET_KEY)
     mf = tmp_path / "models"
-    mf.write_text("enc=enc/v1\nother=other/v1\n")
+    mf.write_text("enc=enc/v1\nother=other/v1\ngone=gone/v1\n")  # gone/v1 is not in the bucket
     one_model = (local_models / "enc/v1/model.onnx").stat().st_size * 3 // 2
     env = {k: v for k, v in s3_server.env().items() if not k.startswith("AWS_ACCESS") and not k.startswith("AWS_SECRET")}
     env.update(ELASTISERVE_MODELDEPLOYMENT="s3", ELASTISERVE_VARIANT="fp32")
@@ -326,18 +329,26 @@ def test_server_process_reads_credentials_from_a_secret_folder_and_hot_switches_
                 assert np.allclose(emb(data), reference[ref], atol=1e-4)
         art = srv.client.get("/v2/models").json()["artifact_cache"]
         assert art["downloads"] == 6 and art["hits"] >= 4 * 3 and art["download_errors"] == 0, art
+        # the same figures in /metrics, and a sub-model that cannot be loaded, with its cause
+        code, data = infer("gone")
+        assert code == 500 and data.get("cause") == "no_such_key", data
+        metrics = srv.client.get("/metrics").text
+        labels = 'modeldeployment="s3",variant="fp32"'
+        assert f"elastiserve_artifact_cache_downloads_total{{{labels}}} 6.0" in metrics
+        assert f'elastiserve_model_load_failing{{cause="no_such_key",model="gone",{labels}}} 1.0' in metrics
+        assert sum(ln.startswith("elastiserve_model_load_failing{") for ln in metrics.splitlines()) == 1
 
         # enc is not resident now (other was used last): the switch re-points it, the next request loads v2
         def status(name: str) -> dict:
             return next(m for m in srv.client.get("/v2/models").json()["models"] if m["name"] == name)
 
-        mf.write_text("enc=enc/v2\nother=other/v1\n")
+        mf.write_text("enc=enc/v2\nother=other/v1\ngone=gone/v1\n")
         wait_until(lambda: status("enc")["version"] == "v2", timeout=60, interval=0.2, what="enc to point at v2")
         code, data = infer("enc")
         assert code == 200 and data["model_version"] == "v2"
         assert np.allclose(emb(data), reference["enc/v2"], atol=1e-4)
 
-        mf.write_text("enc=enc/v9\nother=other/v1\n")
+        mf.write_text("enc=enc/v9\nother=other/v1\ngone=gone/v1\n")
 
         err = wait_until(lambda: status("enc")["last_switch_error"], timeout=60, interval=0.2, what="the failed switch to v9 to be reported")
         assert "no such key" in err and "s3://models/enc/v9/model.onnx" in err and "'v2' keeps serving" in err

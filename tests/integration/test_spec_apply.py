@@ -2,7 +2,7 @@
 
 Hypothesis generates valid ModelDeployments over the edges that used to break the operator (Kubernetes
 quantities in every form, long names, ports, env, sub-models, HPA thresholds, memory limits near the
-lazy-loading budget), checks that ``parse_manifest`` (what ``elastiserve validate`` runs) accepts them,
+lazy-loading budget, a credentials Secret), checks that ``parse_manifest`` (what ``elastiserve validate`` runs) accepts them,
 then server-side dry-run-applies the ModelDeployment and every object the operator's builders make for it
 (variant and canary Deployments, Services, the sub-model and hot-set ConfigMaps, the HPA, the activator
 routing) to the real local API server: each must be accepted.
@@ -100,6 +100,9 @@ def specs(draw) -> dict:
                             "preload": draw(st.lists(st.sampled_from([model, *subs]), max_size=2, unique=True))},
         },
     }
+    if draw(st.booleans()):  # mounted as a projected volume of its AWS_* keys
+        spec["model"]["credentialsSecret"] = draw(st.from_regex(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?",
+                                                                fullmatch=True))
     lazy_budget = budget if lazy_enabled else None
     ports = draw(st.lists(st.tuples(port_name, st.integers(1, 65535)), min_size=1, max_size=3,
                           unique_by=(lambda p: p[0], lambda p: p[1])))

@@ -106,3 +106,27 @@ def test_cel_rules_have_python_twins():
         assert source.count(message) >= 2 or (message == crd_module.NAME_MESSAGE and "NAME_MESSAGE" in
                                                inspect.getsource(resource_module)), \
             f"CEL message {message!r} has no pydantic twin"
+
+
+def test_credentials_secret_is_checked_alike_by_the_crd_and_validate():
+    """model.credentialsSecret: the API server's schema (pattern, length) and pydantic accept the same names."""
+    import re
+
+    import pytest
+    from pydantic import ValidationError
+
+    from elastiserve.api.spec import ModelSpec
+
+    node = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "model"]["properties"]["credentialsSecret"]
+    assert node["type"] == "string" and "credentials never go in the spec" in node["description"]
+    for name in ["creds", "s3-creds-2", "a", "x" * 63, "x" * 64, "Creds", "ns/creds", "a.b", "-a", "a-", "", "../a"]:
+        by_server = bool(re.match(node["pattern"], name)) and node.get("minLength", 0) <= len(name) <= node["maxLength"]
+        try:
+            ModelSpec(name="m", uri="s3://b/m", credentials_secret=name)
+            by_validate = True
+        except ValidationError:
+            by_validate = False
+        assert by_server == by_validate, name
+    with pytest.raises(ValidationError):
+        ModelSpec(name="m", uri="s3://b/m", credentials_secret="other/creds")

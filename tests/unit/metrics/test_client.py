@@ -172,6 +172,23 @@ def test_model_rates_one_value_per_model_skipping_garbage(server):
         PrometheusSource(url).model_rates(spec, "ns", "emb")
 
 
+def test_load_failures_by_model_and_cause_skipping_garbage(server):
+    canned, url = server
+    series = [{"metric": {"model": "legal", "cause": "no_such_key"}, "value": [1700000000.0, "2"]},
+              {"metric": {"model": "tax"}, "value": [1700000000.0, "1"]},  # no cause label: other
+              {"metric": {"cause": "no_such_key"}, "value": [1700000000.0, "5"]},  # no model: left out
+              {"metric": {"model": "med", "cause": "access_denied"}, "value": [1700000000.0, "NaN"]}]
+    canned.status = 200
+    canned.body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": series}}).encode()
+    assert PrometheusSource(url).load_failures("ns", "emb") == {("legal", "no_such_key"): 2, ("tax", "other"): 1}
+    assert "elastiserve_model_load_failing" in canned.seen[-1][0]
+    canned.body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
+    assert PrometheusSource(url).load_failures("ns", "emb") == {}
+    canned.status, canned.body = 503, b"overloaded"
+    with pytest.raises(QueryFailed):
+        PrometheusSource(url).load_failures("ns", "emb")
+
+
 SECRET_BODY = b'{"status":"error","error":"internal-admin-page: db_password=hunter2"}'
 
 

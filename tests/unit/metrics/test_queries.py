@@ -50,3 +50,15 @@ def test_clean(raw, want):
 @pytest.mark.parametrize("q,want", [("500m", 0.5), ("2", 2.0), (None, 1.0), ("weird", 1.0)])
 def test_cpu_cores(q, want):
     assert cpu_cores(q) == want
+
+
+def test_load_failures_query_counts_failing_pods_per_model_and_cause():
+    from elastiserve.metrics.queries import render_load_failures
+
+    q = render_load_failures("team-a", "emb")
+    assert q == ('count by (model, cause) (elastiserve_model_load_failing{namespace="team-a",'
+                 'modeldeployment="emb"} == 1)')
+    # the server exports exactly this metric name (the operator reads what the server writes)
+    from elastiserve.serving.metrics import METRIC_NAMES
+
+    assert "elastiserve_model_load_failing" in METRIC_NAMES

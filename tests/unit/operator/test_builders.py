@@ -249,3 +249,38 @@ def test_remote_stores_get_a_writable_artifact_cache(uri, remote):
         assert "emptyDir" in volumes["artifacts"]
     else:
         assert "ELASTISERVE_ARTIFACT_CACHE_DIR" not in env and "artifacts" not in volumes
+
+
+def test_credentials_secret_is_mounted_read_only_with_only_the_s3_keys():
+    """model.credentialsSecret: a volume reference to a Secret of the pod's own namespace (the operator never
+    reads it), only the AWS_* keys projected, read-only, at the folder the server reads."""
+    md = parse_manifest({"apiVersion": "elastiserve.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "m"},
+                         "spec": {"model": {"name": "m", "uri": "s3://models/m", "credentialsSecret": "bucket-creds"}}})
+    dep = builders.build_deployment(md.spec, "m", "ns", "u", md.spec.primary)
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "s3-credentials"]
+    assert mount == {"name": "s3-credentials", "mountPath": builders.CREDENTIALS_DIR, "readOnly": True}
+    assert env["ELASTISERVE_S3_CREDENTIALS_DIR"] == builders.CREDENTIALS_DIR
+    [vol] = [v for v in pod["volumes"] if v["name"] == "s3-credentials"]
+    required, optional = vol["projected"]["sources"]
+    assert {s["secret"]["name"] for s in (required, optional)} == {"bucket-creds"}
+    assert "namespace" not in str(vol)  # a volume cannot name another namespace; nor do we try
+    assert [i["key"] for i in required["secret"]["items"]] == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    assert "optional" not in required["secret"] and optional["secret"]["optional"] is True
+    items = [i for s in (required, optional) for i in s["secret"]["items"]]
+    assert all(i["key"].startswith("AWS_") and i["path"] == i["key"] for i in items) and len(items) == 7
+    assert vol["projected"]["defaultMode"] == 0o440
+    # without the field: no volume, no variable (the server uses its environment, e.g. a workload identity)
+    plain = parse_manifest({"apiVersion": "elastiserve.dev/v1alpha1", "kind": "ModelDeployment",
+                            "metadata": {"name": "m"}, "spec": {"model": {"name": "m", "uri": "s3://models/m"}}})
+    dep = builders.build_deployment(plain.spec, "m", "ns", "u", plain.spec.primary)
+    assert "s3-credentials" not in str(dep) and "ELASTISERVE_S3_CREDENTIALS_DIR" not in str(dep)
+
+
+@pytest.mark.parametrize("bad", ["other-ns/creds", "Creds", "creds.with.dots", "-creds", "x" * 64, "../creds", ""])
+def test_credentials_secret_must_be_a_plain_name_in_the_namespace(bad):
+    with pytest.raises(SpecError, match="credentialsSecret"):
+        parse_manifest({"apiVersion": "elastiserve.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "m"},
+                        "spec": {"model": {"name": "m", "uri": "s3://models/m", "credentialsSecret": bad}}})

@@ -398,3 +398,18 @@ def test_slo_figures_are_exported_and_explain_the_scale_event():
     plain = cycle(observed(snapshot=healthy(qps=55.0)))
     assert not any(m.name.startswith("SLO_") or m.name == "FORECAST_COVERAGE" for m in plain.metrics)
     assert "(lead" not in next(s for s in plain.events if isinstance(s, Event)).message
+
+
+def test_sub_models_that_cannot_load_show_in_status_condition_and_events():
+    """The load-failure report observe builds (operator/loadfailures.py) lands in status, the SubModelsLoaded
+    condition and one Warning per new failure."""
+    from elastiserve.operator.loadfailures import load_failure_report
+
+    report = load_failure_report({("a", "no_such_key"): 2}, None)
+    plan = cycle(observed(hot_spec(), load_failures=report))
+    assert plan.status["subModelLoadFailures"] == report.entries and report.entries[0]["model"] == "a"
+    cond = {c["type"]: c for c in plan.status["conditions"]}["SubModelsLoaded"]
+    assert cond["status"] == "False" and cond["reason"] == "LoadFailed"
+    assert [(e.type, e.reason) for e in plan.events if isinstance(e, Event)] == [("Warning", "SubModelLoadFailed")]
+    # the query failed (None): status keeps what it said
+    assert "subModelLoadFailures" not in cycle(observed(hot_spec())).status

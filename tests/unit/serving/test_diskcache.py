@@ -127,6 +127,35 @@ def test_lru_eviction_under_the_disk_budget_spares_entries_in_use(tmp_path, remo
     assert cache.status()["evictions"] == 1 and cache.used_bytes <= 1000
 
 
+def test_derived_files_count_in_the_budget_and_leave_with_their_entry(tmp_path, remote):
+    a, b = (remote.put(f"{n}/model.onnx", n.encode() * 400) for n in "ab")
+    clock = iter(range(100, 200)).__next__
+    cache = make(tmp_path, remote, budget=1000, clock=clock)
+    pa = cache.fetch(a)
+    with pytest.raises(ValueError, match="derived file name"):
+        cache.derived_path(pa, "../escape")
+    with pytest.raises(ValueError, match="not an artifact"):
+        cache.derived_path(tmp_path / "elsewhere" / "data", "x.onnx")
+    da = cache.derived_path(pa, "opt.onnx")
+    da.write_bytes(b"o" * 300)
+    cache.note_derived(da)
+    assert cache.used_bytes == 700
+    with cache.local(b) as pb:  # 400 more: a (700 with its derived file) is evicted whole
+        assert cache.used_bytes == 400 and not da.exists() and not pa.exists()
+        db = cache.derived_path(pb, "opt.onnx")
+        db.write_bytes(b"o" * 700)  # would exceed the budget with nothing left to evict: not kept
+        cache.note_derived(db)
+        assert not db.exists() and cache.used_bytes == 400
+        db.write_bytes(b"o" * 100)
+        cache.note_derived(db)
+    (db.parent / ".half-written.part").mkdir()
+    (db.parent / ".half-written.part" / "model.onnx").write_bytes(b"?")
+    (db.parent / "folder").mkdir()
+    (db.parent / "folder" / "weights.bin").write_bytes(b"w" * 50)
+    again = make(tmp_path, remote, budget=1000)  # a restart counts derived files, drops unfinished ones
+    assert again.used_bytes == 550 and not (db.parent / ".half-written.part").exists()
+
+
 def test_artifact_larger_than_the_budget_is_refused(tmp_path, remote):
     uri = remote.put("big/model.onnx", b"x" * 2000)
     with pytest.raises(FetchError, match="artifact-cache-budget") as ei:
@@ -285,6 +314,51 @@ async def test_remote_models_load_through_the_cache_and_bad_ones_are_not_kept(tm
     cache.close()
 
 
+async def test_reload_from_the_disk_cache_opens_the_optimized_graph_with_identical_outputs(tmp_path, store, clock):
+    """After a first load, ONNX Runtime's optimized graph is written in the background next to the artifact
+    (counted in the disk budget); a reload after eviction opens it with graph optimizations off and embeds
+    exactly as before; a damaged optimized graph is removed, the load falls back to the artifact and the
+    graph is written again."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from elastiserve.serving.loader import ModelCache, ModelStore
+    from elastiserve.serving.runtime import OPTIMIZED_GRAPH, OPTIMIZED_WEIGHTS, optimized_graph_name
+
+    disk = make(tmp_path, FolderRemote(store), budget=1 << 30)
+    cache = ModelCache(ModelStore(["s3://b/"], artifacts=disk).resolve_all({"alpha": None}), budget_bytes=1 << 30,
+                       clock=clock, trim_after_unload=False)
+    texts = ["the quick brown fox", "a cat", "models load fast from the disk cache"]
+    online, optimized_off = ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+
+    def level(e):
+        return e.model.session.get_session_options().graph_optimization_level
+
+    e, _ = await cache.get("alpha")
+    first = e.model.embed(texts)
+    assert level(e) == online
+    assert disk.wait_derived(30) and disk.stats.derived == 1
+    [entry] = [x for x in disk.entries() if x.uri.endswith("alpha/model.onnx")]
+    optimized = disk.path_of(entry.key).parent / optimized_graph_name()
+    files = {p.name: p.stat().st_size for p in optimized.iterdir()}
+    assert set(files) == {OPTIMIZED_GRAPH, OPTIMIZED_WEIGHTS} and entry.extra == sum(files.values())
+    assert files[OPTIMIZED_WEIGHTS] > 0  # initializers of 1 KiB and more are outside the protobuf
+    assert disk.used_bytes == sum(x.size for x in disk.entries()) + entry.extra
+    cache.unload("alpha", "evicted")
+    e, _ = await cache.get("alpha")
+    assert level(e) == optimized_off and np.array_equal(e.model.embed(texts), first)
+
+    (optimized / OPTIMIZED_GRAPH).write_bytes(b"not a graph")
+    cache.unload("alpha", "evicted")
+    e, _ = await cache.get("alpha")
+    assert level(e) == online and np.array_equal(e.model.embed(texts), first)  # fell back to the artifact
+    assert disk.wait_derived(30) and disk.stats.derived == 2
+    cache.unload("alpha", "evicted")
+    e, _ = await cache.get("alpha")
+    assert level(e) == optimized_off and np.array_equal(e.model.embed(texts), first)  # written again
+    cache.close()
+
+
 def test_model_source_identity_ignores_the_cache():
     from elastiserve.serving.loader import ModelSource
 
@@ -327,3 +401,27 @@ def test_http_store_without_range_support_is_streamed_into_the_cache(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_disk_cache_figures_are_exported_as_prometheus_metrics(tmp_path, remote):
+    from elastiserve.serving.metrics import ARTIFACT_CACHE_METRICS, ServingMetrics
+
+    a, b = (remote.put(f"{n}/model.onnx", n.encode() * 400) for n in "ab")
+    cache = make(tmp_path, remote, budget=600)
+    m = ServingMetrics("md", "int8")
+    m.watch_artifact_cache(cache.status)
+    cache.fetch(a)
+    cache.fetch(a)
+    cache.fetch(b)  # evicts a
+    text = m.render()[0].decode()
+    lines = {ln.split("{")[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+             if ln.startswith("elastiserve_artifact_cache_")}
+    assert set(lines) == set(ARTIFACT_CACHE_METRICS)
+    assert 'elastiserve_artifact_cache_hits_total{modeldeployment="md",variant="int8"} 1.0' in text
+    assert (lines["elastiserve_artifact_cache_misses_total"], lines["elastiserve_artifact_cache_downloads_total"],
+            lines["elastiserve_artifact_cache_evictions_total"]) == (2, 2, 1)
+    assert (lines["elastiserve_artifact_cache_used_bytes"], lines["elastiserve_artifact_cache_budget_bytes"],
+            lines["elastiserve_artifact_cache_download_bytes_total"]) == (400, 600, 800)
+    assert lines["elastiserve_artifact_cache_download_seconds_total"] > 0
+    assert "# TYPE elastiserve_artifact_cache_hits_total counter" in text
+    assert "# TYPE elastiserve_artifact_cache_used_bytes gauge" in text

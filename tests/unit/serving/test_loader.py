@@ -11,7 +11,7 @@ import pytest
 
 from elastiserve.serving.loader import (
     BudgetExhausted, InvalidModelName, ModelCache, ModelLoadError, ModelSource, ModelStore, ModelTooLarge,
-    UnknownModel, UnsafeModelURI, parse_bytes, parse_model_pairs,
+    ServingError, UnknownModel, UnsafeModelURI, parse_bytes, parse_model_pairs,
 )
 from elastiserve.serving.metrics import ServingMetrics
 
@@ -312,3 +312,38 @@ async def test_http_store_through_fsspec(store, clock):
         cache.close()
     finally:
         await srv.close()
+
+
+def test_tokenizers_are_parsed_once_per_content_and_length(tiny_template):
+    from elastiserve.serving import textproc
+
+    text = (tiny_template / "tokenizer.json").read_text()
+    a = textproc.shared_tokenizer(text, 32)
+    assert textproc.shared_tokenizer(text, 32) is a  # a reload (or a sibling sub-model) reuses it
+    b = textproc.shared_tokenizer(text, 8)  # another max_length is another tokenizer
+    assert b is not a and len(b.encode("the quick brown fox jumps over the lazy dog " * 4).ids) == 8
+    assert textproc.encode(a, ["a cat"])["input_ids"].tolist() == \
+        textproc.encode(textproc.load_tokenizer(text, 32, from_string=True), ["a cat"])["input_ids"].tolist()
+    for i in range(textproc.PARSED_TOKENIZERS):  # bounded: the oldest goes
+        textproc.shared_tokenizer(text, 100 + i)
+    assert textproc.shared_tokenizer(text, 32) is not a
+
+
+async def test_load_failures_are_exported_with_a_bounded_cause_and_cleared_by_a_success(clock):
+    m = ServingMetrics("md", "fp32")
+    loader = FakeLoader(fail={"bad"})
+    cache = make_cache(["big", "bad"], {"big": 10_000, "bad": 10}, budget=1000, clock=clock, metrics=m, loader=loader)
+
+    def failing() -> dict[str, str]:
+        text = m.render()[0].decode()
+        return {ln.split('model="')[1].split('"')[0]: ln.split('cause="')[1].split('"')[0]
+                for ln in text.splitlines() if ln.startswith("elastiserve_model_load_failing{")}
+
+    for name in ("big", "bad"):
+        with pytest.raises(ServingError):
+            await cache.get(name)
+    assert failing() == {"big": "too_large", "bad": "invalid_model"}  # no cause known: the files are no model
+    loader.fail.clear()
+    await cache.get("bad")
+    assert failing() == {"big": "too_large"}
+    cache.close()

@@ -286,10 +286,33 @@ async def test_metrics_names_and_labels(client):
     assert f'elastiserve_model_cache_hits_total{{model="alpha",{c}}} 1.0' in text
     assert f'elastiserve_model_cache_misses_total{{model="beta",{c}}} 1.0' in text
     assert f'elastiserve_model_load_duration_seconds_count{{model="beta",{c}}} 1.0' in text
+    # the sub-model that cannot be loaded, with a bounded cause (what the operator reports in status)
+    assert _metric_lines(text, "elastiserve_model_load_failing") == [
+        f'elastiserve_model_load_failing{{cause="invalid_model",model="corrupt",{c}}} 1.0']
     # health checks and metadata do not count as requests
     await client.get("/v2/health/ready")
     text2 = await (await client.get("/metrics")).text()
     assert len(_metric_lines(text2, "elastiserve_requests_total")) == len(_metric_lines(text, "elastiserve_requests_total"))
+
+
+def test_load_failure_series_follow_the_latest_attempt():
+    from elastiserve.serving.metrics import ServingMetrics, load_failure_cause
+
+    m = ServingMetrics("md", "fp32")
+
+    def failing() -> list[str]:
+        return _metric_lines(m.render()[0].decode(), "elastiserve_model_load_failing")
+
+    m.set_load_failure("enc", load_failure_cause("no_such_key"))
+    m.set_load_failure("enc", load_failure_cause("endpoint_unreachable"))  # one series per model: the latest
+    m.set_load_failure("dec", load_failure_cause("some new botocore thing"))
+    assert failing() == ['elastiserve_model_load_failing{cause="endpoint_unreachable",model="enc",'
+                         'modeldeployment="md",variant="fp32"} 1.0',
+                         'elastiserve_model_load_failing{cause="other",model="dec",modeldeployment="md",'
+                         'variant="fp32"} 1.0']
+    m.set_load_failure("enc", None)  # loaded at last
+    m.set_load_failure("dec", None)
+    assert failing() == []
 
 
 async def test_two_servers_have_separate_registries(make_client):
