@@ -1,8 +1,9 @@
-"""The `elastiserve` command line: run the operator, print the CRD, validate manifests, backtest, serve."""
+"""The `elastiserve` command line: run the operator, print the CRD, validate manifests, backtest, serve, load."""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -145,6 +146,57 @@ def run(
     )
 
 
+@app.command()
+def load(
+    model: str = typer.Option(..., "--model", "-m", help="Model name in the inference path (/v2/models/MODEL/infer)."),
+    url: list[str] = typer.Option([], "--url", help="Base URL of a replica, e.g. http://127.0.0.1:8080 (repeatable)."),
+    endpoints_file: Optional[Path] = typer.Option(
+        None, help="JSON file {\"NAMESPACE/NAME\": [url, ...]} re-read as it changes, instead of --url."),
+    activator: Optional[str] = typer.Option(None, help="Activator base URL, used while there is no replica."),
+    service: str = typer.Option("default/model", help="NAMESPACE/NAME of the ModelDeployment (Host header via the "
+                                                      "activator, key in --endpoints-file)."),
+    trace: Optional[Path] = typer.Option(None, help="Trace CSV (timestamp_s,requests) whose rate to replay."),
+    period: Optional[float] = typer.Option(None, help="Seconds to replay the whole trace in (default: real time)."),
+    peak: Optional[float] = typer.Option(None, help="Scale the trace so its busiest moment is PEAK requests/s."),
+    qps: Optional[float] = typer.Option(None, help="A constant rate instead of a trace (requests/s)."),
+    duration: float = typer.Option(60.0, help="Seconds of load."),
+    max_requests: int = typer.Option(200_000, help="Stop after this many requests."),
+    seed: int = typer.Option(7, help="Random seed of the arrivals and the request bodies."),
+    timeout: float = typer.Option(30.0, help="Seconds before a request counts as failed."),
+) -> None:
+    """Replay a trace's request rate (or a constant rate) as open-loop Poisson load against a model server on
+    this machine, then print what happened as JSON. Bounded by --duration and --max-requests."""
+    import asyncio
+    import json
+
+    from .loadgen import Constant, LoadGen, TraceCurve
+
+    if (trace is None) == (qps is None):
+        _fail("give exactly one of --trace (a rate to replay) or --qps (a constant rate)")
+    if url and endpoints_file is not None:
+        _fail("give the replicas with --url or with --endpoints-file, not both")
+    if not url and endpoints_file is None and not activator:
+        _fail("give the replicas with --url (repeatable) or --endpoints-file, or an --activator")
+    if service.count("/") != 1:
+        _fail(f"--service must be NAMESPACE/NAME (got {service!r})")
+    for name, value in (("--duration", duration), ("--timeout", timeout), ("--max-requests", max_requests)):
+        if not value > 0:
+            _fail(f"{name} must be positive (got {value})")
+    if qps is not None and qps < 0:
+        _fail(f"--qps must not be negative (got {qps})")
+    try:
+        rate = Constant(qps) if qps is not None else TraceCurve.load(trace, period, peak)
+        gen = LoadGen(service, model, endpoints_file if endpoints_file is not None else url, activator, rate,
+                      duration=duration, max_requests=max_requests, seed=seed, timeout=timeout)
+    except ValueError as exc:
+        _fail(str(exc))
+    started = time.monotonic()
+    stats = asyncio.run(gen.run())
+    typer.echo(json.dumps(stats.summary(time.monotonic() - started), indent=2))
+    if stats.ok == 0 and stats.sent > 0:
+        raise typer.Exit(1)
+
+
 def _mount_optional(only: str | None = None) -> None:
     """Sub-commands that live with their own package (serving, simulation): all of them, or ``only`` one.
 
@@ -171,7 +223,7 @@ def _mount_optional(only: str | None = None) -> None:
         mount(mod)
 
 
-_CORE = {"validate", "crd", "run"}
+_CORE = {"validate", "crd", "run", "load"}
 """Commands that need none of the optional mounts: `elastiserve validate` must not pay for importing
 statsmodels and pandas (the backtest command) or onnxruntime (the model server)."""
 

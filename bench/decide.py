@@ -9,6 +9,11 @@ build the status patch and the replica patch. Printed as JSON; compare the ratio
 
 ``--slo`` adds cycles with the SLO policy on (``spec.slo``), its demand history full (480 samples) as in
 steady state, with and without forecasting.
+
+``--plan`` adds the operator's own pure cycle (``operator.plan``): build the ``Observed``, run
+``decide_cycle`` and ``plan_cycle`` (every replica patch, the whole status patch with conditions, the
+Events and the metric values). It does more than the ``full_cycle`` above, which builds only part of the
+status; compare ``full_cycle_plan`` with ``full_cycle`` in the same run.
 """
 
 from __future__ import annotations
@@ -133,12 +138,40 @@ def bench_cycle(n: int, cycles: int, forecast: bool, slo: bool = False) -> dict:
     return out
 
 
+def bench_plan_cycle(n: int, cycles: int) -> dict:
+    """The operator's pure part of a cycle, per model, with a metric source in memory."""
+    from elastiserve.operator.plan import Observed, Owned, decide_cycle, plan_cycle
+
+    raw = dict(SPEC, forecasting={"enabled": False})
+    src = InMemorySource(n)
+    statuses: list[dict] = [{} for _ in range(n)]
+    replicas = [{"fp32": 3, "int8": 0} for _ in range(n)]
+    applied: list[dict] = [dict(r) for r in replicas]
+    per_cycle = []
+    for c in range(1, cycles + 1):
+        now = T0 + timedelta(seconds=60 * c)
+        t = time.perf_counter()
+        for i in range(n):
+            spec = parse_spec(raw)
+            stable = {v: Owned(v, f"m-{v}", replicas=r, ready=r) for v, r in replicas[i].items()}
+            seen = Observed(spec=spec, namespace="ns", name="m", uid="u", now=now, generation=1, status=statuses[i],
+                            stable=stable, snapshot=src.snapshot(i, now), applied=applied[i])
+            plan = plan_cycle(seen, decide_cycle(seen))
+            statuses[i] = dict(plan.status)
+            replicas[i] = {v["name"]: v["desired"] for v in plan.status["variants"]}
+            applied[i] = dict(replicas[i])
+        per_cycle.append(time.perf_counter() - t)
+    med = statistics.median(per_cycle)
+    return {"models": n, "cycle_seconds_median": round(med, 4), "cycles_per_second": round(n / med, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--counts", type=int, nargs="+", default=[1, 100, 1000])
     ap.add_argument("--cycles", type=int, default=5)
     ap.add_argument("--forecast", action="store_true", help="include the forecaster's per-cycle update")
     ap.add_argument("--slo", action="store_true", help="include cycles with the SLO policy on")
+    ap.add_argument("--plan", action="store_true", help="include the operator's observe/decide/plan cycle")
     args = ap.parse_args()
     result = {"decide": {}, "full_cycle": {}}
     for n in args.counts:
@@ -146,6 +179,8 @@ def main() -> None:
         result["full_cycle"][n] = bench_cycle(n, args.cycles, forecast=False)
         if args.forecast:
             result.setdefault("full_cycle_with_forecast", {})[n] = bench_cycle(n, args.cycles, forecast=True)
+        if args.plan:
+            result.setdefault("full_cycle_plan", {})[n] = bench_plan_cycle(n, args.cycles)
         if args.slo:
             result.setdefault("full_cycle_with_slo", {})[n] = bench_cycle(n, args.cycles, forecast=False, slo=True)
             result.setdefault("full_cycle_with_forecast_and_slo", {})[n] = bench_cycle(n, args.cycles, forecast=True,

@@ -24,205 +24,14 @@ seasonality, so the forecaster, fitted on the backfilled history, sees the next 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import math
 import os
 import signal
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # reuse the real-infrastructure helpers the tests use
-sys.path.insert(0, str(ROOT / "hack"))
-
-NAMESPACE = "demo"
-MDEP = "minilm"
-SYSTEM_NS = "elastiserve-system"
-
-
-def say(msg: str) -> None:
-    print(f"[demo] {msg}", flush=True)
-
-
-def fail(msg: str) -> "NoReturn":  # noqa: F821
-    print(f"[demo] error: {msg}", file=sys.stderr, flush=True)
-    raise SystemExit(1)
-
-
-# --------------------------------------------------------------------------- workload
-
-
-def _smoothstep(a: float, b: float, x: float) -> float:
-    t = min(1.0, max(0.0, (x - a) / (b - a)))
-    return t * t * (3 - 2 * t)
-
-
-@dataclass(frozen=True)
-class CompressedDay:
-    """Request rate over one compressed day of ``period`` seconds, smooth so a Fourier model can learn it.
-
-    The cycle starts with the night (no requests → scale to zero), then morning traffic (wake from
-    zero, INT8 first), a short midday peak (pre-scale before it, INT8 burst), and the evening decline.
-    """
-
-    period: float = 600.0
-    base: float = 6.0
-    peak: float = 45.0
-
-    def __call__(self, t: float) -> float:
-        x = (t % self.period) / self.period
-        day = _smoothstep(0.33, 0.43, x) * (1 - _smoothstep(0.88, 0.98, x))
-        bump = math.exp(-(((x - 0.68) / 0.06) ** 2))
-        return day * (self.base + (self.peak - self.base) * bump)
-
-
-@dataclass(frozen=True)
-class TraceCurve:
-    """A trace from ../shared/traces, compressed so that ``period`` seconds replay ``span`` seconds of it."""
-
-    times: tuple[float, ...]
-    values: tuple[float, ...]
-    period: float
-
-    @classmethod
-    def load(cls, path: Path, period: float, peak: float = 45.0) -> "TraceCurve":
-        try:
-            from elastiserve.simulation.traces import load_trace
-        except ImportError as exc:
-            fail(f"cannot load traces: {exc}")
-        try:
-            trace = load_trace(path)
-        except (ValueError, OSError) as exc:
-            fail(f"{path}: {exc}")
-        values = [float(v) for v in trace.values]
-        scale = peak / max(max(values), 1e-9)
-        span = trace.step_seconds * len(values)
-        times = tuple(i * trace.step_seconds * period / span for i in range(len(values)))
-        return cls(times, tuple(v * scale for v in values), period)
-
-    def __call__(self, t: float) -> float:
-        x = t % self.period
-        import bisect
-
-        i = max(0, bisect.bisect_right(self.times, x) - 1)
-        return self.values[i]
-
-
-def history_openmetrics(rate, end: float, seconds: int, step: int, labels: dict[str, str]) -> str:
-    """A counter's history as OpenMetrics text: ``rate(wall time)`` integrated, sampled every ``step`` s."""
-    lab = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    lines = ["# HELP elastiserve_requests Requests served.", "# TYPE elastiserve_requests counter"]
-    total = 0.0
-    t = end - seconds
-    while t <= end:
-        lines.append(f"elastiserve_requests_total{{{lab}}} {total:.3f} {t:.3f}")
-        # integrate with the trapezoid rule over one step
-        total += 0.5 * (rate(t) + rate(t + step)) * step
-        t += step
-    lines.append("# EOF")
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------- the stack
-
-
-@dataclass
-class Stack:
-    out: Path
-    period: float
-    duration: float
-    keep: bool
-    trace: Path | None
-    procs: list[subprocess.Popen] = field(default_factory=list)
-    jaeger: object | None = None
-    """Jaeger (tests/support/jaeger.py) when its binary is built: every component sends it traces."""
-    cleanups: list = field(default_factory=list)
-
-    # ---- processes
-
-    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = self.out / "logs" / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen(argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for fn in reversed(self.cleanups):
-            with contextlib.suppress(Exception):
-                fn()
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=10)
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-
-
-def wait(cond, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            value = cond()
-            if value:
-                return value
-        except Exception as exc:  # settling
-            last = exc
-        time.sleep(interval)
-    fail(f"timed out after {timeout:.0f} s waiting for {what}" + (f" ({last})" if last else ""))
-
-
-def sa_kubeconfig(cluster, sa: str, path: Path) -> Path:
-    from support.devstack import sa_kubeconfig as make
-
-    return make(cluster, SYSTEM_NS, sa, path)
-
-
-def demo_manifest(models: dict[str, Path], prometheus_url: str, period: int) -> dict:
-    return {
-        "apiVersion": "elastiserve.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": MDEP, "namespace": NAMESPACE},
-        "spec": {
-            "model": {"name": "minilm", "uri": f"file://{models['fp32'].parent}", "lazyLoading": {"preload": ["minilm"]}},
-            "variants": [
-                {"name": "fp32", "precision": "fp32", "role": "primary", "capacityQps": 12,
-                 "replicas": {"min": 0, "max": 3}},
-                {"name": "int8", "precision": "int8", "role": "burst", "capacityQps": 20,
-                 "replicas": {"min": 0, "max": 3}},
-            ],
-            "replicas": {"min": 0, "max": 3},
-            "syncPeriodSeconds": 5,
-            "metrics": {
-                "prometheus": {"url": prometheus_url},
-                "windowSeconds": 15,
-                "rules": {"latency": {"scaleUpAbove": 400, "scaleDownBelow": 20}},
-            },
-            "forecasting": {
-                "enabled": True,
-                "seasonalPeriodsSeconds": [period],
-                "stepSeconds": 15,
-                "historySeconds": 86400,
-                "horizonSeconds": 45,
-                "fourierTerms": 6,
-                "refitSeconds": 900,
-            },
-            "behavior": {
-                "scaleDown": {"stabilizationWindowSeconds": 30,
-                              "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]},
-            },
-            "burst": {"shortPeakSeconds": 120, "qualityBudget": 0.5},
-            "scaleToZero": {"enabled": True, "idleSeconds": 30, "coldStartVariant": "int8"},
-        },
-    }
+from demo_stack import ROOT, Stack, fail, say
+from live import run_live
 
 
 def main() -> None:
@@ -241,7 +50,6 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     lock = _single_instance()
     stack = Stack(out=args.out, period=args.period, duration=args.duration, keep=args.keep, trace=args.trace)
-    from live import run_live  # hack/live.py
 
     def on_signal(*_):
         raise KeyboardInterrupt

@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from demo import (
-    MDEP, NAMESPACE, ROOT, SYSTEM_NS, CompressedDay, Stack, TraceCurve, demo_manifest, fail, history_openmetrics,
-    sa_kubeconfig, say, wait,
+from demo_stack import (
+    MDEP, NAMESPACE, ROOT, SYSTEM_NS, Stack, demo_manifest, fail, history_openmetrics, sa_kubeconfig, say, wait,
 )
+from elastiserve.loadgen import CompressedDay, LoadGen, TraceCurve
 
 CACHE = Path(os.environ.get("ELASTISERVE_CACHE") or Path.home() / ".cache" / "elastiserve")
 LEAD = float(os.environ.get("DEMO_LEAD", "45"))
@@ -132,9 +132,11 @@ def start_tracing(stack: Stack) -> dict[str, str]:
 
 def run_live(stack: Stack) -> None:
     from podtwin import PodTwins, free_port
-    from loadgen import LoadGen
 
-    curve = TraceCurve.load(stack.trace, stack.period) if stack.trace else CompressedDay(period=stack.period)
+    try:
+        curve = TraceCurve.load(stack.trace, stack.period, peak=45.0) if stack.trace else CompressedDay(period=stack.period)
+    except ValueError as exc:
+        fail(str(exc))
     cluster = start_cluster_with_progress(stack)
     say("step 2/7: model artifacts")
     models = ensure_models()

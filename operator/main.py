@@ -33,7 +33,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     settings.persistence.finalizer = "elastiserve.dev/finalizer"
     # Events: only warnings from log lines. At INFO kopf turned every "Timer 'scale' succeeded" into an
     # Event: ~3 Events per object per sync (bench/scale_cluster.py measured 273 per cycle for 100 models).
-    # Our own Normal Events (Scaled, RoutedToPods, ...) are posted explicitly (handlers.notice).
+    # Our own Normal Events (Scaled, RoutedToPods, ...) are posted explicitly (apply.post).
     settings.posting.level = logging.WARNING
     # Invalid specs raise PermanentError; Temporary errors (Prometheus down, API hiccups) retry soon.
     settings.execution.max_workers = 16
@@ -92,17 +92,17 @@ def run_operator(
     from .kube import Kube
 
     memo = shared_memo(
-        prometheus_url=prometheus_url,
+        kube=Kube(),
+        activator=_activator(activator_service, activator_address),
+        # model-server pods send their spans to the same place as the operator
+        pod_env=tracing.inherited_env() if tracing.configure("elastiserve-operator") else None,
         metrics_policy=policy,
+        prometheus_url=prometheus_url,
         peering=peering,
         priority=priority,
         peering_lifetime=peering_lifetime,
         all_namespaces=all_namespaces,
-        activator=_activator(activator_service, activator_address),
     )
-    memo.kube = Kube()
-    if tracing.configure("elastiserve-operator"):
-        memo.pod_env = tracing.inherited_env()  # model-server pods send their spans to the same place
     asyncio.run(
         kopf.operator(
             clusterwide=all_namespaces,

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .. import tracing
 
 REGISTRY = CollectorRegistry()
 _L = ("namespace", "modeldeployment")
@@ -41,6 +47,41 @@ LAST_DECISION = Gauge(
     "elastiserve_operator_last_decision_timestamp_seconds", "When the last decision was made.", _L, registry=REGISTRY
 )
 SCALED_TO_ZERO = Gauge("elastiserve_operator_scaled_to_zero", "1 while the model is at zero.", _L, registry=REGISTRY)
+SLO_LEAD_SECONDS = Gauge(
+    "elastiserve_operator_slo_lead_seconds",
+    "Lead time the SLO policy sizes the variant for: metric age + sync period + learned start-up (spec.slo).",
+    _L + ("variant",),
+    registry=REGISTRY,
+)
+SLO_QUANTILE = Gauge(
+    "elastiserve_operator_slo_quantile",
+    "Quantile of demand over the lead time the SLO policy sizes capacity for (0..1, calibrated online).",
+    _L,
+    registry=REGISTRY,
+)
+SLO_HEADROOM = Gauge(
+    "elastiserve_operator_slo_headroom",
+    "Calibrated multiplier on that quantile (1 = none).",
+    _L,
+    registry=REGISTRY,
+)
+FORECAST_COVERAGE = Gauge(
+    "elastiserve_operator_forecast_coverage",
+    "Share of realised request rates at or below the forecast's upper bound (exponentially weighted, 0..1).",
+    _L,
+    registry=REGISTRY,
+)
 MAX_REPLICAS = Gauge(
     "elastiserve_operator_max_replicas", "Upper replica bound of the variant.", _L + ("variant",), registry=REGISTRY
 )
+
+
+TRACER = tracing.tracer("elastiserve.operator")
+
+
+@contextmanager
+def phase(name: str, **attributes: Any) -> Iterator[Any]:
+    """One phase of a cycle (``metrics``, ``forecast``, ``decide``...): timed in ``RECONCILE_SECONDS`` under
+    ``phase=name`` and traced as a span of that name, a child of the cycle's span. Yields the span."""
+    with RECONCILE_SECONDS.labels(name).time(), TRACER.start_as_current_span(name, attributes=attributes) as span:
+        yield span
