@@ -277,6 +277,21 @@ def trace_report(jaeger, cluster, out: Path) -> dict:
     return report
 
 
+def pod_churn(samples: list[Sample]) -> dict:
+    """Pods started and deleted per variant (rises and falls of the desired count), in total and per hour
+    of the run: a replica that is started must be worth its start-up (issue 15, item 7)."""
+    out: dict = {}
+    hours = (samples[-1].t - samples[0].t) / 3600 if len(samples) > 1 else 0.0
+    for v in sorted({v for s in samples for v in s.desired}):
+        d = [s.desired.get(v, 0) for s in samples]
+        started = sum(max(0, b - a) for a, b in zip(d, d[1:]))
+        deleted = sum(max(0, a - b) for a, b in zip(d, d[1:]))
+        out[v] = {"started": started, "deleted": deleted,
+                  "started_per_hour": round(started / hours, 1) if hours else None,
+                  "deleted_per_hour": round(deleted / hours, 1) if hours else None}
+    return out
+
+
 def write_report(stack: Stack, cluster, prom, timeline: Timeline) -> None:
     import matplotlib
 
@@ -317,6 +332,7 @@ def write_report(stack: Stack, cluster, prom, timeline: Timeline) -> None:
         "int8_burst": any(s.desired.get("int8", 0) > 0 and s.desired.get("fp32", 0) > 0 for s in samples),
         "scaled_to_zero": any(a > 0 and b == 0 for a, b in zip(totals, totals[1:])),
         "woke_from_zero": any(a == 0 and b > 0 for a, b in zip(totals, totals[1:])) or _woke_per_events(cluster),
+        "pods": pod_churn(samples),
         "requests": {"sent": timeline.stats.sent, "ok": timeline.stats.ok, "errors": timeline.stats.errors,
                      "via_activator": timeline.stats.via_activator},
     }

@@ -33,6 +33,8 @@ def test_short_demo_scales_for_the_promised_reasons(tmp_path):
     assert summary["woke_from_zero"], log
     assert summary["prescaled_before_peak"], log
     assert summary["int8_burst"], log
+    pods = summary["pods"]  # churn per variant: the burst and the wake above each started pods
+    assert pods["int8"]["started"] >= 1 and sum(v["started"] for v in pods.values()) >= 2, pods
     req = summary["requests"]
     assert req["ok"] >= 0.97 * req["sent"], req
     for name in ("timeline.png", "events.txt", "timeline.json"):
