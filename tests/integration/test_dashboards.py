@@ -5,7 +5,9 @@ What runs (all on 127.0.0.1, scraped every second by a real ``prometheus``):
 * two real model servers (``python -m elastiserve.serving.cli serve``), variants fp32 and int8 of the
   ModelDeployment ``ml/minilm``, serving tiny random encoders (``build_tiny_model``) — requests, latency,
   lazy loads, cache hits/misses and idle unloads are real. The ``namespace`` label is attached by the
-  scrape config, as Kubernetes service discovery does in a cluster;
+  scrape config, as Kubernetes service discovery does in a cluster. The int8 server reads its store over
+  HTTP (a plain file server on loopback) through the artifact disk cache, and one of its sub-models
+  (``gamma``) has a corrupt ONNX file: the cache's figures and a sub-model failing to load are real too;
 * the real activator (``elastiserve activator --endpoints-file``): one held request times out (503),
   another waits for a cold start and is forwarded to the fp32 server;
 * a stand-in for the operator's metrics endpoint: a process that imports the real
@@ -20,6 +22,7 @@ substituted, and the PNG renderer draws all three dashboards from the same Prome
 
 from __future__ import annotations
 
+import http.server as http_server
 import json
 import math
 import os
@@ -200,6 +203,20 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     for variant in ("fp32", "int8"):
         build_tiny_model(store / "alpha", hidden=16, layers=1, heads=2, variant=variant)
     shutil.copytree(store / "alpha", store / "beta")
+    shutil.copytree(store / "alpha", store / "gamma")
+    for onnx in (store / "gamma").glob("*.onnx"):
+        onnx.write_bytes(b"not an ONNX model")  # downloads fine, fails to load: invalid_model
+
+    class QuietFiles(http_server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(store), **kwargs)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    files = http_server.ThreadingHTTPServer(("127.0.0.1", 0), QuietFiles)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    remote_store = f"http://127.0.0.1:{files.server_address[1]}/"
 
     procs: list[Proc] = []
     prom = None
@@ -207,12 +224,15 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         servers = {}
         for variant in ("fp32", "int8"):
             port = free_port()
+            remote = variant == "int8"
             servers[variant] = spawn(
                 f"server-{variant}",
                 [sys.executable, "-m", "elastiserve.serving.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                 "--store", str(store), "--model", "alpha,beta", "--preload", "alpha", "--idle-unload-seconds", "2"],
+                 "--store", remote_store if remote else str(store), "--model", "alpha,beta,gamma" if remote else "alpha,beta",
+                 "--preload", "alpha", "--idle-unload-seconds", "2"],
                 work, port,
-                _clean_env(ELASTISERVE_MODELDEPLOYMENT=MODEL, ELASTISERVE_VARIANT=variant),
+                _clean_env(ELASTISERVE_MODELDEPLOYMENT=MODEL, ELASTISERVE_VARIANT=variant,
+                           **({"ELASTISERVE_ARTIFACT_CACHE_DIR": str(work / "artifacts")} if remote else {})),
             )
             procs.append(servers[variant])
         endpoints = work / "endpoints.json"
@@ -257,6 +277,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             if i % 10 == 9:
                 assert http("POST", f"{servers['fp32'].base}/v1/models/nope:embed", body) == 404
             time.sleep(0.2)
+        assert http("POST", f"{servers['int8'].base}/v1/models/gamma:embed", body) == 500  # corrupt: load fails
 
         # The activator: one held request times out, the next one waits for a "cold start" and is forwarded.
         headers = {"Host": f"{MODEL}.{NAMESPACE}.svc"}  # the model's Service, as a caller reaches it
@@ -296,6 +317,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             prom.stop()
         for p in procs:
             p.stop()
+        files.shutdown()
+        files.server_close()
         for p in procs:
             assert "Traceback (most recent call last)" not in p.text(), f"{p.name} log:\n{p.text()[-3000:]}"
 
