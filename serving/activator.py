@@ -503,12 +503,11 @@ class Activator:
                                                   attributes={"elastiserve.model": key, "server.address": base}):
                     tracing.inject(attempt)  # the replica's span continues this trace
                     return await self._send(request, url, body, attempt)
-            except aiohttp.ClientConnectionError as exc:
+            except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
                 failure = f"replica {base} of {key} failed: {type(exc).__name__}"
-                continue
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                failure = f"replica {base} of {key} failed: {type(exc).__name__}"
-                break
+                # aiohttp's ServerTimeoutError is a ClientConnectionError too: a timeout is never retried
+                if isinstance(exc, asyncio.TimeoutError) or not isinstance(exc, aiohttp.ClientConnectionError):
+                    break
         return web.json_response({"error": failure}, status=502, headers={"Retry-After": "1"})
 
     async def _send(self, request: web.Request, url: str, body: bytes, headers: dict[str, str]) -> web.Response:
