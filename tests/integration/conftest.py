@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,12 +9,7 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-
-def missing_input(reason: str) -> None:
-    """A test input is missing: fail under CI, skip elsewhere."""
-    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-        pytest.fail(f"test input missing under CI: {reason}", pytrace=False)
-    pytest.skip(reason)
+from support import missing_input
 
 
 @pytest.fixture(scope="module")

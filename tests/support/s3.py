@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from . import wait_until
+from . import missing_input, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ACCESS_KEY = "elastiserve-test"
@@ -159,10 +159,7 @@ class S3Server:
 def _require_binary() -> Path:
     binary = weed_binary()
     if not binary.exists():
-        msg = f"SeaweedFS is not built ({binary} missing): run `hack/s3.sh build` (make s3-build)"
-        if os.environ.get("CI"):
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+        missing_input(f"SeaweedFS is not built ({binary} missing): run `hack/s3.sh build` (make s3-build)")
     return binary
 
 

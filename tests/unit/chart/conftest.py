@@ -19,6 +19,8 @@ from types import ModuleType
 
 import pytest
 
+from support import missing_input
+
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "elastiserve"
 KUBE_VERSION = "1.34.0"
@@ -26,9 +28,7 @@ KUBE_VERSION = "1.34.0"
 
 
 def missing_tool(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    missing_input(message)
 
 
 def _helm_version() -> str | None:

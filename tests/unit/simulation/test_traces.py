@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 
 from elastiserve.simulation import Trace, TraceError, TraceWarning, load_trace, synthetic_trace
 from elastiserve.simulation.traces import CPU_QPS_PER_PERCENT
+from support import missing_input
 
 
 def write(tmp_path, text: str, name: str = "t.csv"):
@@ -118,10 +118,8 @@ def test_shared_traces_load_without_error():
     from elastiserve.simulation import traces_dir
 
     paths = sorted(traces_dir().glob("*.csv"))
-    if not paths:
-        if os.environ.get("CI"):  # CI has shared/ beside the clone: missing traces are a failure there
-            pytest.fail(f"no shared traces in {traces_dir()} (set ELASTISERVE_TRACES)")
-        pytest.skip("no shared traces here (set ELASTISERVE_TRACES)")
+    if not paths:  # CI has shared/ beside the clone: missing traces are a failure there
+        missing_input(f"no shared traces in {traces_dir()} (set ELASTISERVE_TRACES)")
     with warnings.catch_warnings():
         warnings.simplefilter("error", TraceWarning)  # the shared traces have no gaps
         for p in paths:
