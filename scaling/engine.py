@@ -291,7 +291,7 @@ def decide(
         reasons.append(f"bounded to {bounded} by replicas [{min_total}, {max_total}]")
     behavior = spec.behavior
     if slo_plan is not None:
-        # A replica must be worth its start-up: hold scale-downs for at least the primary's lead time.
+        # A replica must be worth its start-up: hold scale-downs for HOLD_LEADS of the primary's lead times.
         lead = math.ceil(HOLD_LEADS * slo_plan.summary.lead_seconds[spec.primary.name])
         if lead > behavior.scale_down.stabilization_window_seconds:
             behavior = behavior.model_copy(update={"scale_down": behavior.scale_down.model_copy(
