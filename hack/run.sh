@@ -64,19 +64,43 @@ all_alive() {
 start_proc() {
   local name=$1
   shift
-  local logf="${STATE}/logs/${name}.log"
+  local logf="${STATE}/logs/${name}.log" bin
+  bin=$(readlink -f "$(command -v "$1")") || die "${name}: no executable $1"
   setsid "$@" </dev/null >>"${logf}" 2>&1 9>&- &
   local pid=$!
   echo "${pid}" >"${STATE}/pids/${name}.pid"
-  # Until the forked shell has exec'd the binary its /proc cmdline is still ours, and `alive` would
-  # call a healthy component dead ("exited during startup" with an empty log). Wait for the exec.
+  # The pid execs twice: our forked shell execs setsid, setsid execs the binary. Before that the
+  # pid's command line is our shell's or setsid's (which names the component too), and while the
+  # kernel replaces the image /proc/PID/cmdline reads empty for a moment: `alive` would call a
+  # healthy component dead ("exited during startup" with an empty log; it happened in CI). Wait
+  # until the pid runs the binary itself and its command line is in place.
   local deadline=$(($(now_s) + 10))
-  until runs_component "${pid}" "${name}"; do
+  until [[ "$(readlink -f "/proc/${pid}/exe" 2>/dev/null)" == "${bin}" ]] && runs_component "${pid}" "${name}"; do
     pid_running "${pid}" || break
     (($(now_s) < deadline)) || break
-    sleep 0.05
+    sleep 0.02
   done
   log "started ${name} (pid ${pid}, log ${logf})"
+}
+
+# Why component $1 is not alive, for an error message (in NOT_ALIVE: `wait` must run in this shell,
+# not in a $(...) subshell): its exit status when it was our child, or what its pid runs instead.
+not_alive_reason() {
+  local name=$1 pid status
+  NOT_ALIVE="${name} has no pid file"
+  pid=$(pid_of "${name}" 2>/dev/null) || return 0
+  if pid_running "${pid}"; then
+    NOT_ALIVE="${name}'s pid ${pid} runs '$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null)', not ${name}"
+    return 0
+  fi
+  if wait "${pid}" 2>/dev/null; then status=0; else status=$?; fi
+  if ((status == 127)); then
+    NOT_ALIVE="${name} (pid ${pid}) exited"
+  elif ((status > 128)); then
+    NOT_ALIVE="${name} (pid ${pid}) was killed by SIG$(kill -l $((status - 128)) 2>/dev/null || echo $((status - 128)))"
+  else
+    NOT_ALIVE="${name} (pid ${pid}) exited with status ${status}"
+  fi
 }
 
 # Is pid $1 running? (a zombie child of this shell does not count)
@@ -264,7 +288,10 @@ wait_component() {
   shift 3
   local deadline=$(($(now_s) + timeout))
   while true; do
-    alive "${name}" || die "${name} exited during startup; see ${STATE}/logs/${name}.log"
+    if ! alive "${name}"; then
+      not_alive_reason "${name}"
+      die "${NOT_ALIVE} during startup; see ${STATE}/logs/${name}.log"
+    fi
     if "$@" >/dev/null 2>&1; then
       return 0
     fi
