@@ -14,9 +14,9 @@ What runs (all on 127.0.0.1, scraped every second by a real ``prometheus``):
   ``k8s_cluster``) with this test's Prometheus as its metrics source, scaling the real ModelDeployment
   ``ml/minilm`` (fp32 primary, int8 burst, ``spec.slo`` on, a naive forecast on 1 s steps). Its series come
   from its own cycles: its first cycles run before any request, so the request-rate and latency queries
-  find no series and count as failed Prometheus queries; then a steady load above the ready capacity
-  makes it scale up (fp32, with int8 bridging its start-up) and the forecast's error and coverage follow
-  within a few cycles. (No scale-down: the SLO policy holds one for two primary lead times, 40 to 140 s
+  find no series and count as failed Prometheus queries; then a steady load above the ready capacity, in
+  two levels, makes it scale fp32 up twice (int8 bridging its start-up) and the forecast's error and
+  coverage follow within a few cycles. (No scale-down: the SLO policy holds one for two primary lead times, 40 to 140 s
   here depending on the start-up it has learned, and the scale-events panels need one event.)
 * the one remaining stand-in: cAdvisor's ``container_cpu_usage_seconds_total`` and
   ``container_memory_working_set_bytes``. kwok pods run no containers and no kubelet measures them, so a
@@ -50,6 +50,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 
 from support import wait_until
 
@@ -186,7 +187,7 @@ def model_deployment() -> dict:
                 {"name": "int8", "precision": "int8", "role": "burst", "capacityQps": 4,
                  "replicas": {"min": 1, "max": 3}},
             ],
-            "replicas": {"min": 1, "max": 4},
+            "replicas": {"min": 1, "max": 12},
             "syncPeriodSeconds": 5,
             "metrics": {"windowSeconds": 10,
                         "rules": {"cpu": {"enabled": False, "scaleUpAbove": 80, "scaleDownBelow": 30}}},
@@ -197,17 +198,21 @@ def model_deployment() -> dict:
     }
 
 
-def operator_series(op: "Proc") -> set[str]:
-    """The operator's series that have a sample, from its own /metrics: each as its name and as
-    ``name{labels}`` (label values in the exposition's order)."""
+def operator_samples(op: "Proc") -> list:
+    """The samples of the operator's own /metrics (``prometheus_client``'s parser)."""
     with urllib.request.urlopen(op.base + "/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    out = set()
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            series = line.rsplit(" ", 1)[0]
-            out |= {series, series.split("{", 1)[0]}
-    return out
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def has_series(op: "Proc", *names: str) -> bool:
+    present = {s.name for s in operator_samples(op)}
+    return set(names) <= present
+
+
+def counted(op: "Proc", name: str, **labels: str) -> float:
+    """Value of the operator's counter ``name`` with these labels (0 before its first increment)."""
+    return sum(s.value for s in operator_samples(op) if s.name == name and labels.items() <= s.labels.items())
 
 
 @dataclass
@@ -314,7 +319,7 @@ def stack(tmp_path_factory, k8s_cluster, crd) -> Iterator[Stack]:
                          work, op_port, dict(k8s_cluster.env) | {"PYTHONUNBUFFERED": "1"})
         procs.append(operator)
         operator.wait_http("/metrics")
-        wait_until(lambda: "elastiserve_operator_prometheus_errors_total" in operator_series(operator),
+        wait_until(lambda: has_series(operator, "elastiserve_operator_prometheus_errors_total"),
                    timeout=60, what="the operator's first cycle (a failed query: no requests yet)")
 
         def attach_pods() -> bool:
@@ -329,11 +334,12 @@ def stack(tmp_path_factory, k8s_cluster, crd) -> Iterator[Stack]:
 
         wait_until(attach_pods, timeout=60, interval=0.5, what="Running kwok pods of both variants")
 
-        # Steady load on alpha (4 to 5 req/s, twice fp32's capacity) from here until the operator has exported every series:
-        # above the ready capacity, so the SLO policy scales up, and long enough for the forecast's
-        # error and coverage.
+        # A steady load on alpha from here on, in two levels: about 3 req/s (above fp32's ready capacity of
+        # 2), then about 15 or more. Each level makes the SLO policy scale fp32 up, so the scale events are
+        # counted twice (a counter's first increment is invisible to increase(): the series is born at 1).
         steady_stop = threading.Event()
         steady_codes: list[int] = []
+        pause = [0.3]
 
         def steady() -> None:
             i = 0
@@ -341,7 +347,7 @@ def stack(tmp_path_factory, k8s_cluster, crd) -> Iterator[Stack]:
                 variant = "int8" if i % 3 == 0 else "fp32"
                 steady_codes.append(http("POST", f"{servers[variant].base}/v1/models/alpha:embed", {"texts": ["steady"]}))
                 i += 1
-                steady_stop.wait(0.15)
+                steady_stop.wait(pause[0])
 
         steady_thread = threading.Thread(target=steady, daemon=True)
         steady_thread.start()
@@ -389,11 +395,19 @@ def stack(tmp_path_factory, k8s_cluster, crd) -> Iterator[Stack]:
             time.sleep(0.25)
         wait_until(lambda: prom.query(f'elastiserve_model_unloads_total{{modeldeployment="{MODEL}"}}'),
                    timeout=30, what="an idle unload scraped")
-        wanted = {"elastiserve_operator_forecast_coverage", "elastiserve_operator_forecast_error",
+        def fp32_up() -> float:
+            return counted(operator, "elastiserve_operator_scale_events_total", variant="fp32", direction="up")
+
+        wait_until(lambda: fp32_up() >= 1, timeout=60, interval=1,
+                   what=f"a first scale-up of fp32 (log: {operator.log})")
+        pause[0] = 0.04
+        wait_until(lambda: fp32_up() >= 2, timeout=60, interval=1,
+                   what=f"a second scale-up of fp32 under the higher load (log: {operator.log})")
+        wanted = ("elastiserve_operator_forecast_coverage", "elastiserve_operator_forecast_error",
                   "elastiserve_operator_forecast_qps", "elastiserve_operator_slo_lead_seconds",
-                  "elastiserve_operator_observed_qps", "elastiserve_operator_scale_events_total"}
-        wait_until(lambda: wanted <= operator_series(operator), timeout=90, interval=1,
-                   what=f"the operator's series {sorted(wanted)} (log: {operator.log})")
+                  "elastiserve_operator_observed_qps")
+        wait_until(lambda: has_series(operator, *wanted), timeout=60, interval=1,
+                   what=f"the operator's series {wanted} (log: {operator.log})")
         steady_stop.set()
         steady_thread.join(10)
         assert steady_codes and set(steady_codes) == {200}, sorted(set(steady_codes))
@@ -502,3 +516,18 @@ def test_slo_policy_panels_read_the_operators_decisions(stack: Stack):
     assert 1 <= headroom <= 5
     (coverage,) = latest("elastiserve_operator_forecast_coverage").values()
     assert 0 <= coverage <= 1
+
+
+def test_scale_events_panels_count_the_operators_scale_ups(stack: Stack):
+    """The scale-events bars are not only zeros: the operator scaled fp32 up (twice) for real. ``$__interval``
+    is the panel's minimum interval, as Grafana sets it."""
+    from dashboards.spec import expand
+
+    dashboards = _dashboards()
+    for d in dashboards.DASHBOARDS:
+        for panel in (p for p in d.panels if p.title == "Scale events"):
+            values = _values(d, stack, 2.0) | {"__interval": panel.min_interval}
+            expr = expand(panel.targets[0].expr, values)
+            series = stack.prom.query_range(expr, stack.start, stack.end, 2.0)
+            ups = [float(v) for s in series if s["metric"].get("direction") == "up" for _, v in s["values"]]
+            assert ups and max(ups) >= 1, f"{d.uid}: {expr} -> {series}"
