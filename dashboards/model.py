@@ -1,4 +1,4 @@
-"""Per-model detail: traffic vs forecast, latency vs SLO, errors, resources, replicas, INT8, sub-models, cold starts."""
+"""Per-model detail: traffic vs forecast, latency vs SLO, errors, replicas, SLO policy, resources, INT8, sub-models, cold starts."""
 
 from __future__ import annotations
 
@@ -148,6 +148,56 @@ DASHBOARD = Dashboard(
                     base_color="red",
                     thresholds=((1, "green"),),
                     description="0: the operator cannot read this model's metrics and holds its replicas.",
+                ),
+            ),
+        ),
+        Row(
+            "SLO policy",
+            (
+                Panel(
+                    "Lead time by variant",
+                    (Target(f"max by (variant) (elastiserve_operator_slo_lead_seconds{{{MODEL_VARIANTS}}})", "{{variant}}"),),
+                    unit="s",
+                    min=0,
+                    width=9,
+                    description="How far ahead the SLO policy sizes each variant: metric age + half the rate window "
+                    "+ sync period + the start-up it learned from observed Ready times (60 s until first seen). "
+                    "A lead time that grows means slower pods: the policy then keeps more headroom for them.",
+                ),
+                Panel(
+                    "Demand quantile",
+                    (Target(f"max(elastiserve_operator_slo_quantile{OPERATOR})", "quantile"),),
+                    unit="percentunit",
+                    min=0.5,
+                    max=1,
+                    width=5,
+                    description="Quantile of demand over the lead time that capacity is sized for, calibrated online "
+                    "(adaptive conformal inference): violated minutes raise it fast, calm ones lower it slowly. "
+                    "Pinned at 99.9 % means the history holds no rise as large as the misses need: "
+                    "the headroom multiplier takes over.",
+                ),
+                Panel(
+                    "Headroom multiplier",
+                    (Target(f"max(elastiserve_operator_slo_headroom{OPERATOR})", "headroom"),),
+                    min=1,
+                    width=5,
+                    thresholds=((1.5, "orange"), (3, "red")),
+                    description="Calibrated factor on top of the demand quantile (1 = none, at most 5). Above 1 only "
+                    "while the quantile is at its ceiling and the objective is still missed: capacity is being "
+                    "bought blindly, check start-up times and the burst variant.",
+                ),
+                Panel(
+                    "Forecast coverage",
+                    (Target(f"max(elastiserve_operator_forecast_coverage{OPERATOR})", "coverage"),),
+                    unit="percentunit",
+                    min=0,
+                    max=1,
+                    width=5,
+                    base_color="red",
+                    thresholds=((0.5, "orange"), (0.8, "green")),
+                    description="Share of observed request rates at or below the forecast's upper bound one lead time "
+                    "earlier (exponentially weighted). Near forecasting.quantile the forecast is trusted; at 50 % "
+                    "or below it gets no weight and the empirical demand growth decides.",
                 ),
             ),
         ),

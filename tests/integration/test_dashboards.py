@@ -10,11 +10,19 @@ What runs (all on 127.0.0.1, scraped every second by a real ``prometheus``):
   (``gamma``) has a corrupt ONNX file: the cache's figures and a sub-model failing to load are real too;
 * the real activator (``elastiserve activator --endpoints-file``): one held request times out (503),
   another waits for a cold start and is forwarded to the fp32 server;
-* a stand-in for the operator's metrics endpoint: a process that imports the real
-  ``elastiserve.operator.telemetry`` registry, sets its series the way a scaling loop would and serves it
-  (the real operator needs a working ModelDeployment CRD on the control plane — see the report);
-* a stand-in for the kubelet's cAdvisor (``container_cpu_usage_seconds_total``,
-  ``container_memory_working_set_bytes`` for the model's pods), which no local process provides.
+* the real operator (``elastiserve run -n ml``) on the local control plane (kwok nodes, the session's
+  ``k8s_cluster``) with this test's Prometheus as its metrics source, scaling the real ModelDeployment
+  ``ml/minilm`` (fp32 primary, int8 burst, ``spec.slo`` on, a naive forecast on 1 s steps). Its series come
+  from its own cycles: its first cycles run before any request, so the request-rate and latency queries
+  find no series and count as failed Prometheus queries; then a steady load above the ready capacity, in
+  two levels, makes it scale fp32 up twice (int8 bridging its start-up) and the forecast's error and
+  coverage follow within a few cycles. (No scale-down: the SLO policy holds one for two primary lead times, 40 to 140 s
+  here depending on the start-up it has learned, and the scale-events panels need one event.)
+* the one remaining stand-in: cAdvisor's ``container_cpu_usage_seconds_total`` and
+  ``container_memory_working_set_bytes``. kwok pods run no containers and no kubelet measures them, so a
+  collector in the test exports the model-server processes' own CPU time and RSS (``/proc``) under the
+  name of a Running kwok pod of their variant. The real kubelet's cAdvisor, discovered by Prometheus
+  (``kubernetes_sd_configs``), is covered by ``test_real_node.py`` on the real node.
 
 Then every target of every panel is evaluated over the test's time range with Grafana's variables
 substituted, and the PNG renderer draws all three dashboards from the same Prometheus.
@@ -31,7 +39,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import urllib.error
@@ -41,10 +48,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 
 from support import wait_until
 
-pytestmark = pytest.mark.prometheus
+pytestmark = [pytest.mark.prometheus, pytest.mark.cluster]
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE, MODEL = "ml", "minilm"
@@ -127,56 +137,82 @@ def spawn(name: str, argv: list[str], workdir: Path, port: int, env: dict[str, s
     return Proc(name, proc, log, port)
 
 
-# The operator-telemetry and cAdvisor stand-in: the real telemetry registry, values set as a loop would.
-STANDIN = textwrap.dedent(
-    """
-    import random, sys, time
-    from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
-    from elastiserve.operator import telemetry as t
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
-    op_port, kubelet_port, ns, name = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    kubelet = CollectorRegistry()
-    cpu = Counter("container_cpu_usage_seconds", "cAdvisor CPU", ("namespace", "pod", "container"), registry=kubelet)
-    mem = Gauge("container_memory_working_set_bytes", "cAdvisor memory", ("namespace", "pod", "container"), registry=kubelet)
-    start_http_server(op_port, addr="127.0.0.1", registry=t.REGISTRY)
-    start_http_server(kubelet_port, addr="127.0.0.1", registry=kubelet)
-    pods = {"fp32": f"{name}-fp32-7d9f-abcde", "int8": f"{name}-int8-7d9f-fghij"}
-    replicas = {"fp32": 2, "int8": 0}
-    tick = 0
-    while True:
-        tick += 1
-        for phase in ("metrics", "forecast", "decide", "cycle"):
-            t.RECONCILE_SECONDS.labels(phase).observe(random.uniform(0.001, 0.2))
-        t.DECISIONS.labels(ns, name).inc()
-        t.PROMETHEUS_ERRORS.labels(ns, name, "latency").inc(0)
-        if tick % 7 == 0:
-            t.PROMETHEUS_ERRORS.labels(ns, name, "cpu").inc()
-        if tick % 5 == 0:
-            v = "int8" if replicas["int8"] == 0 else "fp32"
-            replicas[v] += 1
-            t.SCALE_EVENTS.labels(ns, name, v, "up").inc()
-        if tick % 11 == 0 and replicas["int8"] > 0:
-            replicas["int8"] -= 1
-            t.SCALE_EVENTS.labels(ns, name, "int8", "down").inc()
-        qps = 20 + 10 * random.random()
-        t.OBSERVED_QPS.labels(ns, name).set(qps)
-        t.FORECAST_QPS.labels(ns, name, "mean").set(qps * 1.1)
-        t.FORECAST_QPS.labels(ns, name, "upper").set(qps * 1.4)
-        t.FORECAST_ERROR.labels(ns, name).set(0.2 + 0.1 * random.random())
-        t.METRICS_AVAILABLE.labels(ns, name).set(1)
-        t.LAST_DECISION.labels(ns, name).set(time.time())
-        t.SCALED_TO_ZERO.labels(ns, name).set(0)
-        for v, r in replicas.items():
-            t.DESIRED.labels(ns, name, v).set(r)
-            t.REPLICAS.labels(ns, name, v).set(r)
-            t.READY.labels(ns, name, v).set(max(0, r - (tick % 2)))
-            t.MAX_REPLICAS.labels(ns, name, v).set(10 if v == "fp32" else 4)
-        for v, pod in pods.items():
-            cpu.labels(ns, pod, "model-server").inc(random.uniform(0.1, 0.4))
-            mem.labels(ns, pod, "model-server").set(180e6 + random.uniform(0, 20e6))
-        time.sleep(0.5)
-    """
-)
+
+class CadvisorStandIn:
+    """The one stand-in: cAdvisor's two series for the model's pods, in this test's process.
+
+    kwok pods run no containers, so nothing measures them. The figures are the real ones of the model-server
+    process of each variant (``/proc``: utime + stime, RSS), labelled with the name of a Running kwok pod of
+    that variant's Deployment (set by :meth:`attach` once the operator has created them)."""
+
+    def __init__(self, servers: dict[str, "Proc"]):
+        self.servers = servers
+        self.pods: dict[str, str] = {}
+
+    def attach(self, variant: str, pod: str) -> None:
+        self.pods[variant] = pod
+
+    def collect(self):
+        cpu = CounterMetricFamily("container_cpu_usage_seconds", "CPU time of the variant's server process.",
+                                  labels=["namespace", "pod", "container"])
+        mem = GaugeMetricFamily("container_memory_working_set_bytes", "RSS of the variant's server process.",
+                                labels=["namespace", "pod", "container"])
+        for variant, pod in dict(self.pods).items():
+            pid = self.servers[variant].proc.pid
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+            except (OSError, IndexError, ValueError):
+                continue
+            cpu.add_metric([NAMESPACE, pod, "model-server"], (int(stat[11]) + int(stat[12])) / CLK_TCK)
+            mem.add_metric([NAMESPACE, pod, "model-server"], rss)
+        yield cpu
+        yield mem
+
+
+def model_deployment() -> dict:
+    """ml/minilm as the operator scales it here: SLO policy and a naive forecast on second-scale steps, so
+    every SLO series, the forecast's error and its coverage exist within seconds of traffic."""
+    return {
+        "apiVersion": "elastiserve.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": MODEL, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"name": "alpha", "uri": "file:///models/alpha/model.onnx"},
+            "variants": [
+                {"name": "fp32", "precision": "fp32", "role": "primary", "capacityQps": 2},
+                {"name": "int8", "precision": "int8", "role": "burst", "capacityQps": 4,
+                 "replicas": {"min": 1, "max": 3}},
+            ],
+            "replicas": {"min": 1, "max": 12},
+            "syncPeriodSeconds": 5,
+            "metrics": {"windowSeconds": 10,
+                        "rules": {"cpu": {"enabled": False, "scaleUpAbove": 80, "scaleDownBelow": 30}}},
+            "forecasting": {"enabled": True, "method": "naive", "stepSeconds": 1, "historySeconds": 600,
+                            "horizonSeconds": 2},
+            "slo": {"enabled": True, "latencyMs": 250},
+        },
+    }
+
+
+def operator_samples(op: "Proc") -> list:
+    """The samples of the operator's own /metrics (``prometheus_client``'s parser)."""
+    with urllib.request.urlopen(op.base + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def has_series(op: "Proc", *names: str) -> bool:
+    present = {s.name for s in operator_samples(op)}
+    return set(names) <= present
+
+
+def counted(op: "Proc", name: str, **labels: str) -> float:
+    """Value of the operator's counter ``name`` with these labels (0 before its first increment)."""
+    return sum(s.value for s in operator_samples(op) if s.name == name and labels.items() <= s.labels.items())
 
 
 @dataclass
@@ -189,7 +225,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[Stack]:
+def stack(tmp_path_factory, k8s_cluster, crd) -> Iterator[Stack]:
     from support.prometheus import PrometheusNotInstalled, PrometheusServer, ensure_prometheus
 
     try:
@@ -219,7 +255,9 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     remote_store = f"http://127.0.0.1:{files.server_address[1]}/"
 
     procs: list[Proc] = []
+    cleanups: list = []
     prom = None
+    namespace_made = False
     try:
         servers = {}
         for variant in ("fp32", "int8"):
@@ -242,20 +280,22 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
                                         "--port", str(act_port), "--endpoints-file", str(endpoints), "--timeout", "2"],
                           work, act_port, _clean_env())
         procs.append(activator)
-        op_port, kubelet_port = free_port(), free_port()
-        standin = spawn("operator-standin", [sys.executable, "-c", STANDIN, str(op_port), str(kubelet_port), NAMESPACE, MODEL],
-                        work, op_port, _clean_env())
-        procs.append(standin)
+        cadvisor = CadvisorStandIn(servers)
+        kubelet = CollectorRegistry()
+        kubelet.register(cadvisor)
+        kubelet_port = free_port()
+        kubelet_httpd, _ = start_http_server(kubelet_port, addr="127.0.0.1", registry=kubelet)
+        cleanups.append(lambda: (kubelet_httpd.shutdown(), kubelet_httpd.server_close()))
         for p in servers.values():
             p.wait_http("/v2/health/ready")
         activator.wait_http("/healthz")
-        standin.wait_http("/metrics")
 
         def job(name: str, targets: list[str], honor: bool, labels: dict | None = None) -> dict:
             static = {"targets": targets} | ({"labels": labels} if labels else {})
             return {"job_name": name, "scrape_interval": "1s", "scrape_timeout": "1s", "honor_labels": honor,
                     "static_configs": [static]}
 
+        op_port, live_port = free_port(), free_port()
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [
@@ -267,6 +307,51 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         }
         prom = PrometheusServer(workdir=work / "prometheus", config=config).start()
         start = time.time()
+
+        # The real operator on the kwok cluster, reading this Prometheus. Its first cycles come before any
+        # request: the request-rate and latency queries find no series, and it counts them as failed queries.
+        k8s_cluster.kubectl("create", "namespace", NAMESPACE, check=False)
+        namespace_made = True
+        k8s_cluster.apply(model_deployment())
+        operator = spawn("operator", [sys.executable, "-m", "elastiserve.cli", "run", "-n", NAMESPACE,
+                                      "--prometheus-url", prom.url, "--metrics-port", str(op_port),
+                                      "--liveness", f"http://127.0.0.1:{live_port}/healthz"],
+                         work, op_port, dict(k8s_cluster.env) | {"PYTHONUNBUFFERED": "1"})
+        procs.append(operator)
+        operator.wait_http("/metrics")
+        wait_until(lambda: has_series(operator, "elastiserve_operator_prometheus_errors_total"),
+                   timeout=60, what="the operator's first cycle (a failed query: no requests yet)")
+
+        def attach_pods() -> bool:
+            for variant in ("fp32", "int8"):
+                pods = k8s_cluster.kubectl_json(
+                    "get", "pods", "-n", NAMESPACE, "-l",
+                    f"elastiserve.dev/modeldeployment={MODEL},elastiserve.dev/variant={variant}")["items"]
+                running = sorted(p["metadata"]["name"] for p in pods if p.get("status", {}).get("phase") == "Running")
+                if running:
+                    cadvisor.attach(variant, running[0])
+            return len(cadvisor.pods) == 2
+
+        wait_until(attach_pods, timeout=60, interval=0.5, what="Running kwok pods of both variants")
+
+        # A steady load on alpha from here on, in two levels: about 3 req/s (above fp32's ready capacity of
+        # 2), then about 15 or more. Each level makes the SLO policy scale fp32 up, so the scale events are
+        # counted twice (a counter's first increment is invisible to increase(): the series is born at 1).
+        steady_stop = threading.Event()
+        steady_codes: list[int] = []
+        pause = [0.3]
+
+        def steady() -> None:
+            i = 0
+            while not steady_stop.is_set():
+                variant = "int8" if i % 3 == 0 else "fp32"
+                steady_codes.append(http("POST", f"{servers[variant].base}/v1/models/alpha:embed", {"texts": ["steady"]}))
+                i += 1
+                steady_stop.wait(pause[0])
+
+        steady_thread = threading.Thread(target=steady, daemon=True)
+        steady_thread.start()
+        cleanups.append(lambda: (steady_stop.set(), steady_thread.join(10)))
 
         # Traffic: both variants, a lazily loaded sub-model (miss, then hits, then an idle unload), unknown models.
         body = {"texts": ["hello there"]}
@@ -310,13 +395,37 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             time.sleep(0.25)
         wait_until(lambda: prom.query(f'elastiserve_model_unloads_total{{modeldeployment="{MODEL}"}}'),
                    timeout=30, what="an idle unload scraped")
+        def fp32_up() -> float:
+            return counted(operator, "elastiserve_operator_scale_events_total", variant="fp32", direction="up")
+
+        wait_until(lambda: fp32_up() >= 1, timeout=60, interval=1,
+                   what=f"a first scale-up of fp32 (log: {operator.log})")
+        pause[0] = 0.04
+        wait_until(lambda: fp32_up() >= 2, timeout=60, interval=1,
+                   what=f"a second scale-up of fp32 under the higher load (log: {operator.log})")
+        wanted = ("elastiserve_operator_forecast_coverage", "elastiserve_operator_forecast_error",
+                  "elastiserve_operator_forecast_qps", "elastiserve_operator_slo_lead_seconds",
+                  "elastiserve_operator_observed_qps")
+        wait_until(lambda: has_series(operator, *wanted), timeout=60, interval=1,
+                   what=f"the operator's series {wanted} (log: {operator.log})")
+        steady_stop.set()
+        steady_thread.join(10)
+        assert steady_codes and set(steady_codes) == {200}, sorted(set(steady_codes))
         time.sleep(3 * SCRAPE_S)
         yield Stack(prom=prom, start=start, end=time.time(), servers=servers, workdir=work)
     finally:
+        for cleanup in reversed(cleanups):
+            cleanup()
+        if namespace_made:
+            # While the operator runs, so that it removes its finalizer; then the namespace goes too.
+            k8s_cluster.kubectl("delete", "modeldeployment", MODEL, "-n", NAMESPACE, "--ignore-not-found",
+                                "--timeout=60s", check=False)
+        for p in reversed(procs):  # the operator first
+            p.stop()
+        if namespace_made:
+            k8s_cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", "--ignore-not-found", check=False)
         if prom is not None:
             prom.stop()
-        for p in procs:
-            p.stop()
         files.shutdown()
         files.server_close()
         for p in procs:
@@ -387,3 +496,38 @@ def test_render_cli(stack: Stack, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "elastiserve-operator.png").exists()
     assert "wrote" in proc.stdout
+
+
+def test_slo_policy_panels_read_the_operators_decisions(stack: Stack):
+    """The SLO policy row shows what the operator sized capacity on: a lead time per variant of at least a
+    sync period plus half the rate window (5 + 5 s here), the calibrated quantile within its range, a
+    headroom multiplier of at least 1 and a coverage share."""
+    model = f'namespace="{NAMESPACE}",modeldeployment="{MODEL}"'
+
+    def latest(metric: str) -> dict[str, float]:
+        return {s["metric"].get("variant", ""): float(s["value"][1])
+                for s in stack.prom.query(f"{metric}{{{model}}}", time=stack.end)}
+
+    leads = latest("elastiserve_operator_slo_lead_seconds")
+    assert set(leads) == {"fp32", "int8"} and min(leads.values()) >= 10, leads
+    (quantile,) = latest("elastiserve_operator_slo_quantile").values()
+    assert 0.5 <= quantile <= 0.999
+    (headroom,) = latest("elastiserve_operator_slo_headroom").values()
+    assert 1 <= headroom <= 5
+    (coverage,) = latest("elastiserve_operator_forecast_coverage").values()
+    assert 0 <= coverage <= 1
+
+
+def test_scale_events_panels_count_the_operators_scale_ups(stack: Stack):
+    """The scale-events bars are not only zeros: the operator scaled fp32 up (twice) for real. ``$__interval``
+    is the panel's minimum interval, as Grafana sets it."""
+    from dashboards.spec import expand
+
+    dashboards = _dashboards()
+    for d in dashboards.DASHBOARDS:
+        for panel in (p for p in d.panels if p.title == "Scale events"):
+            values = _values(d, stack, 2.0) | {"__interval": panel.min_interval}
+            expr = expand(panel.targets[0].expr, values)
+            series = stack.prom.query_range(expr, stack.start, stack.end, 2.0)
+            ups = [float(v) for s in series if s["metric"].get("direction") == "up" for _, v in s["values"]]
+            assert ups and max(ups) >= 1, f"{d.uid}: {expr} -> {series}"
