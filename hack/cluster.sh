@@ -15,7 +15,8 @@
 #   node-up     add a real node (containerd, runc, CNI bridge, kubelet, kube-proxy) to a running cluster
 #   node-down   stop the real node and restore the host state it changed
 #   kubelet-restart  stop the real node's kubelet and start it again (pods keep running)
-#   build-addons  build CoreDNS and metrics-server (cached by version; not started by anything yet)
+#   kubelet-stop / kubelet-start  stop the real node's kubelet (the node goes NotReady), start it again
+#   build-addons  build CoreDNS and metrics-server (cached by version; build-node builds them too)
 #   image       build the project's image (cached by content hash), load it into the real node, print its name
 set -euo pipefail
 
@@ -29,7 +30,7 @@ source "${HACK_DIR}/run.sh"
 source "${HACK_DIR}/node.sh"
 
 usage() {
-  sed -n '7,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '7,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 main() {
@@ -45,11 +46,13 @@ main() {
     node-up) cmd_node_up ;;
     node-down) cmd_node_down ;;
     kubelet-restart) cmd_kubelet_restart ;;
+    kubelet-stop) cmd_kubelet_stop ;;
+    kubelet-start) cmd_kubelet_start ;;
     image) cmd_image ;;
     -h | --help | help) usage ;;
     *)
       usage
-      die "unknown command '${cmd}' (expected build|up|down|env|status|build-node|node-up|node-down|image)"
+      die "unknown command '${cmd}' (expected build|up|down|env|status|build-node|build-addons|node-up|node-down|kubelet-restart|kubelet-stop|kubelet-start|image)"
       ;;
   esac
 }

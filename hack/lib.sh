@@ -51,6 +51,8 @@ KUBELET_BIN() { printf '%s/kubelet' "$(node_dir)"; }
 KUBE_PROXY_BIN() { printf '%s/kube-proxy' "$(node_dir)"; }
 CRICTL_BIN() { printf '%s/crictl' "$(crictl_dir)"; }
 PROMETHEUS_BIN() { printf '%s/prometheus' "$(prometheus_dir)"; }
+COREDNS_BIN() { printf '%s/coredns' "$(coredns_dir)"; }
+METRICS_SERVER_BIN() { printf '%s/metrics-server' "$(metrics_server_dir)"; }
 
 # The pod sandbox image of the real node (hack/image.sh pause builds it, hack/node.sh imports it).
 PAUSE_REF="localhost/elastiserve-pause:${KUBERNETES_VERSION}"

@@ -36,6 +36,12 @@ class Sample:
     p95_ms: float | None
     reason: str
     phase: str
+    not_ready_nodes: list[str] = field(default_factory=list)
+    """Nodes whose Ready condition was not True at this sample (checked every NODE_CHECK_S)."""
+
+
+NODE_CHECK_S = 5.0
+"""How often the monitor reads the nodes' Ready condition (the controller-manager's node monitor period is 5 s)."""
 
 
 @dataclass
@@ -206,7 +212,14 @@ def drive(stack: Stack, cluster, curve, origin: float, twins_dir: Path, ports, L
     stop = threading.Event()
     start = time.monotonic()
 
+    from kubernetes import client as k8s
+
+    core = k8s.CoreV1Api()
+    not_ready: list[str] = []
+    checked = -NODE_CHECK_S
+
     def monitor():
+        nonlocal not_ready, checked
         header = f"{'time':>6} {'offered':>8} {'forecast':>8} {'fp32':>6} {'int8':>6} {'p95 ms':>7}  last decision"
         print(header, flush=True)
         last_print = -10.0
@@ -221,8 +234,15 @@ def drive(stack: Stack, cluster, curve, origin: float, twins_dir: Path, ports, L
             ready = {k: v.get("ready", 0) for k, v in variants.items()}
             p95 = gen.stats.p95(since=time.monotonic() - 10)
             reasons = (st.get("lastDecision") or {}).get("reasons") or []
+            if t - checked >= NODE_CHECK_S:
+                checked = t
+                try:
+                    not_ready = nodes_not_ready(core.list_node().items)
+                except Exception:  # the API server busy: keep the last answer
+                    pass
             s = Sample(t, phase(t), (st.get("forecast") or {}).get("upper"), desired, ready,
-                       None if p95 is None else p95 * 1000, "; ".join(reasons), st.get("phase", ""))
+                       None if p95 is None else p95 * 1000, "; ".join(reasons), st.get("phase", ""),
+                       list(not_ready))
             timeline.samples.append(s)
             if t - last_print >= 5:
                 last_print = t
@@ -292,6 +312,45 @@ def pod_churn(samples: list[Sample]) -> dict:
     return out
 
 
+def nodes_not_ready(nodes) -> list[str]:
+    """Names of the nodes (kubernetes client objects) whose Ready condition is not True."""
+    out = []
+    for n in nodes:
+        ready = next((c.status for c in (n.status.conditions or []) if c.type == "Ready"), None)
+        if ready != "True":
+            out.append(n.metadata.name)
+    return sorted(out)
+
+
+def not_ready_seconds(samples: list[Sample]) -> dict[str, float]:
+    """Per node, the seconds of the run it was seen not Ready (each sample counts until the next one)."""
+    out: dict[str, float] = {}
+    for a, b in zip(samples, samples[1:]):
+        for node in a.not_ready_nodes:
+            out[node] = round(out.get(node, 0.0) + (b.t - a.t), 1)
+    if samples:
+        for node in samples[-1].not_ready_nodes:
+            out.setdefault(node, 0.0)
+    return out
+
+
+def problems(summary: dict) -> list[str]:
+    """Why the run does not count as a success (empty when it does): a node NotReady during the run (the
+    machine starved the kubelets' heartbeats, so the scaling shown happened on a sick cluster), or a request
+    that did not get its answer."""
+    out = [f"node {node} was NotReady for {secs:.0f} s during the run (its heartbeats starved?)"
+           for node, secs in sorted(summary.get("nodes_not_ready", {}).items())]
+    req = summary["requests"]
+    lost = req["sent"] - req["ok"]
+    if lost:
+        by = ", ".join(f"{'no response' if str(k) == '0' else 'HTTP ' + str(k)}: {v}"
+                       for k, v in sorted(req["errors"].items(), key=lambda kv: str(kv[0])))
+        out.append(f"{lost} of {req['sent']} requests were lost ({by})")
+    if req["sent"] == 0:
+        out.append("no request was sent")
+    return out
+
+
 def write_report(stack: Stack, cluster, prom, timeline: Timeline) -> None:
     import matplotlib
 
@@ -333,8 +392,11 @@ def write_report(stack: Stack, cluster, prom, timeline: Timeline) -> None:
         "scaled_to_zero": any(a > 0 and b == 0 for a, b in zip(totals, totals[1:])),
         "woke_from_zero": any(a == 0 and b > 0 for a, b in zip(totals, totals[1:])) or _woke_per_events(cluster),
         "pods": pod_churn(samples),
-        "requests": {"sent": timeline.stats.sent, "ok": timeline.stats.ok, "errors": timeline.stats.errors,
+        "requests": {"sent": timeline.stats.sent, "ok": timeline.stats.ok,
+                     "lost": timeline.stats.sent - timeline.stats.ok,
+                     "errors": {str(k): v for k, v in timeline.stats.errors.items()},
                      "via_activator": timeline.stats.via_activator},
+        "nodes_not_ready": not_ready_seconds(samples),
     }
     dash = ROOT / "dashboards" / "render.py"
     if dash.exists():
@@ -344,6 +406,9 @@ def write_report(stack: Stack, cluster, prom, timeline: Timeline) -> None:
         summary["dashboards_rendered"] = rc == 0
     if stack.jaeger is not None:
         summary["tracing"] = trace_report(stack.jaeger, cluster, out)
+    summary["problems"] = problems(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     say("summary: " + json.dumps(summary))
     say(f"report written to {out} (timeline.png, events.txt, timeline.json, summary.json, dashboards/)")
+    if summary["problems"]:
+        fail("the run FAILED: " + "; ".join(summary["problems"]))

@@ -21,7 +21,13 @@ NODE_OWNER_FILE="/run/elastiserve-real-node.owner"
 # Pods of the real node; kwok's fake pods use 10.244.0.0/16 (kwok --cidr).
 POD_CIDR="${ELASTISERVE_POD_CIDR:-10.250.0.0/24}"
 NODE_GATEWAY="${POD_CIDR%.*}.1"
-NODE_COMPONENTS=(containerd kube-proxy kubelet)
+NODE_COMPONENTS=(containerd kube-proxy kubelet coredns metrics-server)
+# Cluster DNS: CoreDNS on the bridge address behind the kube-dns Service (the kubelet's clusterDNS).
+CLUSTER_DNS_IP="${ELASTISERVE_CLUSTER_DNS_IP:-10.96.0.10}"
+CLUSTER_DOMAIN="cluster.local"
+# How often metrics-server scrapes the kubelet's /metrics/resource (its minimum is 10s; default 60s):
+# the HPA sees a pod's CPU that much later.
+METRICS_RESOLUTION="${ELASTISERVE_METRICS_RESOLUTION:-15s}"
 # CPU and memory the node keeps for the control plane, the kubelet and everything else on the
 # machine (2 cores shared with the build, Prometheus and the tests): pods get what is left.
 NODE_SYSTEM_RESERVED_CPU="${ELASTISERVE_NODE_SYSTEM_RESERVED_CPU:-500m}"
@@ -59,7 +65,7 @@ node_alive() {
 node_preflight() {
   [[ "$(id -u)" -eq 0 ]] || die "a real node needs root (containerd, cgroups, network namespaces)"
   local b
-  for b in "$(KUBELET_BIN)" "$(KUBE_PROXY_BIN)" "$(CRICTL_BIN)"; do
+  for b in "$(KUBELET_BIN)" "$(KUBE_PROXY_BIN)" "$(CRICTL_BIN)" "$(COREDNS_BIN)" "$(METRICS_SERVER_BIN)"; do
     [[ -x "${b}" ]] || die "missing ${b}: run 'hack/cluster.sh build-node' first"
   done
   for b in containerd containerd-shim-runc-v2 ctr runc nft iptables ip gcc buildah; do
@@ -288,6 +294,19 @@ node_certs() {
   write_kubeconfig "${NODE}/kubelet.kubeconfig" kubelet "system:node:${REAL_NODE_NAME}"
   write_kubeconfig "${NODE}/kube-proxy.kubeconfig" kube-proxy system:kube-proxy
   [[ -f "${pki}/ca.crt" ]] || die "no cluster CA in ${pki}"
+  local server="basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth"
+  # the kubelet's serving certificate, signed by the cluster CA (not self-signed): metrics-server
+  # verifies it (--kubelet-certificate-authority) instead of skipping TLS verification
+  sign_cert kubelet-serving "/O=system:nodes/CN=system:node:${REAL_NODE_NAME}" \
+    "${server}\nsubjectAltName=IP:${NODE_GATEWAY},DNS:${REAL_NODE_NAME}"
+  sign_cert coredns "/CN=system:coredns" "${client}"
+  write_kubeconfig "${NODE}/coredns.kubeconfig" coredns system:coredns
+  # metrics-server: a client identity (API server and kubelets) and a serving certificate for the
+  # aggregation layer (the APIService's caBundle is the cluster CA)
+  sign_cert metrics-server "/CN=system:metrics-server" "${client}"
+  write_kubeconfig "${NODE}/metrics-server.kubeconfig" metrics-server system:metrics-server
+  sign_cert metrics-server-serving "/CN=metrics-server.kube-system.svc" \
+    "${server}\nsubjectAltName=DNS:metrics-server.kube-system.svc,DNS:metrics-server.kube-system.svc.${CLUSTER_DOMAIN},IP:${NODE_GATEWAY}"
 }
 
 node_kubelet_up() {
@@ -318,6 +337,15 @@ failCgroupV1: false
 oomScoreAdj: 0
 failSwapOn: false
 podCIDR: ${POD_CIDR}
+tlsCertFile: ${STATE}/pki/kubelet-serving.crt
+tlsPrivateKeyFile: ${STATE}/pki/kubelet-serving.key
+# pods resolve through CoreDNS (the kube-dns Service); resolvConf (no nameserver that answers) is
+# only what dnsPolicy: Default pods get
+clusterDNS: ["${CLUSTER_DNS_IP}"]
+clusterDomain: ${CLUSTER_DOMAIN}
+# heartbeats: the lease is renewed every quarter of its duration (2.5 s), so a short
+# --node-monitor-grace-period (the test cluster's 20 s) is not crossed by a busy moment
+nodeLeaseDurationSeconds: 10
 podLogsDir: ${NODE}/pod-logs
 resolvConf: ${NODE}/resolv.conf
 maxPods: 30
@@ -371,6 +399,163 @@ YAML
   start_proc kube-proxy "$(KUBE_PROXY_BIN)" --config "${NODE}/kube-proxy.yaml" --v 1
 }
 
+# ---------------------------------------------------------------- CoreDNS and metrics-server
+
+# Both run as host processes, like the control plane (see docs/local-cluster.md, "CoreDNS and
+# metrics-server"), listening on the bridge address only; pods and the API server reach them through
+# selector-less Services whose Endpoints name that address.
+node_addons_objects() {
+  local ca
+  ca=$(base64 -w0 <"${STATE}/pki/ca.crt")
+  kctl apply -f - >/dev/null <<YAML
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "elastiserve:coredns"}
+rules:
+- {apiGroups: [""], resources: [endpoints, services, pods, namespaces], verbs: [list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "elastiserve:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "elastiserve:coredns"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:coredns"}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "elastiserve:metrics-server"}
+rules:
+- {apiGroups: [""], resources: [nodes/metrics], verbs: [get]}
+- {apiGroups: [""], resources: [pods, nodes], verbs: [get, list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "elastiserve:metrics-server"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "elastiserve:metrics-server"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:metrics-server"}]
+---
+# delegated authentication and authorization (TokenReviews, SubjectAccessReviews) for its clients
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "elastiserve:metrics-server:auth-delegator"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:auth-delegator"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:metrics-server"}]
+---
+# the front-proxy CA the API server publishes in kube-system/extension-apiserver-authentication
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: "elastiserve:metrics-server:auth-reader", namespace: kube-system}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: "extension-apiserver-authentication-reader"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:metrics-server"}]
+---
+# kubectl top and the view/edit/admin roles
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: "system:aggregated-metrics-reader"
+  labels:
+    rbac.authorization.k8s.io/aggregate-to-view: "true"
+    rbac.authorization.k8s.io/aggregate-to-edit: "true"
+    rbac.authorization.k8s.io/aggregate-to-admin: "true"
+rules:
+- {apiGroups: [metrics.k8s.io], resources: [pods, nodes], verbs: [get, list, watch]}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: kube-dns
+  namespace: kube-system
+  labels: {k8s-app: kube-dns, kubernetes.io/name: CoreDNS}
+spec:
+  clusterIP: ${CLUSTER_DNS_IP}
+  ports:
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, protocol: TCP}
+---
+# selector-less: the endpointslice-mirroring controller turns these Endpoints into an EndpointSlice
+apiVersion: v1
+kind: Endpoints
+metadata: {name: kube-dns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+subsets:
+- addresses: [{ip: ${NODE_GATEWAY}}]
+  ports:
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, protocol: TCP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: metrics-server, namespace: kube-system, labels: {k8s-app: metrics-server}}
+spec:
+  ports:
+  - {name: https, port: 443, protocol: TCP, targetPort: ${METRICS_SERVER_PORT}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: metrics-server, namespace: kube-system, labels: {k8s-app: metrics-server}}
+subsets:
+- addresses: [{ip: ${NODE_GATEWAY}}]
+  ports: [{name: https, port: ${METRICS_SERVER_PORT}, protocol: TCP}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.metrics.k8s.io, labels: {k8s-app: metrics-server}}
+spec:
+  group: metrics.k8s.io
+  version: v1beta1
+  groupPriorityMinimum: 100
+  versionPriority: 100
+  service: {name: metrics-server, namespace: kube-system, port: 443}
+  caBundle: ${ca}
+YAML
+}
+
+node_coredns_up() {
+  # Cluster names only: no forward plugin, so a name outside ${CLUSTER_DOMAIN} never leaves the
+  # machine; it gets NXDOMAIN at once (the template) instead of a time-out.
+  cat >"${NODE}/Corefile" <<COREFILE
+${CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {
+    bind ${NODE_GATEWAY}
+    errors
+    health 127.0.0.1:${COREDNS_HEALTH_PORT}
+    ready 127.0.0.1:${COREDNS_READY_PORT}
+    kubernetes ${CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {
+        kubeconfig ${NODE}/coredns.kubeconfig elastiserve-local
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }
+    cache 5
+}
+.:53 {
+    bind ${NODE_GATEWAY}
+    template ANY ANY {
+        rcode NXDOMAIN
+    }
+}
+COREFILE
+  start_proc coredns "$(COREDNS_BIN)" -conf "${NODE}/Corefile"
+  # ready: the kubernetes plugin has synced Services and EndpointSlices
+  wait_component coredns 60 "CoreDNS /ready" http_ok "http://127.0.0.1:${COREDNS_READY_PORT}/ready"
+}
+
+node_metrics_server_up() {
+  local pki="${STATE}/pki" kc="${NODE}/metrics-server.kubeconfig"
+  start_proc metrics-server "$(METRICS_SERVER_BIN)" \
+    --kubeconfig "${kc}" --authentication-kubeconfig "${kc}" --authorization-kubeconfig "${kc}" \
+    --bind-address "${NODE_GATEWAY}" --secure-port "${METRICS_SERVER_PORT}" \
+    --tls-cert-file "${pki}/metrics-server-serving.crt" --tls-private-key-file "${pki}/metrics-server-serving.key" \
+    --requestheader-client-ca-file "${pki}/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+    --kubelet-certificate-authority "${pki}/ca.crt" \
+    --kubelet-client-certificate "${pki}/metrics-server.crt" --kubelet-client-key "${pki}/metrics-server.key" \
+    --kubelet-preferred-address-types InternalIP --kubelet-use-node-status-port \
+    --node-selector type=real \
+    --metric-resolution "${METRICS_RESOLUTION}" \
+    --profiling=false \
+    --v 1
+  wait_component metrics-server 60 "metrics-server /livez" \
+    curl -fsS --max-time 2 -o /dev/null --cacert "${pki}/ca.crt" "https://${NODE_GATEWAY}:${METRICS_SERVER_PORT}/livez"
+}
+
 node_ready() {
   [[ "$(kctl get node "${REAL_NODE_NAME}" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == "True" ]]
 }
@@ -394,12 +579,18 @@ node_up() {
   choose_port KUBELET_HEALTHZ_PORT "" "kubelet healthz"
   choose_port KUBE_PROXY_HEALTHZ_PORT "" "kube-proxy healthz"
   choose_port KUBE_PROXY_METRICS_PORT "" "kube-proxy metrics"
+  choose_port COREDNS_HEALTH_PORT "" "CoreDNS health"
+  choose_port COREDNS_READY_PORT "" "CoreDNS ready"
+  choose_port METRICS_SERVER_PORT "" "metrics-server"
   local pause
   pause=$(bash "${HACK_DIR}/image.sh" pause) || die "building the pause image failed"
   node_network_up
   node_containerd_up
   node_import "${pause}" "${PAUSE_REF}"
   node_certs
+  node_addons_objects
+  node_coredns_up
+  node_metrics_server_up
   node_kube_proxy_up
   node_kubelet_up
   wait_component kubelet 120 "node ${REAL_NODE_NAME} Ready" node_ready
@@ -419,6 +610,24 @@ node_kubelet_restart() {
   wait_component kubelet 60 "the kubelet's /healthz" \
     curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:${KUBELET_HEALTHZ_PORT}/healthz"
   log "kubelet restarted"
+}
+
+# Stop the kubelet only (the containers, containerd and kube-proxy keep running): the node stops
+# heartbeating and goes NotReady after the controller-manager's --node-monitor-grace-period.
+node_kubelet_stop() {
+  node_present && alive kubelet || die "no running kubelet in ${STATE} (ELASTISERVE_REAL_NODE=1 hack/cluster.sh up)"
+  stop_procs kubelet
+}
+
+# Start the kubelet stopped by node_kubelet_stop again, with the same config and ports.
+node_kubelet_start() {
+  node_present || die "no real node in ${STATE} (ELASTISERVE_REAL_NODE=1 hack/cluster.sh up)"
+  alive kubelet && die "the kubelet of ${STATE} already runs"
+  load_ports
+  node_kubelet_up
+  wait_component kubelet 60 "the kubelet's /healthz" \
+    curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:${KUBELET_HEALTHZ_PORT}/healthz"
+  log "kubelet started"
 }
 
 # Kill what is left of this node's containerd shims (their command line names our socket).
@@ -465,7 +674,7 @@ node_down() {
   if alive containerd; then
     ncrictl rmp --all --force >/dev/null 2>&1 || log "crictl rmp failed; removing what is left by hand"
   fi
-  stop_procs kube-proxy
+  stop_procs kube-proxy metrics-server coredns
   "$(KUBE_PROXY_BIN)" --cleanup >/dev/null 2>&1 || log "kube-proxy --cleanup reported an error"
   node_iptables_cleanup
   stop_procs containerd

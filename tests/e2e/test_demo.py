@@ -35,8 +35,11 @@ def test_short_demo_scales_for_the_promised_reasons(tmp_path):
     assert summary["int8_burst"], log
     pods = summary["pods"]  # churn per variant: the burst and the wake above each started pods
     assert pods["int8"]["started"] >= 1 and sum(v["started"] for v in pods.values()) >= 2, pods
+    # The demo itself fails on a lost request or a node NotReady during the run (issue 16, item 7); the
+    # summary says so too.
     req = summary["requests"]
-    assert req["ok"] >= 0.97 * req["sent"], req
+    assert req["sent"] > 0 and req["lost"] == 0 and req["ok"] == req["sent"], req
+    assert summary["problems"] == [] and summary["nodes_not_ready"] == {}, summary
     for name in ("timeline.png", "events.txt", "timeline.json"):
         assert (out / name).stat().st_size > 0
     events = (out / "events.txt").read_text()

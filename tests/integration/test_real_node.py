@@ -33,7 +33,9 @@ import pytest
 
 from support import wait_until
 from support.cluster import run_cluster_sh
-from support.real_node import NFT_TABLE, NODE_GATEWAY, NODE_NAME, POD_CIDR, RealCluster
+from support.real_node import (
+    HPA_SYNC_PERIOD_S, NFT_TABLE, NODE_GATEWAY, NODE_MONITOR_GRACE_S, NODE_NAME, POD_CIDR, RealCluster,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
 
@@ -41,6 +43,10 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "elastiserve"
 RELEASE = "es"
 SYSTEM_NS = "elastiserve-system"
+CLUSTER_DNS_IP = "10.96.0.10"
+ACTIVATOR_HOLD_S = 120
+"""The activator's hold (chart ``activator.timeoutSeconds``, default 30 s) in these tests: a node NotReady for
+half a minute or more keeps every replica not Ready that long (bench/real_pod.py installs with 180 s too)."""
 
 
 def _http_get(url: str, timeout: float = 3) -> tuple[int, str]:
@@ -77,7 +83,8 @@ def installed(real_cluster: RealCluster) -> RealCluster:
     k = real_cluster.cluster
     k.helm("install", RELEASE, str(CHART), "--namespace", SYSTEM_NS, "--create-namespace",
            "--set", f"image.repository={real_cluster.repository}", "--set", f"image.tag={real_cluster.tag}",
-           "--set", "image.pullPolicy=Never", "--wait", "--timeout", "240s", timeout=300)
+           "--set", "image.pullPolicy=Never", "--set", f"activator.timeoutSeconds={ACTIVATOR_HOLD_S}",
+           "--wait", "--timeout", "240s", timeout=300)
     return real_cluster
 
 
@@ -241,6 +248,40 @@ def test_nothing_addressed_to_the_pod_or_service_ranges_leaves_the_machine(insta
     assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(POD_CIDR)
 
 
+def test_coredns_resolves_cluster_names_in_pods_and_nothing_else(installed: RealCluster):
+    """Pods resolve through the kube-dns Service (CoreDNS on the bridge): Service names, fully qualified or by
+    the search path; any other name gets NXDOMAIN at once (no forward plugin: no query leaves the machine)."""
+    k = installed.cluster
+    pod = next(p for p in k.kubectl_json("-n", SYSTEM_NS, "get", "pods")["items"]
+               if p["metadata"]["labels"].get("app.kubernetes.io/component") == "activator")
+    svc = k.kubectl_json("-n", SYSTEM_NS, "get", "service", f"{RELEASE}-elastiserve-activator")
+    fqdn = f"{svc['metadata']['name']}.{SYSTEM_NS}.svc.cluster.local"
+    names = [fqdn, svc["metadata"]["name"], "kubernetes.default", "example.com"]
+    probe = (
+        "import json, socket, time\n"
+        "def res(n):\n"
+        "    t = time.monotonic()\n"
+        "    try:\n"
+        "        out = sorted({a[4][0] for a in socket.getaddrinfo(n, 80, proto=socket.IPPROTO_TCP)})\n"
+        "    except socket.gaierror as e:\n"
+        "        out = 'error: ' + str(e)\n"
+        "    return [out, time.monotonic() - t]\n"
+        f"print(json.dumps({{'resolv': open('/etc/resolv.conf').read(), 'names': {{n: res(n) for n in {names!r}}}}}))\n"
+    )
+    out = json.loads(k.kubectl("-n", SYSTEM_NS, "exec", pod["metadata"]["name"], "--", "python", "-c", probe,
+                               timeout=60).stdout)
+    print(f"\nDNS from a pod: {out['names']}")
+    assert f"nameserver {CLUSTER_DNS_IP}" in out["resolv"], out["resolv"]
+    assert f"search {SYSTEM_NS}.svc.cluster.local svc.cluster.local cluster.local" in out["resolv"], out["resolv"]
+    answers = out["names"]
+    assert answers[fqdn][0] == [svc["spec"]["clusterIP"]]
+    assert answers[svc["metadata"]["name"]][0] == [svc["spec"]["clusterIP"]]  # the namespace's search domain
+    assert answers["kubernetes.default"][0] == ["10.96.0.1"]
+    # outside the cluster domain: refused at once (with ndots:5 the search domains are tried first)
+    assert str(answers["example.com"][0]).startswith("error"), answers["example.com"]
+    assert answers["example.com"][1] < 2, answers["example.com"]
+
+
 # ------------------------------------------------------------------ two replicas: discovery and node-level faults
 
 PAIR = "minilm"
@@ -287,11 +328,15 @@ class Traffic:
     Every outcome is kept (HTTP status, or the exception's name for a connection that failed), so a test
     can show that no request was lost."""
 
-    def __init__(self, k, ns: str, name: str) -> None:
-        activator = k.kubectl_json("-n", SYSTEM_NS, "get", "service", f"{RELEASE}-elastiserve-activator")
-        self.url = f"http://{activator['spec']['clusterIP']}:80/v1/models/minilm:embed"
+    def __init__(self, k, ns: str, name: str, base: str | None = None, timeout: float = 40) -> None:
+        if base is None:
+            activator = k.kubectl_json("-n", SYSTEM_NS, "get", "service", f"{RELEASE}-elastiserve-activator")
+            base = f"http://{activator['spec']['clusterIP']}:80"
+        self.url = f"{base}/v1/models/minilm:embed"
         self.host = f"{name}.{ns}.svc"
+        self.timeout = timeout
         self.outcomes: list[tuple[float, int | str]] = []
+        self.durations: list[float] = []
         self.gap_502: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -300,7 +345,7 @@ class Traffic:
         req = urllib.request.Request(self.url, data=json.dumps({"texts": ["a node-level fault"]}).encode(),
                                      headers={"Content-Type": "application/json", "Host": self.host})
         try:
-            with urllib.request.urlopen(req, timeout=40) as resp:  # noqa: S310 - our own Service
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - our own Service
                 resp.read()
                 return resp.status
         except urllib.error.HTTPError as e:
@@ -312,7 +357,10 @@ class Traffic:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.outcomes.append((time.monotonic(), self._one()))
+            sent = time.monotonic()
+            outcome = self._one()
+            self.outcomes.append((sent, outcome))
+            self.durations.append(time.monotonic() - sent)
             self._stop.wait(0.05)
 
     def ok_count(self) -> int:
@@ -341,7 +389,7 @@ class Traffic:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=60)
+        self._thread.join(timeout=self.timeout + 20)
 
 
 def test_prometheus_discovers_model_servers_activator_operator_and_cadvisor(
@@ -393,6 +441,139 @@ def test_prometheus_discovers_model_servers_activator_operator_and_cadvisor(
         query = render("cpu", parse_spec(md["spec"]), pair, PAIR)
         value = wait_until(lambda: prom.query_value(query), timeout=60, what=f"{query} returns a value")
         assert value > 0
+
+
+def _cpu_millicores(quantity: str) -> float:
+    """A CPU quantity of the metrics API (``12345678n``, ``5m``, ``1``) in millicores."""
+    scale = {"n": 1e-6, "u": 1e-3, "m": 1.0}
+    return float(quantity[:-1]) * scale[quantity[-1]] if quantity[-1] in scale else float(quantity) * 1000
+
+
+def test_metrics_server_serves_the_model_servers_cpu_to_kubectl_top(installed: RealCluster, pair: str):
+    """metrics.k8s.io through the aggregation layer: metrics-server reads the kubelet's /metrics/resource
+    (verifying its serving certificate with the cluster CA) and `kubectl top` shows each model server's CPU."""
+    k = installed.cluster
+
+    def available():
+        conds = k.kubectl_json("get", "apiservice", "v1beta1.metrics.k8s.io")["status"].get("conditions", [])
+        return {c["type"]: c["status"] for c in conds}.get("Available") == "True"
+
+    wait_until(available, timeout=60, what="APIService v1beta1.metrics.k8s.io Available")
+    pods = {p["metadata"]["name"] for p in _ready_pods(k, pair, PAIR)}
+    with Traffic(k, pair, PAIR) as traffic:
+        traffic.wait_ok(20)
+
+    def top() -> dict[str, str] | None:
+        out = k.kubectl("top", "pod", "-n", pair, "--no-headers", check=False)
+        rows = {ln.split()[0]: ln.split()[1] for ln in out.stdout.splitlines() if ln.strip()}
+        return rows if out.returncode == 0 and pods <= set(rows) else None
+
+    rows = wait_until(top, timeout=90, interval=2, what=f"`kubectl top pod -n {pair}` lists {pods}")
+    raw = json.loads(k.kubectl("get", "--raw", f"/apis/metrics.k8s.io/v1beta1/namespaces/{pair}/pods").stdout)
+    usage = {i["metadata"]["name"]: sum(_cpu_millicores(c["usage"]["cpu"]) for c in i["containers"])
+             for i in raw["items"]}
+    print(f"\nkubectl top pod: {rows}; metrics API (millicores): {usage}")
+    assert pods <= set(usage)
+    assert all(usage[p] >= 0 for p in pods) and sum(usage[p] for p in pods) > 0, usage
+    node = json.loads(k.kubectl("get", "--raw", f"/apis/metrics.k8s.io/v1beta1/nodes/{NODE_NAME}").stdout)
+    assert _cpu_millicores(node["usage"]["cpu"]) > 0
+
+
+def _plain_model_server_deployment(image: str, model_store: str, ns: str, name: str) -> dict:
+    """The Deployment the operator would own for a model server (same container, probes, env), but standalone:
+    no owner, its own labels, one replica, for a HorizontalPodAutoscaler to scale."""
+    from elastiserve.api import parse_spec
+    from elastiserve.operator.builders import build_deployment
+
+    spec = parse_spec({
+        "model": {"name": "minilm", "uri": model_store, "lazyLoading": {"memoryBudget": "512Mi", "preload": ["minilm"]}},
+        "template": {"image": image,
+                     "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "300m", "memory": "1Gi"}}},
+        "replicas": {"min": 1, "max": 2},
+    })
+    body = build_deployment(spec, name, ns, "0", spec.variants[0])
+    labels = {"app": name}
+    body["metadata"] = {"name": name, "namespace": ns, "labels": labels}
+    body["spec"]["selector"] = {"matchLabels": labels}
+    body["spec"]["template"]["metadata"]["labels"] = labels
+    body["spec"]["replicas"] = 1
+    return body
+
+
+def test_a_real_hpa_scales_a_model_server_deployment_under_load(
+        installed: RealCluster, model_store: str, namespace_real: str):
+    """autoscaling/v2 on CPU utilisation, computed by the real kube-controller-manager (sync period
+    HPA_SYNC_PERIOD_S) from metrics-server's view of the kubelet: the baseline of issue 17's live comparison."""
+    k = installed.cluster
+    ns, name = namespace_real, "hpa-minilm"
+    k.apply(_plain_model_server_deployment(installed.image, model_store, ns, name))
+    k.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+             "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}})
+    ready = lambda: [p for p in k.kubectl_json("-n", ns, "get", "pods", "-l", f"app={name}")["items"]  # noqa: E731
+                     if {c["type"]: c["status"] for c in p["status"].get("conditions", [])}.get("Ready") == "True"]
+    wait_until(lambda: len(ready()) == 1, timeout=300, interval=1, what=f"{ns}/{name}: one Ready model server")
+    k.apply({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                 "minReplicas": 1, "maxReplicas": 2,
+                 "metrics": [{"type": "Resource", "resource": {
+                     "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}]},
+    })
+    hpa = lambda: k.kubectl_json("-n", ns, "get", "hpa", name)  # noqa: E731
+    conditions = lambda h: {c["type"]: c["status"] for c in h.get("status", {}).get("conditions", [])}  # noqa: E731
+    # metrics-server has a CPU rate for the pod (two scrapes after it became Ready) and the HPA uses it
+    def active() -> dict | None:
+        h = hpa()
+        return h if conditions(h).get("ScalingActive") == "True" and h["status"].get("currentMetrics") else None
+
+    idle = wait_until(active, timeout=120, interval=1, what=f"HPA {name} ScalingActive with a CPU metric")
+    assert idle["status"]["desiredReplicas"] == 1, idle["status"]  # an idle server stays alone
+
+    svc = k.kubectl_json("-n", ns, "get", "service", name)
+    url = f"http://{svc['spec']['clusterIP']}:80/v1/models/minilm:embed"
+    stop = threading.Event()
+    codes: list[int | str] = []
+
+    def load() -> None:  # closed loop, bounded by the test's deadlines below
+        body = json.dumps({"texts": ["the real HPA under load " * 8] * 4}).encode()
+        while not stop.is_set():
+            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - our own Service
+                    codes.append(resp.status)
+            except (OSError, urllib.error.URLError) as e:
+                codes.append(type(e).__name__)
+
+    workers = [threading.Thread(target=load, daemon=True) for _ in range(3)]
+    started = time.monotonic()
+    for w in workers:
+        w.start()
+    try:
+        def at_two() -> dict | None:
+            h = hpa()
+            return h if h["status"].get("desiredReplicas") == 2 else None
+
+        scaled = wait_until(at_two, timeout=180, interval=1, what=f"HPA {name} scales to 2 under load")
+        reaction = time.monotonic() - started
+        deploy = k.kubectl_json("-n", ns, "get", "deployment", name)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=40)
+    cpu = next(m["resource"]["current"] for m in scaled["status"]["currentMetrics"] if m["type"] == "Resource")
+    print(f"\nreal HPA: load -> desiredReplicas 2 in {reaction:.1f} s (sync period {HPA_SYNC_PERIOD_S} s); "
+          f"CPU {cpu}; {len(codes)} requests, {sum(c == 200 for c in codes)} ok")
+    assert cpu["averageUtilization"] > 50, cpu
+    assert deploy["spec"]["replicas"] == 2  # the controller-manager wrote the scale, not the test
+    assert scaled["status"].get("lastScaleTime")
+    events = k.kubectl_json("-n", ns, "get", "events", "--field-selector",
+                            f"involvedObject.kind=HorizontalPodAutoscaler,involvedObject.name={name}")["items"]
+    assert any(e["reason"] == "SuccessfulRescale" and "cpu resource utilization" in e["message"] for e in events), \
+        [e["message"] for e in events]
+    # the Deployment controller creates the second replica on the node (its start is not this test's subject)
+    wait_until(lambda: len(k.kubectl_json("-n", ns, "get", "pods", "-l", f"app={name}")["items"]) == 2, timeout=60,
+               interval=0.5, what=f"{ns}/{name}: a second model-server pod")
 
 
 def _converged(k, ns: str, name: str, exclude: set[str] = frozenset()) -> list[dict] | None:
@@ -462,3 +643,81 @@ def test_a_kubelet_restart_keeps_the_pods_and_no_request_is_lost(installed: Real
     lost = traffic.failures()
     print(f"\nkubelet restarted: {len(traffic.outcomes)} requests through the activator, {len(lost)} lost")
     assert lost == []
+
+
+KUBELET_DOWN_S = 60
+"""How long the node-NotReady test keeps the kubelet stopped."""
+KUBE_PROXY_SYNC_S = 5
+"""From an endpoint Ready in the API to kube-proxy's rules sending new connections to it."""
+
+
+def _node_ready(k) -> str:
+    node = k.kubectl_json("get", "node", NODE_NAME)
+    return {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
+
+
+def test_a_node_not_ready_for_a_minute_holds_requests_in_the_activator_and_converges(
+        installed: RealCluster, pair: str):
+    """The kubelet stopped for a minute: the controller-manager marks the node NotReady after its grace period
+    (NODE_MONITOR_GRACE_S here) and every pod on it not Ready, although the containers keep running. Requests
+    that reach the activator are held (no replica is Ready) and served once the node is back; requests sent
+    to the activator's Service while the activator's own pod counts as not Ready find no endpoint (one node:
+    there is no other activator replica) and are refused at the Service, which the test measures."""
+    k = installed.cluster
+    activator = next(p for p in k.kubectl_json("-n", SYSTEM_NS, "get", "pods")["items"]
+                     if p["metadata"]["labels"].get("app.kubernetes.io/component") == "activator")
+    port = next(pt["containerPort"] for c in activator["spec"]["containers"] for pt in c.get("ports", [])
+                if pt.get("name") == "http")
+    direct = Traffic(k, pair, PAIR, base=f"http://{activator['status']['podIP']}:{port}", timeout=ACTIVATOR_HOLD_S + 30)
+    via_service = Traffic(k, pair, PAIR, timeout=ACTIVATOR_HOLD_S + 30)
+    timeline: dict[str, float] = {}
+    with direct, via_service:
+        direct.wait_ok(5)
+        via_service.wait_ok(5)
+        t0 = timeline["kubelet stopped"] = time.monotonic()
+        try:
+            run_cluster_sh("kubelet-stop", env=k.env, timeout=60)
+            wait_until(lambda: _node_ready(k) != "True", timeout=NODE_MONITOR_GRACE_S + 60, interval=0.5,
+                       what=f"node {NODE_NAME} NotReady")
+            timeline["node NotReady"] = time.monotonic()
+            wait_until(lambda: not _ready_pods(k, pair, PAIR), timeout=60, interval=0.5,
+                       what="the model servers marked not Ready")
+            timeline["pods not Ready"] = time.monotonic()
+            held_from = len(direct.outcomes)
+            # The fault lasts KUBELET_DOWN_S: this wait is its duration, not a wait for state.
+            time.sleep(max(0.0, KUBELET_DOWN_S - (time.monotonic() - t0)))
+        finally:
+            run_cluster_sh("kubelet-start", env=k.env, timeout=180)
+        timeline["kubelet started"] = time.monotonic()
+        wait_until(lambda: _node_ready(k) == "True", timeout=120, interval=0.5, what=f"node {NODE_NAME} Ready again")
+        timeline["node Ready"] = time.monotonic()
+        wait_until(lambda: _converged(k, pair, PAIR), timeout=180, interval=1, what="two Ready replicas again")
+        timeline["converged"] = time.monotonic()
+
+        def activator_ready() -> bool:
+            pod = k.kubectl_json("-n", SYSTEM_NS, "get", "pod", activator["metadata"]["name"])
+            return {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}.get("Ready") == "True"
+
+        wait_until(activator_ready, timeout=120, interval=0.5, what="the activator pod Ready again")
+        timeline["activator Ready"] = time.monotonic()
+        direct.wait_ok(5, timeout=ACTIVATOR_HOLD_S)
+        via_service.wait_ok(5, timeout=60)
+    marks = ", ".join(f"{what} +{at - t0:.1f} s" for what, at in timeline.items())
+    refused = via_service.failures()
+    print(f"\nnode NotReady: {marks}")
+    print(f"through the activator pod: {len(direct.outcomes)} requests, {len(direct.failures())} lost, longest "
+          f"{max(direct.durations):.1f} s; through its Service: {len(via_service.outcomes)} requests, longest "
+          f"{max(via_service.durations):.1f} s, {len(refused)} refused at "
+          f"{[f'+{t - t0:.1f} s: {o}' for t, o in refused]}")
+    # the pods were really marked not Ready for a while, and requests were held that long, then served
+    assert timeline["node NotReady"] - t0 >= NODE_MONITOR_GRACE_S * 0.5
+    assert max(direct.durations[held_from:]) > 5, direct.durations[held_from:]
+    direct.assert_none_lost("node NotReady (activator pod)", activator["status"]["podIP"])
+    # at the Service: only connections refused (never an answer with an error), and only while the activator's
+    # pod counted as not Ready (until kube-proxy has its endpoint again: a few seconds after the API says Ready)
+    assert all(isinstance(o, str) for _, o in refused), refused
+    back = max(timeline["converged"], timeline["activator Ready"]) + KUBE_PROXY_SYNC_S
+    # (the lower bound: not before the grace period could have run out; our 0.5 s poll of the node may see the
+    # NotReady mark after kube-proxy has already dropped the endpoint)
+    assert all(t0 + NODE_MONITOR_GRACE_S / 2 <= t <= back for t, _ in refused), \
+        [(round(t - t0, 1), o) for t, o in refused]

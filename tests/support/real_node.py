@@ -8,7 +8,7 @@ everything (restoring the host state the node changed) when the module ends. Onl
 run on a machine: its paths are host-wide.
 
 Prerequisites are root, the Debian packages of ``hack/install-node-deps.sh`` and the Go builds
-(``hack/cluster.sh build``, ``build-node``). Under CI (``CI`` set) a missing prerequisite FAILS the
+(``hack/cluster.sh build``, ``build-node``: kubelet, kube-proxy, crictl, Prometheus, CoreDNS, metrics-server). Under CI (``CI`` set) a missing prerequisite FAILS the
 tests; elsewhere they skip with the reason. ``ELASTISERVE_SKIP_REAL_NODE=1`` skips them.
 """
 
@@ -86,9 +86,18 @@ def _unavailable(reason: str) -> None:
     missing_input(f"real node unavailable: {reason}")
 
 
+NODE_MONITOR_GRACE_S = 20
+"""The controller-manager's --node-monitor-grace-period here: a kubelet silent this long makes the node NotReady
+(the default cluster waits 5 minutes, for kwok's starved heartbeats)."""
+HPA_SYNC_PERIOD_S = 5
+"""The controller-manager's --horizontal-pod-autoscaler-sync-period here (default 15 s)."""
+
+
 def _env(state: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(ELASTISERVE_CLUSTER_DIR=str(state), ELASTISERVE_NODES="0", ELASTISERVE_REAL_NODE="1")
+    env.update(ELASTISERVE_CLUSTER_DIR=str(state), ELASTISERVE_NODES="0", ELASTISERVE_REAL_NODE="1",
+               ELASTISERVE_NODE_MONITOR_GRACE_PERIOD=f"{NODE_MONITOR_GRACE_S}s",
+               ELASTISERVE_HPA_SYNC_PERIOD=f"{HPA_SYNC_PERIOD_S}s")
     return env
 
 
@@ -127,5 +136,5 @@ def real_cluster() -> Iterator[RealCluster]:
         run_cluster_sh("down", env=env, timeout=180)
 
 
-__all__ = ["NFT_TABLE", "NODE_GATEWAY", "NODE_NAME", "POD_CIDR", "RealCluster", "missing_prerequisites",
-           "real_cluster"]
+__all__ = ["HPA_SYNC_PERIOD_S", "NFT_TABLE", "NODE_GATEWAY", "NODE_MONITOR_GRACE_S", "NODE_NAME", "POD_CIDR",
+           "RealCluster", "missing_prerequisites", "real_cluster"]
