@@ -44,6 +44,7 @@ DEFAULT_SPEC_DICT: dict = {
             "qps": {"scaleUpAbove": 100, "scaleDownBelow": 75, "target": 90},
             "cpu": {"enabled": False, "scaleUpAbove": 80, "scaleDownBelow": 30},
             "latency": {"enabled": False, "scaleUpAbove": 200, "scaleDownBelow": 50},
+            "inflight": {"enabled": True},
         },
         "windowSeconds": 60,
     },
@@ -134,6 +135,10 @@ class SimConfig:
     """Pod start-up until ready, per precision (INT8 models load faster)."""
     scrape_delay_seconds: float = 15.0
     """Age of the metrics the operator and the HPA see (Prometheus / metrics-server scrape)."""
+    inflight_metric_delay_seconds: float = 5.0
+    """Age of the in-flight gauge our operator reads (its panic check every ``panicPeriodSeconds`` and its full
+    cycle): one scrape interval of the model servers and the activator at the 5 s the panic path asks for
+    (docs/backtest.md); a gauge has no rate window on top."""
     kpa_metric_delay_seconds: float = 2.0
     """Age of the metrics the KPA sees (queue-proxy scraped every second)."""
     hpa_metric_window_seconds: float = 30.0
