@@ -10,6 +10,8 @@
   a CPU or latency rule that sits in its band blocks every scale-down the rate rule asks for (the HPA's
   max-over-metrics semantics). The latency SLO stays in the spec (``rules.latency.scaleUpAbove`` = 200
   ms): the simulator scores every policy against it;
+* **in-flight**: ``metrics.rules.inflight`` on with its defaults (concurrency from Little's law at the
+  objective, panic check every 5 s): under ``slo`` it only adds replicas (docs/forecasting.md, step 7);
 * **behavior**: scale-up as the HPA default; scale-down stabilization 60 s (the forecast floor already
   protects upcoming peaks, so the HPA's 300 s mostly holds replicas that are no longer needed);
 * **forecasting**: on, ARIMA with daily Fourier terms, p90, horizon 300 s, refit every 6 h of data.
