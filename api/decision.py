@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 
 from .base import ApiModel
 
-SIGNALS = ("cpu", "memory", "qps", "latency", "error_rate")
+SIGNALS = ("cpu", "memory", "qps", "latency", "error_rate", "inflight")
 """Signals the threshold rules read, in the order reasons list them."""
 
 
@@ -33,12 +33,15 @@ class MetricSnapshot(ApiModel):
     """Share of 5xx responses, percent."""
     pending: float | None = None
     """Requests waiting in the activator (scale-from-zero signal)."""
+    inflight: float | None = None
+    """Requests in flight: being served or queued at the model servers plus held by the activator (a gauge,
+    total over the model's replicas, not per replica)."""
     observed_at: datetime | None = None
     """Timestamp of the newest sample; older than ``metrics.staleAfterSeconds`` counts as missing."""
     errors: dict[str, str] = Field(default_factory=dict)
     """Per-signal query errors (``signal -> message``), for conditions and reasons."""
 
-    @field_validator("cpu", "memory", "qps", "latency", "error_rate", "pending")
+    @field_validator("cpu", "memory", "qps", "latency", "error_rate", "pending", "inflight")
     @classmethod
     def _finite(cls, v: float | None) -> float | None:
         # NaN/Inf from a data source become "unknown" here, once, so no rule ever sees them.
@@ -151,6 +154,8 @@ class ScalerState(ApiModel):
     last_active_time: datetime | None = None
     """Last time any request was seen (for scale to zero)."""
     scaled_to_zero: bool = False
+    panic_at: datetime | None = None
+    """Last time the fast panic check (``scaling.panic``, between full cycles) scaled up."""
     slo: SloState | None = None
     """State of the SLO policy (``spec.slo.enabled``): demand history, calibration, learned start-ups."""
 
@@ -194,6 +199,8 @@ class Decision(ApiModel):
     """Primary-equivalent replicas the forecast asked for (None without a usable forecast)."""
     slo: SloSummary | None = None
     """What the SLO policy measured and chose (``spec.slo.enabled``)."""
+    panic: bool = False
+    """True when this decision came from the fast panic check (``scaling.panic``): it only scales up."""
 
     @property
     def total(self) -> int:

@@ -8,6 +8,7 @@ A unit test checks that every CEL rule has a Python twin that rejects the same e
 
 from __future__ import annotations
 
+import math
 import re
 from enum import Enum
 from typing import Annotated, Literal
@@ -438,6 +439,32 @@ def _rule(up: float, down: float, target: float | None = None, enabled: bool = T
     return lambda: ThresholdRule(scale_up_above=up, scale_down_below=down, target=target, enabled=enabled)
 
 
+class InflightRule(ThresholdRule):
+    """In-flight requests per ready replica: requests the model servers are serving or queueing plus those
+    the activator holds for the model, divided by the replicas (primary-equivalents), in percent of
+    ``concurrency``. Under overload it rises before the latency does (a gauge, no rate window).
+
+    The band works like the other rules (HPA proportional formula). With ``slo.enabled`` the SLO policy
+    reads it instead, as the freshest measure of demand (``concurrency`` in-flight requests = one replica's
+    ``capacityQps``), and ``panicPeriodSeconds`` runs a scale-up-only check between full cycles."""
+
+    enabled: bool = False
+    """Off by default: existing specs keep their meaning (see docs/forecasting.md)."""
+    scale_up_above: float = Field(default=100, ge=0, le=1e9)
+    """Scale up above this percent of ``concurrency`` per replica."""
+    scale_down_below: float = Field(default=40, ge=0, le=1e9)
+    """Scale down below this percent of ``concurrency`` per replica."""
+    target: float | None = Field(default=70, ge=0, le=1e9)
+    """Percent of ``concurrency`` per replica the proportional formula aims for."""
+    concurrency: float | None = Field(default=None, gt=0, le=1e6)
+    """In-flight requests of one primary replica serving its ``capacityQps`` (Knative's target
+    concurrency). Default from Little's law: ``capacityQps × latency objective / ln 20`` (the mean latency
+    of a replica at its p95 objective when latency is exponential-tailed, p95 = ln 20 × mean)."""
+    panic_period_seconds: int = Field(default=5, ge=0, le=300)
+    """How often the operator re-reads in-flight between full cycles and scales up (never down) when it
+    exceeds the ready capacity; 0: off. Must be shorter than ``syncPeriodSeconds``."""
+
+
 class MetricRules(ApiModel):
     """Threshold rules per signal. The highest replica count any enabled rule asks for wins."""
 
@@ -451,6 +478,8 @@ class MetricRules(ApiModel):
     """p95 latency in milliseconds (``scaleUpAbove`` is the latency SLO)."""
     error_rate: ThresholdRule = Field(default_factory=_rule(5, 1, enabled=False))
     """Share of 5xx responses in percent; high error rates are treated as overload."""
+    inflight: InflightRule = Field(default_factory=InflightRule)
+    """In-flight requests per replica in percent of ``concurrency`` (off by default)."""
 
 
 class MetricsSpec(ApiModel):
@@ -691,6 +720,29 @@ _SLO_RULES = [
 ]
 
 
+_INFLIGHT_RULES = [
+    cel(
+        "!self.metrics.rules.inflight.enabled || self.metrics.rules.inflight.panicPeriodSeconds == 0 || "
+        "self.metrics.rules.inflight.panicPeriodSeconds < self.syncPeriodSeconds",
+        "metrics.rules.inflight.panicPeriodSeconds must be shorter than syncPeriodSeconds (or 0: no panic check)",
+        ".metrics.rules.inflight.panicPeriodSeconds",
+    ),
+]
+
+
+def _check_inflight(spec: "ModelDeploymentSpec") -> None:
+    """Python twins of ``_INFLIGHT_RULES``."""
+    r = spec.metrics.rules.inflight
+    if not r.enabled:
+        return
+    if r.panic_period_seconds and r.panic_period_seconds >= spec.sync_period_seconds:
+        raise ValueError(
+            "metrics.rules.inflight.panicPeriodSeconds must be shorter than syncPeriodSeconds (or 0: no panic check) "
+            f"(got panicPeriodSeconds={r.panic_period_seconds}, syncPeriodSeconds={spec.sync_period_seconds}): "
+            "lower panicPeriodSeconds, e.g. 5"
+        )
+
+
 def _check_slo(spec: "ModelDeploymentSpec") -> None:
     """Python twins of ``_SLO_RULES``."""
     slo = spec.slo
@@ -774,7 +826,7 @@ class ModelDeploymentSpec(ApiModel):
     """Desired state of a ModelDeployment: a model, its variants and how to scale them."""
 
     model_config = ApiModel.model_config | {
-        "json_schema_extra": {"x-kubernetes-validations": _SPEC_RULES + _APPLY_RULES + _SLO_RULES}
+        "json_schema_extra": {"x-kubernetes-validations": _SPEC_RULES + _APPLY_RULES + _SLO_RULES + _INFLIGHT_RULES}
     }
 
     model: ModelSpec
@@ -855,12 +907,22 @@ class ModelDeploymentSpec(ApiModel):
     @model_validator(mode="after")
     def _slo_cross_field(self) -> "ModelDeploymentSpec":
         _check_slo(self)
+        _check_inflight(self)
         return self
 
     @property
     def slo_latency_ms(self) -> float:
         """The latency objective in ms: ``slo.latencyMs``, else the latency rule's ``scaleUpAbove``."""
         return self.slo.latency_ms if self.slo.latency_ms is not None else self.metrics.rules.latency.scale_up_above
+
+    @property
+    def inflight_concurrency(self) -> float:
+        """In-flight requests of one primary replica at ``capacityQps``: ``metrics.rules.inflight.concurrency``,
+        else Little's law with the mean latency at the p95 objective of an exponential tail (objective / ln 20)."""
+        c = self.metrics.rules.inflight.concurrency
+        if c is not None:
+            return c
+        return max(self.primary.capacity_qps * self.slo_latency_ms / 1000 / math.log(20), 1e-6)
 
     # ---- helpers used by builders and the decision engine (pure)
 

@@ -5,10 +5,13 @@ A "full cycle" is what the operator does per ModelDeployment and period, minus t
 spec, read a snapshot (and, with forecasting, update the forecaster with the new points), decide, and
 build the status patch and the replica patch. Printed as JSON; compare the ratios, not absolute times.
 
-    python bench/decide.py [--counts 1 100 1000] [--forecast] [--slo]
+    python bench/decide.py [--counts 1 100 1000] [--forecast] [--slo] [--panic]
 
 ``--slo`` adds cycles with the SLO policy on (``spec.slo``), its demand history full (480 samples) as in
 steady state, with and without forecasting.
+
+``--panic`` adds the SLO cycle with the in-flight signal on (``metrics.rules.inflight``) and the fast panic
+check between cycles (``scaling.panic``: parse, snapshot, panic, status dump), half of its checks firing.
 
 ``--plan`` adds the operator's own pure cycle (``operator.plan``): build the ``Observed``, run
 ``decide_cycle`` and ``plan_cycle`` (every replica patch, the whole status patch with conditions, the
@@ -31,7 +34,7 @@ from elastiserve.api import MetricSnapshot, Observation, ScalerState, parse_spec
 from elastiserve.api.window import MetricWindow
 from elastiserve.operator import builders
 from elastiserve.operator.status import decision_conditions, variant_summary
-from elastiserve.scaling import decide
+from elastiserve.scaling import decide, panic
 
 T0 = datetime(2026, 3, 2, tzinfo=timezone.utc)
 SPEC = {
@@ -57,7 +60,8 @@ class InMemorySource:
         self.step = step
 
     def snapshot(self, i: int, now: datetime) -> MetricSnapshot:
-        return MetricSnapshot(cpu=self.cpu[i], qps=self.qps[i], latency=40.0, observed_at=now)
+        return MetricSnapshot(cpu=self.cpu[i], qps=self.qps[i], latency=40.0, inflight=self.qps[i] / 10,
+                              observed_at=now)
 
     def window(self, now: datetime, points: int) -> MetricWindow:
         vals = self.history[-points:]
@@ -81,9 +85,10 @@ def bench_decide(n: int, cycles: int) -> dict:
     return {"decisions": n * cycles, "seconds": round(dt, 4), "per_second": round(n * cycles / dt, 1)}
 
 
-def bench_cycle(n: int, cycles: int, forecast: bool, slo: bool = False) -> dict:
+def bench_cycle(n: int, cycles: int, forecast: bool, slo: bool = False, inflight: bool = False) -> dict:
     raw = dict(SPEC, forecasting={"enabled": forecast, "stepSeconds": 60, "historySeconds": 3 * 86400,
-                                  "refitSeconds": 86400}, slo={"enabled": slo})
+                                  "refitSeconds": 86400}, slo={"enabled": slo},
+               metrics={"rules": {"inflight": {"enabled": inflight}}})
     src = InMemorySource(n)
     statuses: list[dict] = [{} for _ in range(n)]
     if slo:
@@ -165,6 +170,33 @@ def bench_plan_cycle(n: int, cycles: int) -> dict:
     return {"models": n, "cycle_seconds_median": round(med, 4), "cycles_per_second": round(n / med, 1)}
 
 
+def bench_panic(n: int, cycles: int) -> dict:
+    """The panic check per model: parse the spec, an in-flight snapshot, ``panic()``, the scaler status."""
+    from elastiserve.scaling.slo import RING
+
+    raw = dict(SPEC, slo={"enabled": True}, metrics={"rules": {"inflight": {"enabled": True}}})
+    src = InMemorySource(n)
+    full = {"slo": {"demand": [float(x) for x in src.qps[:1].repeat(RING)], "demandTime": T0.isoformat()}}
+    statuses = [{"scaler": ScalerState.model_validate(full).to_api()} for _ in range(n)]
+    per_cycle = []
+    fired = 0
+    for c in range(1, cycles + 1):
+        now = T0 + timedelta(seconds=5 * c)
+        t = time.perf_counter()
+        for i in range(n):
+            spec = parse_spec(raw)
+            # every other check finds the model past its ready capacity (3 × 10 qps) and scales up
+            snap = MetricSnapshot(inflight=(6.0 if (i + c) % 2 else 0.5) * spec.inflight_concurrency, observed_at=now)
+            state = ScalerState.model_validate(statuses[i]["scaler"])
+            d = panic(spec, snap, state, now, Observation(replicas={"fp32": 3, "int8": 0}, ready={"fp32": 3, "int8": 0}))
+            fired += d.desired != {"fp32": 3, "int8": 0}
+            statuses[i] = {"scaler": d.state.to_api()}
+        per_cycle.append(time.perf_counter() - t)
+    med = statistics.median(per_cycle)
+    return {"models": n, "check_seconds_median": round(med, 5), "checks_per_second": round(n / med, 1),
+            "share_fired": round(fired / (n * cycles), 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--counts", type=int, nargs="+", default=[1, 100, 1000])
@@ -172,6 +204,7 @@ def main() -> None:
     ap.add_argument("--forecast", action="store_true", help="include the forecaster's per-cycle update")
     ap.add_argument("--slo", action="store_true", help="include cycles with the SLO policy on")
     ap.add_argument("--plan", action="store_true", help="include the operator's observe/decide/plan cycle")
+    ap.add_argument("--panic", action="store_true", help="include the in-flight signal and the panic check")
     args = ap.parse_args()
     result = {"decide": {}, "full_cycle": {}}
     for n in args.counts:
@@ -185,6 +218,10 @@ def main() -> None:
             result.setdefault("full_cycle_with_slo", {})[n] = bench_cycle(n, args.cycles, forecast=False, slo=True)
             result.setdefault("full_cycle_with_forecast_and_slo", {})[n] = bench_cycle(n, args.cycles, forecast=True,
                                                                                       slo=True)
+        if args.panic:
+            result.setdefault("full_cycle_with_slo_and_inflight", {})[n] = bench_cycle(n, args.cycles, forecast=False,
+                                                                                      slo=True, inflight=True)
+            result.setdefault("panic_check", {})[n] = bench_panic(n, args.cycles)
     print(json.dumps(result, indent=2))
 
 

@@ -167,7 +167,9 @@ class PrometheusSource:
 
     # ------------------------------------------------------------------ per ModelDeployment
 
-    def snapshot(self, spec: ModelDeploymentSpec, namespace: str, name: str, at: datetime | None = None) -> MetricSnapshot:
+    def snapshot(self, spec: ModelDeploymentSpec, namespace: str, name: str, at: datetime | None = None,
+                 signals: tuple[str, ...] | None = None) -> MetricSnapshot:
+        """The spec's signals now (or ``signals`` only: the panic check reads just ``("inflight",)``)."""
         values: dict[str, float | None] = {}
         errors: dict[str, str] = {}
         newest: datetime | None = None
@@ -175,6 +177,8 @@ class PrometheusSource:
         if spec.slo.enabled:  # the SLO policy calibrates on the latency (and error ceiling) it observes
             wanted += [s for s in ("latency", "error_rate") if s not in wanted and
                        (s == "latency" or spec.slo.max_error_rate_percent is not None)]
+        if signals is not None:
+            wanted = list(signals)
         for signal in wanted:
             try:
                 value, ts = self.instant(render(signal, spec, namespace, name, self.custom_queries), at)

@@ -41,6 +41,13 @@ DEFAULT_QUERIES: dict[str, str] = {
         " / sum(rate(elastiserve_requests_total{" + SERVER_SELECTOR + "}[$window]))"
     ),
     "pending": "sum(elastiserve_activator_pending_requests{" + SERVER_SELECTOR + "})",
+    # Requests being served or queued at the model servers plus those the activator holds for the model
+    # (a gauge: no rate window). No model-server series is "unknown" (never read as 0, which would let the
+    # rule scale down); no activator series is normal and adds 0.
+    "inflight": (
+        "sum(elastiserve_inflight_requests{" + SERVER_SELECTOR + "})"
+        " + (sum(elastiserve_activator_pending_requests{" + SERVER_SELECTOR + "}) or vector(0))"
+    ),
 }
 
 _WIRE = {"error_rate": "errorRate"}
@@ -124,7 +131,7 @@ def render(signal: str, spec: ModelDeploymentSpec, namespace: str, name: str, cu
     from .policy import NotAllowed
 
     override = None
-    if signal in ("cpu", "memory", "qps", "latency", "error_rate"):
+    if signal in ("cpu", "memory", "qps", "latency", "error_rate", "inflight"):
         override = getattr(spec.metrics.rules, signal).query
     if override and not custom_queries:
         raise NotAllowed(

@@ -21,7 +21,8 @@ class RefusedSource:
     def __init__(self, message: str):
         self.message = message
 
-    def snapshot(self, spec: ModelDeploymentSpec, namespace: str, name: str, at: datetime | None = None) -> MetricSnapshot:
+    def snapshot(self, spec: ModelDeploymentSpec, namespace: str, name: str, at: datetime | None = None,
+                 signals: tuple[str, ...] | None = None) -> MetricSnapshot:
         return MetricSnapshot(errors={"prometheus": f"NotAllowed: {self.message}"})
 
     def model_rates(self, spec: ModelDeploymentSpec, namespace: str, name: str) -> dict[str, float]:

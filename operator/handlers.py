@@ -22,7 +22,8 @@ from ..api.spec import ModelDeploymentSpec
 from . import builders, observe, telemetry
 from .apply import apply_plan
 from .kube import SCALER_MANAGER
-from .plan import canary_key, decide_cycle, missing_variants, plan_cycle, plan_reconcile, plan_recreate
+from .plan import (canary_key, decide_cycle, decide_panic, missing_variants, panic_check_due, plan_cycle, plan_panic,
+                   plan_reconcile, plan_recreate)
 from .state import OperatorState, operator_state
 from .status import set_condition
 
@@ -31,7 +32,8 @@ WAKE_ANNOTATION = "elastiserve.dev/activate"
 
 TRACER = telemetry.TRACER
 TICK_SECONDS = 5.0
-"""How often each object's timer wakes; a cycle runs when its spec's syncPeriodSeconds has passed."""
+"""How often each object's timer wakes; a cycle runs when its spec's syncPeriodSeconds has passed, the panic
+check (``metrics.rules.inflight``) when its panic period has (so a period below this acts every 5 s)."""
 
 MANAGED = {builders.LABEL_MANAGED: builders.MANAGER}
 
@@ -119,9 +121,38 @@ async def scale(
     except SpecError:
         return  # reconcile reported it; nothing to scale
     obj = operator_state(memo).of(namespace, name)
-    if time.monotonic() - obj.last_cycle < mspec.sync_period_seconds - 0.5:
+    since_cycle = time.monotonic() - obj.last_cycle
+    if since_cycle < mspec.sync_period_seconds - 0.5:
+        rollout = bool(((status or {}).get("rollout") or {}).get("canaryVersion"))
+        if panic_check_due(mspec, rollout, since_cycle, time.monotonic() - obj.last_panic_check):
+            await panic_cycle(mspec, name, namespace, uid, meta, status, body, patch, logger, memo, owned_deployments)
         return
     await cycle(mspec, name, namespace, uid, meta, status, body, patch, logger, memo, owned_deployments)
+
+
+async def panic_cycle(
+    mspec: ModelDeploymentSpec, name: str, namespace: str, uid: str, meta: Any, status: Any, body: Any,
+    patch: kopf.Patch, logger: Any, memo: Any, owned_deployments: kopf.Index,
+) -> None:
+    """The fast panic check between full cycles: observe (in-flight only) → decide (``scaling.panic``, scale-up
+    only) → plan → apply, serialized with the full cycle by the object's lock."""
+    ctx = operator_state(memo)
+    obj = ctx.of(namespace, name)
+    async with obj.lock:
+        obj.last_panic_check = time.monotonic()
+        started = time.perf_counter()
+        with TRACER.start_as_current_span("panic-check", attributes={
+                "k8s.namespace.name": namespace, "elastiserve.modeldeployment": name}):
+            observe.remember_from_status(obj, status or {})
+            seen = observe.base(ctx, obj, mspec, namespace, name, uid, meta.get("generation"), status,
+                                owned_deployments, ctx.now())
+            if missing_variants(seen):
+                return  # the full cycle recreates them
+            seen = await observe.observe_inflight(seen, ctx)
+            with telemetry.phase("decide"):
+                decision, observation = decide_panic(seen)
+            await apply_plan(plan_panic(seen, decision, observation), ctx.api(), obj, body, patch, logger)
+        telemetry.RECONCILE_SECONDS.labels("panic").observe(time.perf_counter() - started)
 
 
 @kopf.on.field(GROUP, VERSION, PLURAL, field=("metadata", "annotations", WAKE_ANNOTATION))

@@ -134,6 +134,14 @@ async def model_rates(src: Any, spec: ModelDeploymentSpec, namespace: str, name:
         return None
 
 
+async def observe_inflight(o: Observed, ctx: OperatorState) -> Observed:
+    """The panic check's only read: the in-flight gauge (one query, no forecast, no rate windows)."""
+    src = await source(ctx, o.spec, o.namespace)
+    with telemetry.phase("metrics"):
+        snapshot = await asyncio.to_thread(src.snapshot, o.spec, o.namespace, o.name, None, ("inflight",))
+    return replace(o, snapshot=snapshot, trace_id=tracing.trace_id())
+
+
 def remember_from_status(obj: ObjectState, status: dict[str, Any]) -> None:
     """After a restart, what we decided last is in the status: it is what we applied."""
     for vs in status.get("variants") or []:

@@ -19,7 +19,7 @@ from typing import Any
 from ..api.decision import Decision, Forecast, MetricSnapshot, Observation, ScalerState
 from ..api.spec import Actuation, ModelDeploymentSpec
 from ..api.status import RolloutStatus
-from ..scaling import decide
+from ..scaling import decide, panic
 from ..scaling.hotset import hot_set
 from ..scaling.rollout import RolloutPlan, VersionHealth, advance, split_versions
 from . import builders
@@ -430,6 +430,49 @@ def decide_cycle(o: Observed) -> Decided:
     if rollout.reasons:
         decision = decision.model_copy(update={"reasons": decision.reasons + list(rollout.reasons)})
     return Decided(decision, rollout, obs, stable, restored)
+
+
+def panic_check_due(spec: ModelDeploymentSpec, rollout_active: bool, since_cycle: float, since_check: float) -> bool:
+    """Whether the timer runs the fast panic check now (between full cycles). Not during a rollout: its
+    canary steps count replicas of both tracks, which only the full cycle handles. Pure."""
+    rule = spec.metrics.rules.inflight
+    period = rule.panic_period_seconds
+    if not rule.enabled or period <= 0 or rollout_active:
+        return False
+    return since_check >= period - 0.5 and since_cycle >= period - 0.5
+
+
+def decide_panic(o: Observed) -> tuple[Decision, Observation]:
+    """``scaling.panic`` on an observation holding only the in-flight gauge. Pure."""
+    obs = Observation(replicas={v: e.replicas for v, e in o.stable.items()},
+                      ready={v: e.ready for v, e in o.stable.items()})
+    state = ScalerState.model_validate(o.status.get("scaler") or {})
+    return panic(o.spec, o.snapshot, state, o.now, obs), obs
+
+
+def plan_panic(o: Observed, decision: Decision, obs: Observation) -> Plan:
+    """The panic check's changes: replicas added (never removed), the scaler state, the last decision and a
+    ``Panic`` Event; nothing when it holds (its reason goes to the debug log). Pure."""
+    summary = decision.summary()
+    if decision.desired == obs.replicas:
+        return Plan(events=(Log("debug", f"panic check: {summary}"),), decided=True)
+    up = {v: n for v, n in decision.desired.items() if n > obs.replicas.get(v, 0)}
+    replicas = _plan_replicas(o, up, obs.replicas, dict(o.applied))
+    status: dict[str, Any] = {
+        "scaler": decision.state.model_dump(by_alias=True, mode="json"),
+        "variants": [{"name": v, "replicas": obs.replicas.get(v, 0), "desired": n, "ready": obs.ready.get(v, 0)}
+                     for v, n in decision.desired.items()],
+        "desired": sum(decision.desired.values()),
+        "variantSummary": variant_summary(decision.desired),
+        "lastDecision": {"time": iso(o.now), "desired": decision.desired, "reasons": decision.reasons},
+        "lastScaleTime": iso(o.now),
+        "lastScaleReason": summary[:1024],
+        "phase": "Scaling",
+    }
+    tid = o.trace_id
+    events = (Event("Normal", "Panic", summary[:960] + (f" (trace {tid})" if tid else "")),
+              Log("info", f"panic: {summary}"))
+    return Plan(replicas=replicas, status=status, events=events, decided=True)
 
 
 def _replace(entry: Owned, **changes: Any) -> Owned:

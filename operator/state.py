@@ -52,6 +52,8 @@ class ObjectState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_cycle: float = float("-inf")
     """``time.monotonic()`` when the last cycle started (the timer ticks more often than syncPeriodSeconds)."""
+    last_panic_check: float = float("-inf")
+    """``time.monotonic()`` of the last panic check between cycles (``metrics.rules.inflight.panicPeriodSeconds``)."""
     applied: dict[str, int] = field(default_factory=dict)
     """What we last sent, by ``variant``, ``variant@canary`` or ``variant@hpa-floor``."""
     hpa_variant: str | None = None

@@ -178,6 +178,8 @@ def decide(
             if metrics.qps is None:
                 unknown.append(signal)
             continue
+        if slo_plan is not None and signal == "inflight":
+            continue  # read by the SLO plan as the freshest measure of demand (scale-up only)
         if not rule.enabled:
             continue
         value = metrics.value(signal)
@@ -291,8 +293,9 @@ def decide(
         reasons.append(f"bounded to {bounded} by replicas [{min_total}, {max_total}]")
     behavior = spec.behavior
     if slo_plan is not None:
-        # A replica must be worth its start-up: hold scale-downs for HOLD_LEADS of the primary's lead times.
-        lead = math.ceil(HOLD_LEADS * slo_plan.summary.lead_seconds[spec.primary.name])
+        # A replica must be worth its start-up: hold scale-downs for HOLD_LEADS of the primary's lead times
+        # (on the full cycle, the only path that scales down: the panic check's shorter lead sizes scale-ups only).
+        lead = math.ceil(HOLD_LEADS * slo_plan.hold_seconds)
         if lead > behavior.scale_down.stabilization_window_seconds:
             behavior = behavior.model_copy(update={"scale_down": behavior.scale_down.model_copy(
                 update={"stabilization_window_seconds": min(lead, 3600)})})

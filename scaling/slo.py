@@ -71,6 +71,9 @@ class SloPlan:
     """Demand quantile over the fastest burst variant's lead time (req/s), for the burst path."""
     panic: bool
     summary: SloSummary
+    hold_seconds: float = 0.0
+    """The primary's lead time on the full cycle alone (no panic check): scale-downs, which only the full
+    cycle makes, wait ``HOLD_LEADS`` of it."""
     reasons: list[str] = field(default_factory=list)
 
 
@@ -130,9 +133,17 @@ def note_scale_up(state: SloState, current: dict[str, int], desired: dict[str, i
             state.starting_since[name] = TimedValue(time=now, value=observed.ready.get(name, 0))
 
 
-def lead_seconds(state: SloState, spec: ModelDeploymentSpec, metrics_age: float) -> dict[str, float]:
-    """Lead time per variant: age of the metrics (incl. half the rate window) + a sync period + start-up."""
+def lead_seconds(state: SloState, spec: ModelDeploymentSpec, metrics_age: float,
+                 panic_check: bool = True) -> dict[str, float]:
+    """Lead time per variant: the time a rise takes to be seen and acted on, + start-up. Seen by the full
+    cycle: age of the metrics (incl. half the rate window) + a sync period. With the panic check on
+    (``metrics.rules.inflight``; ``panic_check`` False: the full cycle's lead alone, which scale-downs
+    wait on) a rise past the ready capacity is acted on within two panic periods (a gauge scraped once a
+    panic period, checked once a panic period), whichever is sooner."""
     base = max(metrics_age, 0.0) + spec.metrics.window_seconds / 2 + spec.sync_period_seconds
+    rule = spec.metrics.rules.inflight
+    if panic_check and rule.enabled and rule.panic_period_seconds:
+        base = min(base, 2.0 * rule.panic_period_seconds)
     return {v.name: base + state.startup_seconds.get(v.name, STARTUP_PRIOR) for v in spec.variants}
 
 
@@ -188,6 +199,19 @@ def fresh_rate(state: SloState, qps: float | None, now: datetime, spec: ModelDep
         return 0.0
     ratio = max(spec.metrics.window_seconds / gap - 1, 0.0)
     return max(qps + ratio * (qps - state.demand[-1]), 0.0)
+
+
+def concurrency_qps(spec: ModelDeploymentSpec, inflight: float | None) -> float | None:
+    """Demand implied by the in-flight requests (req/s), None when the signal is off or unknown.
+
+    Little's law, ``in-flight = rate x latency``, at the operating point the spec states: one primary
+    replica at ``capacityQps`` holds ``spec.inflight_concurrency`` requests, so ``N`` in flight stand for
+    ``N / concurrency`` replicas' worth of demand. Below capacity latency is shorter and this reads low
+    (the request rate then governs); past capacity the queue grows and it reads high before the rate
+    window or the latency histogram shows anything: requests queued now must be served too."""
+    if inflight is None or not spec.metrics.rules.inflight.enabled:
+        return None
+    return inflight / spec.inflight_concurrency * spec.primary.capacity_qps
 
 
 # --------------------------------------------------------------------------- 3. calibration
@@ -312,7 +336,11 @@ def plan(
 
     q = quantile(state, spec)
     level = float(metrics.qps or 0.0)
-    panic = metrics.qps is not None and max(level, fresh) > ready_qps * 1.0001 and level > 0
+    conc = concurrency_qps(spec, metrics.inflight)
+    if conc is not None:
+        fresh = max(fresh, conc)  # the in-flight gauge has no rate window: the freshest measure of demand
+    panic = (metrics.qps is not None or conc is not None) and max(level, fresh) > ready_qps * 1.0001 \
+        and max(level, fresh) > 0
     if panic:
         level = max(level, fresh)  # size the burst from the newest part of the rate window
     w = forecast_weight(state, forecast, spec.forecasting.max_error) if spec.forecasting.enabled else 0.0
@@ -342,6 +370,8 @@ def plan(
            f"({level:.3g} now {rise:+.3g}, forecast weight {w:.2f}, headroom ×{headroom:.2f}) → {total}")
     reasons = [why]
     if panic:
-        reasons.append(f"panic: {level:.3g} qps (newest {spec.sync_period_seconds} s of the rate window) "
-                       f"> ready capacity {ready_qps:.3g} qps")
-    return SloPlan(total=total, fast_qps=fast_qps, panic=panic, summary=summary, reasons=reasons)
+        source = "in-flight requests" if conc is not None and conc >= level - 1e-9 else \
+            f"newest {spec.sync_period_seconds} s of the rate window"
+        reasons.append(f"panic: {level:.3g} qps ({source}) > ready capacity {ready_qps:.3g} qps")
+    hold = lead_seconds(state, spec, age, panic_check=False)[spec.primary.name]
+    return SloPlan(total=total, fast_qps=fast_qps, panic=panic, summary=summary, reasons=reasons, hold_seconds=hold)

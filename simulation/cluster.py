@@ -24,7 +24,7 @@ import numpy as np
 
 from ..api.spec import ModelDeploymentSpec
 from .config import SimConfig, cost_factors
-from .latency import quantile, service_rate, tail
+from .latency import RHO_CAP, quantile, service_rate, tail
 from .traces import Trace
 
 EPOCH0 = 1704067200  # 2024-01-01T00:00:00Z, a Monday: the trace's t = 0
@@ -116,6 +116,9 @@ class RunRecord:
     wait: np.ndarray
     backlog: np.ndarray
     dropped: np.ndarray
+    inflight: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Requests in flight at the end of each tick: at the pods (Little's law on the latency model: arrivals
+    times the mean M/M/1 sojourn) plus the backlog, or held by the activator while no pod is ready."""
     scale_events: int = 0
     cold_starts: int = 0
     pods_started: int = 0
@@ -152,6 +155,13 @@ class ClusterView:
         a, b = max(a, 0), max(b, 1)
         a = min(a, b - 1)
         return float((self.sc.lam_cs[b] - self.sc.lam_cs[a]) / (b - a))
+
+    def inflight(self, delay: float) -> float | None:
+        """In-flight requests (a gauge) as scraped ``delay`` seconds ago; None before the first record."""
+        j = self.i - int(round(delay / self.sc.dt)) - 1 - self.sc.i0
+        if j < 0 or j >= len(self.rec.inflight):
+            return None
+        return float(self.rec.inflight[j])
 
     def utilisation(self, window: float, delay: float) -> float | None:
         """Mean busy share of the ready pods (0..1) over the window; None before any record."""
@@ -213,6 +223,7 @@ def run(sc: Scenario, policy: Policy, progress: Callable[[float], None] | None =
         policy=policy.name,
         ready=np.zeros((m, V), dtype=np.int32), pods=np.zeros((m, V), dtype=np.int32),
         rho=np.zeros(m), util=np.zeros(m), wait=np.zeros(m), backlog=np.zeros(m), dropped=np.zeros(m),
+        inflight=np.zeros(m),
     )
     view = ClusterView(sc, rec)
     mus = [float(x) for x in sc.mus]
@@ -230,6 +241,7 @@ def run(sc: Scenario, policy: Policy, progress: Callable[[float], None] | None =
     events = cold = started = deleted = 0
     ready_rec, pods_rec = rec.ready, rec.pods
     rho_rec, util_rec, wait_rec, q_rec, drop_rec = rec.rho, rec.util, rec.wait, rec.backlog, rec.dropped
+    inflight_rec = rec.inflight
     report_every = max(1, m // 100)
     for j in range(m):
         i = sc.i0 + j
@@ -268,8 +280,10 @@ def run(sc: Scenario, policy: Policy, progress: Callable[[float], None] | None =
                     cold += 1
                 desired = [max(0, int(x)) for x in want]
         C = 0.0
+        n_ready = 0
         for v in range(V):
             C += ready[v] * mus[v]
+            n_ready += ready[v]
             ready_rec[j, v] = ready[v]
             pods_rec[j, v] = ready[v] + len(starting[v])
         x = lam[i]
@@ -285,6 +299,9 @@ def run(sc: Scenario, policy: Policy, progress: Callable[[float], None] | None =
             rho_rec[j] = x / C
             util_rec[j] = busy if busy < 1.0 else 1.0
             wait_rec[j] = Q / C
+            # Little's law: mean sojourn of the capacity-weighted M/M/1 pods is n_ready / (C (1 - rho)).
+            r = x / C if x / C < RHO_CAP else RHO_CAP
+            inflight_rec[j] = Q + x * n_ready / (C * (1.0 - r))
         else:
             Q += x * dt
             if Q > queue_size:
@@ -294,6 +311,7 @@ def run(sc: Scenario, policy: Policy, progress: Callable[[float], None] | None =
             wait_rec[j] = (nxt - t) if nxt is not None else timeout
             rho_rec[j] = 0.0
             util_rec[j] = 0.0
+            inflight_rec[j] = Q
         q_rec[j] = Q
         if progress is not None and j % report_every == 0:
             progress(j / m)

@@ -10,6 +10,8 @@
   a CPU or latency rule that sits in its band blocks every scale-down the rate rule asks for (the HPA's
   max-over-metrics semantics). The latency SLO stays in the spec (``rules.latency.scaleUpAbove`` = 200
   ms): the simulator scores every policy against it;
+* **in-flight**: ``metrics.rules.inflight`` on with its defaults (concurrency from Little's law at the
+  objective, panic check every 5 s): under ``slo`` it only adds replicas (docs/forecasting.md, step 7);
 * **behavior**: scale-up as the HPA default; scale-down stabilization 60 s (the forecast floor already
   protects upcoming peaks, so the HPA's 300 s mostly holds replicas that are no longer needed);
 * **forecasting**: on, ARIMA with daily Fourier terms, p90, horizon 300 s, refit every 6 h of data.
@@ -44,6 +46,7 @@ DEFAULT_SPEC_DICT: dict = {
             "qps": {"scaleUpAbove": 100, "scaleDownBelow": 75, "target": 90},
             "cpu": {"enabled": False, "scaleUpAbove": 80, "scaleDownBelow": 30},
             "latency": {"enabled": False, "scaleUpAbove": 200, "scaleDownBelow": 50},
+            "inflight": {"enabled": True},
         },
         "windowSeconds": 60,
     },
@@ -134,6 +137,10 @@ class SimConfig:
     """Pod start-up until ready, per precision (INT8 models load faster)."""
     scrape_delay_seconds: float = 15.0
     """Age of the metrics the operator and the HPA see (Prometheus / metrics-server scrape)."""
+    inflight_metric_delay_seconds: float = 5.0
+    """Age of the in-flight gauge our operator reads (its panic check every ``panicPeriodSeconds`` and its full
+    cycle): one scrape interval of the model servers and the activator at the 5 s the panic path asks for
+    (docs/backtest.md); a gauge has no rate window on top."""
     kpa_metric_delay_seconds: float = 2.0
     """Age of the metrics the KPA sees (queue-proxy scraped every second)."""
     hpa_metric_window_seconds: float = 30.0

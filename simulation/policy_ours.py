@@ -11,6 +11,11 @@ Every ``spec.syncPeriodSeconds`` the policy builds what the operator would read:
   overlap afterwards, as the operator queries it);
 
 then calls ``decide()`` and carries its ``ScalerState`` to the next cycle.
+
+With ``metrics.rules.inflight`` on, the snapshot also carries the in-flight gauge
+(``SimConfig.inflight_metric_delay_seconds`` old), and every ``panicPeriodSeconds`` between the full cycles
+the policy runs ``scaling.panic()`` on a snapshot holding only that gauge, as the operator's panic timer
+does: it can only add replicas.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from ..api.decision import Forecast, MetricSnapshot, Observation, ScalerState
 from ..api.spec import ModelDeploymentSpec
 from ..api.window import MetricWindow
 from ..forecasting import ArimaForecaster, Forecaster, ReplayForecaster, make_forecaster
-from ..scaling import decide
+from ..scaling import decide, panic
 from .cluster import EPOCH0, ClusterView, Scenario
 
 
@@ -40,7 +45,13 @@ class OursPolicy:
 
     def __init__(self, spec: ModelDeploymentSpec, forecaster: Forecaster | None = None, mode: str = "online"):
         self.spec = spec
-        self.sync_seconds = float(spec.sync_period_seconds)
+        rule = spec.metrics.rules.inflight
+        self.panic_seconds = rule.panic_period_seconds if rule.enabled else 0
+        self.sync_seconds = float(self.panic_seconds or spec.sync_period_seconds)
+        """How often the simulator calls ``decide`` here: the panic period when the panic check is on."""
+        self.next_full: float | None = None
+        self.panics = 0
+        """Panic checks that added replicas."""
         self.mode = mode
         self.forecaster = forecaster
         self.state = ScalerState()
@@ -78,9 +89,14 @@ class OursPolicy:
 
     def decide(self, view: ClusterView) -> list[int] | None:
         sc, spec = self.sc, self.spec
+        now = _dt(view.epoch)
+        inflight_delay = sc.cfg.inflight_metric_delay_seconds
+        inflight = view.inflight(inflight_delay) if spec.metrics.rules.inflight.enabled else None
+        if self.next_full is not None and view.t + 1e-9 < self.next_full:
+            return self._panic(view, now, inflight, inflight_delay)
+        self.next_full = (view.t if self.next_full is None else self.next_full) + spec.sync_period_seconds
         delay = sc.cfg.scrape_delay_seconds
         window = spec.metrics.window_seconds
-        now = _dt(view.epoch)
         util = view.utilisation(window, delay)
         latency = (view.latency_p95_ms(window, delay)
                    if spec.metrics.rules.latency.enabled or spec.slo.enabled else None)
@@ -89,6 +105,7 @@ class OursPolicy:
             cpu=None if util is None or sum(view.ready) == 0 else 100.0 * util,
             latency=latency,
             pending=view.backlog if sum(view.ready) == 0 else 0.0,
+            inflight=inflight,
             observed_at=now - timedelta(seconds=delay),
         )
         forecast = self._forecast(view, now, delay) if self.forecaster is not None else None
@@ -102,6 +119,18 @@ class OursPolicy:
                                -1 if decision.forecast_total is None else decision.forecast_total))
         if not decision.valid:
             return None
+        return [decision.desired.get(nm, 0) for nm in sc.names]
+
+    def _panic(self, view: ClusterView, now: datetime, inflight: float | None, delay: float) -> list[int] | None:
+        """The operator's panic timer: only the in-flight gauge, only scale-up."""
+        sc = self.sc
+        snapshot = MetricSnapshot(inflight=inflight, observed_at=now - timedelta(seconds=delay))
+        obs = Observation(replicas=dict(zip(sc.names, view.desired)), ready=dict(zip(sc.names, view.ready)))
+        decision = panic(self.spec, snapshot, self.state, now, obs)
+        if decision.desired == obs.replicas:
+            return None
+        self.state = decision.state
+        self.panics += 1
         return [decision.desired.get(nm, 0) for nm in sc.names]
 
     # ------------------------------------------------------------------ forecasting
@@ -143,6 +172,7 @@ class OursPolicy:
         sc = self.sc
         out: dict = {
             "syncs": self.syncs,
+            "panic_scale_ups": self.panics,
             "forecast_ready_share": self.forecast_ready / self.syncs if self.syncs else 0.0,
             "forecast_used_share": self.forecast_used / self.syncs if self.syncs else 0.0,
         }

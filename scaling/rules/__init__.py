@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Rule, RuleInput, RuleResult
+from .inflight import inflight
 from .proportional import cpu, error_rate, latency, memory
 from .qps import qps
 
@@ -12,6 +13,7 @@ RULES: dict[str, Rule] = {
     "qps": qps,
     "latency": latency,
     "error_rate": error_rate,
+    "inflight": inflight,
 }
 
 __all__ = ["RULES", "Rule", "RuleInput", "RuleResult"]

@@ -62,3 +62,14 @@ def test_load_failures_query_counts_failing_pods_per_model_and_cause():
     from elastiserve.serving.metrics import METRIC_NAMES
 
     assert "elastiserve_model_load_failing" in METRIC_NAMES
+
+
+def test_inflight_query_adds_the_activators_held_requests():
+    q = render("inflight", spec(metrics={"rules": {"inflight": {"enabled": True}}}), "ns", "md")
+    assert q == ('sum(elastiserve_inflight_requests{namespace="ns",modeldeployment="md"})'
+                 ' + (sum(elastiserve_activator_pending_requests{namespace="ns",modeldeployment="md"}) or vector(0))')
+
+
+def test_inflight_query_override():
+    s = spec(metrics={"rules": {"inflight": {"enabled": True, "query": 'sum(queue_depth{app="$name"})'}}})
+    assert render("inflight", s, "ns", "md") == 'sum(queue_depth{app="md"})'

@@ -413,3 +413,38 @@ def test_sub_models_that_cannot_load_show_in_status_condition_and_events():
     assert [(e.type, e.reason) for e in plan.events if isinstance(e, Event)] == [("Warning", "SubModelLoadFailed")]
     # the query failed (None): status keeps what it said
     assert "subModelLoadFailures" not in cycle(observed(hot_spec())).status
+
+
+# --------------------------------------------------------------------------- panic check between cycles
+
+
+def inflight_spec(**rule):
+    return make_spec(metrics={"rules": {"inflight": {"enabled": True, "concurrency": 2, **rule}}})
+
+
+def test_panic_check_scales_up_only_and_says_so():
+    from elastiserve.operator.plan import decide_panic, plan_panic
+
+    o = observed(inflight_spec(), replicas=2, snapshot=MetricSnapshot(inflight=12.0, observed_at=T0))
+    decision, obs = decide_panic(o)
+    plan = plan_panic(o, decision, obs)
+    # 12 in flight = 6 replicas' worth at concurrency 2; at the rule's 70 % target: 60 / 7 → 9.
+    assert kinds(plan.replicas) == [("apply", "Deployment", "m-fp32", 9)]
+    assert events(plan) == ["Panic"] and "in-flight 12" in plan.status["lastScaleReason"]
+    assert plan.status["scaler"]["panicAt"] == "2026-03-02T12:00:00Z"
+    # Few requests in flight: nothing is patched, not even the status (the full cycle scales down).
+    o = observed(inflight_spec(), replicas=5, snapshot=MetricSnapshot(inflight=0.5, observed_at=T0))
+    plan = plan_panic(o, *decide_panic(o))
+    assert plan.replicas == () and plan.status == {} and events(plan) == []
+
+
+@pytest.mark.parametrize(
+    "rule,rollout,since_cycle,since_check,due",
+    [({}, False, 6, 6, True), ({}, False, 6, 3, False), ({}, False, 3, 6, False), ({}, True, 6, 6, False),
+     ({"panicPeriodSeconds": 0}, False, 6, 6, False), ({"enabled": False}, False, 6, 6, False)],
+    ids=["due", "checked-recently", "cycle-just-ran", "rollout", "period-0", "rule-off"],
+)
+def test_panic_check_due(rule, rollout, since_cycle, since_check, due):
+    from elastiserve.operator.plan import panic_check_due
+
+    assert panic_check_due(inflight_spec(**rule), rollout, since_cycle, since_check) is due
