@@ -352,7 +352,11 @@ def plan_reconcile(o: Observed) -> Plan:
     if o.status.get("phase") in (None, "Error", "Pending"):
         status["phase"] = "Ready"
     ready = next(c for c in conds if c["type"] == "Ready")
-    return Plan(owned=plan_owned(o), status=status, events=(
+    # Each variant's scale-event counters start at 0 here, before the first cycle: a series born at 1 has no
+    # earlier sample, and increase()/rate() would never show the first scale-up of a new model.
+    zeros = tuple(Metric("SCALE_EVENTS", (o.namespace, o.name, v.name, direction), 0, "inc")
+                  for v in o.spec.variants for direction in ("up", "down"))
+    return Plan(owned=plan_owned(o), status=status, metrics=zeros, events=(
         SetReady(ready), Log("info", f"reconciled {len(o.spec.variants)} variants (generation {o.generation})")))
 
 

@@ -434,6 +434,12 @@ class Activator:
         deadline = loop.time() + self.timeout
         try:
             while True:
+                # The deadline first: a request that has run out of time leaves without starting a wake it
+                # will not wait for (the next request wakes the model if it is still needed).
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    self.m_timeouts.labels(ns, name).inc()
+                    return [], 503
                 if model.waking is None or model.waking.done():
                     # No wake under way (first request, or an earlier wake gave up): start one.
                     model.woke_at = time.perf_counter()
@@ -441,10 +447,6 @@ class Activator:
                     # The wake task copies this context: its span is a child of this request's hold.
                     model.wake_span, model.wake_parent = None, tracing.current_span_context()
                     model.waking = asyncio.create_task(self._wake_and_watch(key, model, model.ready_event))
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    self.m_timeouts.labels(ns, name).inc()
-                    return [], 503
                 # Wake up when a replica is ready, or when this wake gives up (then start another).
                 ready = asyncio.ensure_future(model.ready_event.wait())
                 try:

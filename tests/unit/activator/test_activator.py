@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import aiohttp
@@ -269,6 +270,27 @@ async def test_request_after_a_timeout_is_served_when_a_replica_appears(tmp_path
             async with session.post(url, json={"id": "late"}, headers=hdr) as r:
                 assert r.status == 200 and (await r.json())["id"] == "late"
         assert len(waker.calls) == 2 and upstream.seen == ["late"]
+    finally:
+        await server.close()
+        await upstream.server.close()
+
+
+async def test_a_request_that_has_timed_out_starts_no_wake(tmp_path):
+    """A busy moment (the event loop blocked across the deadlines of a held request and of its wake) used to
+    let the expiring request start a second wake on its way out; the next request then waited for that one
+    to give up (the third wake seen in a loaded run of the test above)."""
+    upstream = Upstream()
+    endpoints = tmp_path / "endpoints.json"
+    waker = StartOnWake(upstream, endpoints, start=False)
+    act = Activator(FileResolver(endpoints), waker, timeout=0.5, poll_interval=0.01)
+    server = TestServer(act.app())
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            asyncio.get_running_loop().call_later(0.4, time.sleep, 0.4)  # blocks the loop over both deadlines
+            async with session.post(server.make_url("/v2/models/minilm/infer"), json={"id": "x"}, headers=HOST) as r:
+                assert r.status == 503
+        assert len(waker.calls) == 1
     finally:
         await server.close()
         await upstream.server.close()

@@ -448,3 +448,22 @@ def test_panic_check_due(rule, rollout, since_cycle, since_check, due):
     from elastiserve.operator.plan import panic_check_due
 
     assert panic_check_due(inflight_spec(**rule), rollout, since_cycle, since_check) is due
+
+
+def test_reconcile_starts_each_variants_scale_event_counters_at_zero():
+    """A series born at 1 has no earlier sample: increase() would never show a new model's first scale-up."""
+    from elastiserve.operator import telemetry
+    from elastiserve.operator.apply import export
+
+    o = observed()
+    plan = plan_reconcile(o)
+    zeros = {(m.name, m.labels, m.value, m.op) for m in plan.metrics}
+    assert zeros == {("SCALE_EVENTS", (o.namespace, o.name, v.name, d), 0, "inc")
+                     for v in o.spec.variants for d in ("up", "down")}
+    export(plan)
+    for v in o.spec.variants:
+        for d in ("up", "down"):
+            value = telemetry.REGISTRY.get_sample_value(
+                "elastiserve_operator_scale_events_total",
+                {"namespace": o.namespace, "modeldeployment": o.name, "variant": v.name, "direction": d})
+            assert value is not None  # the child exists (0 unless another test of this process scaled it)
