@@ -249,51 +249,45 @@ async def test_idle_models_are_forgotten_with_their_series(tmp_path):
         await upstream.server.close()
 
 
-async def test_request_after_a_timeout_is_served_when_a_replica_appears(tmp_path):
-    """Regression: a request arriving while an expired wake was finishing used to wait on a dead event."""
+@pytest.fixture
+async def cold(tmp_path):
+    """An activator with a 0.5 s hold in front of a model whose wakes start nothing (until ``waker.start``)."""
     upstream = Upstream()
     endpoints = tmp_path / "endpoints.json"
     waker = StartOnWake(upstream, endpoints, start=False)
     act = Activator(FileResolver(endpoints), waker, timeout=0.5, poll_interval=0.01)
     server = TestServer(act.app())
     await server.start_server()
-    try:
-        async with aiohttp.ClientSession() as session:
-            url = server.make_url("/v2/models/minilm/infer")
-            hdr = HOST
-            async with session.post(url, json={"id": "early"}, headers=hdr) as r:
-                assert r.status == 503
-            waker.start = True  # the next wake brings a replica up
-            # The expired wake keeps its 0.5 s deadline; the new one gets time to start a server even on a
-            # loaded machine (with 0.5 s it sometimes gave up first, and a third wake was needed).
-            act.timeout = 10.0
-            async with session.post(url, json={"id": "late"}, headers=hdr) as r:
-                assert r.status == 200 and (await r.json())["id"] == "late"
-        assert len(waker.calls) == 2 and upstream.seen == ["late"]
-    finally:
-        await server.close()
-        await upstream.server.close()
+    yield act, server.make_url("/v2/models/minilm/infer"), upstream, waker
+    await server.close()
+    await upstream.server.close()
 
 
-async def test_a_request_that_has_timed_out_starts_no_wake(tmp_path):
+async def test_request_after_a_timeout_is_served_when_a_replica_appears(cold):
+    """Regression: a request arriving while an expired wake was finishing used to wait on a dead event."""
+    act, url, upstream, waker = cold
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json={"id": "early"}, headers=HOST) as r:
+            assert r.status == 503
+        waker.start = True  # the next wake brings a replica up
+        # The expired wake keeps its 0.5 s deadline; the new one gets time to start a server even on a
+        # loaded machine (with 0.5 s it sometimes gave up first, and a third wake was needed).
+        act.timeout = 10.0
+        async with session.post(url, json={"id": "late"}, headers=HOST) as r:
+            assert r.status == 200 and (await r.json())["id"] == "late"
+    assert len(waker.calls) == 2 and upstream.seen == ["late"]
+
+
+async def test_a_request_that_has_timed_out_starts_no_wake(cold):
     """A busy moment (the event loop blocked across the deadlines of a held request and of its wake) used to
     let the expiring request start a second wake on its way out; the next request then waited for that one
     to give up (the third wake seen in a loaded run of the test above)."""
-    upstream = Upstream()
-    endpoints = tmp_path / "endpoints.json"
-    waker = StartOnWake(upstream, endpoints, start=False)
-    act = Activator(FileResolver(endpoints), waker, timeout=0.5, poll_interval=0.01)
-    server = TestServer(act.app())
-    await server.start_server()
-    try:
-        async with aiohttp.ClientSession() as session:
-            asyncio.get_running_loop().call_later(0.4, time.sleep, 0.4)  # blocks the loop over both deadlines
-            async with session.post(server.make_url("/v2/models/minilm/infer"), json={"id": "x"}, headers=HOST) as r:
-                assert r.status == 503
-        assert len(waker.calls) == 1
-    finally:
-        await server.close()
-        await upstream.server.close()
+    _, url, _, waker = cold
+    async with aiohttp.ClientSession() as session:
+        asyncio.get_running_loop().call_later(0.4, time.sleep, 0.4)  # blocks the loop over both deadlines
+        async with session.post(url, json={"id": "x"}, headers=HOST) as r:
+            assert r.status == 503
+    assert len(waker.calls) == 1
 
 
 def _closed_port_url() -> str:
