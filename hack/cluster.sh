@@ -4,7 +4,7 @@
 # nodes/kubelets), built from Go modules and run as processes on 127.0.0.1.
 # See docs/local-cluster.md.
 #
-# Usage: hack/cluster.sh build|up|down|env|status|build-node|build-addons|node-up|node-down|kubelet-restart|image
+# Usage: hack/cluster.sh build|up|down|env|status|build-node|build-addons|node-up|node-down|kubelet-restart|kubelet-stop|kubelet-start|image
 #   build       build every component once into ${ELASTISERVE_CACHE:-~/.cache/elastiserve}/bin
 #   up          start the control plane (idempotent); admin kubeconfig in $STATE/kubeconfig;
 #               with ELASTISERVE_REAL_NODE=1 also a real node (see node-up)
