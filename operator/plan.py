@@ -464,18 +464,15 @@ def plan_panic(o: Observed, decision: Decision, obs: Observation) -> Plan:
     replicas = _plan_replicas(o, up, obs.replicas, dict(o.applied))
     status: dict[str, Any] = {
         "scaler": decision.state.model_dump(by_alias=True, mode="json"),
-        "variants": [{"name": v, "replicas": obs.replicas.get(v, 0), "desired": n, "ready": obs.ready.get(v, 0)}
-                     for v, n in decision.desired.items()],
+        "variants": variant_rows(decision, obs),
         "desired": sum(decision.desired.values()),
         "variantSummary": variant_summary(decision.desired),
-        "lastDecision": {"time": iso(o.now), "desired": decision.desired, "reasons": decision.reasons},
+        "lastDecision": last_decision(o, decision),
         "lastScaleTime": iso(o.now),
         "lastScaleReason": summary[:1024],
         "phase": "Scaling",
     }
-    tid = o.trace_id
-    events = (Event("Normal", "Panic", summary[:960] + (f" (trace {tid})" if tid else "")),
-              Log("info", f"panic: {summary}"))
+    events = (Event("Normal", "Panic", traced(o, summary)), Log("info", f"panic: {summary}"))
     return Plan(replicas=replicas, status=status, events=events, decided=True)
 
 
@@ -509,14 +506,11 @@ def plan_cycle(o: Observed, d: Decided) -> Plan:
     # (an outage's metricsMissingSince must not outlive the outage).
     status["scaler"] = decision.state.model_dump(by_alias=True, mode="json")
     status["rollout"] = rs.model_dump(by_alias=True, mode="json")
-    status["variants"] = [
-        {"name": v, "replicas": obs.replicas.get(v, 0), "desired": n, "ready": obs.ready.get(v, 0)}
-        for v, n in decision.desired.items()
-    ]
+    status["variants"] = variant_rows(decision, obs)
     status["replicas"] = sum(obs.replicas.values())
     status["desired"] = sum(decision.desired.values())
     status["variantSummary"] = variant_summary(decision.desired)
-    status["lastDecision"] = {"time": iso(o.now), "desired": decision.desired, "reasons": decision.reasons}
+    status["lastDecision"] = last_decision(o, decision)
     status["forecast"] = forecast_status(o.forecast, spec.forecasting.horizon_seconds)
     status["slo"] = decision.slo.to_api() if decision.slo is not None else None
     previous = o.status.get("conditions")
@@ -545,10 +539,8 @@ def plan_cycle(o: Observed, d: Decided) -> Plan:
     if changed:
         status["lastScaleTime"] = iso(o.now)
         status["lastScaleReason"] = summary[:1024]
-        # The trace id leads from `kubectl describe mdep` to the cycle's trace (see docs/observability.md).
-        tid = o.trace_id
         events.append(Event("Normal", "ScaledToZero" if decision.scale_to_zero else "Scaled",
-                            (summary + slo_note(decision))[:960] + (f" (trace {tid})" if tid else "")))
+                            traced(o, summary + slo_note(decision))))
         events.append(Log("info", f"scaled: {summary}"))
     else:
         events.append(Log("debug", f"hold: {summary}"))
@@ -560,6 +552,23 @@ def plan_cycle(o: Observed, d: Decided) -> Plan:
 
     return Plan(repairs=repairs, rollout=rollout_steps, replicas=replicas, routing=routing, hot_set=hot_steps,
                 status=status, events=tuple(events), metrics=_plan_metrics(o, d), decided=True)
+
+
+def variant_rows(decision: Decision, obs: Observation) -> list[dict[str, Any]]:
+    """``status.variants``: per variant its replicas, what was decided and how many are Ready."""
+    return [{"name": v, "replicas": obs.replicas.get(v, 0), "desired": n, "ready": obs.ready.get(v, 0)}
+            for v, n in decision.desired.items()]
+
+
+def last_decision(o: Observed, decision: Decision) -> dict[str, Any]:
+    """``status.lastDecision``."""
+    return {"time": iso(o.now), "desired": decision.desired, "reasons": decision.reasons}
+
+
+def traced(o: Observed, message: str) -> str:
+    """A scale Event's message, cut to fit, with the cycle's trace id: it leads from ``kubectl describe mdep``
+    to the trace (see docs/observability.md)."""
+    return message[:960] + (f" (trace {o.trace_id})" if o.trace_id else "")
 
 
 def slo_note(decision: Decision) -> str:
