@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from . import wait_until
+from . import missing_input, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO_ROOT / "hack" / "cluster.sh"
@@ -258,7 +258,7 @@ def stop_cluster(state_dir: Path | None = None) -> None:
 def k8s_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     """The local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok nodes)."""
     if os.environ.get("ELASTISERVE_SKIP_CLUSTER") == "1":
-        pytest.skip("ELASTISERVE_SKIP_CLUSTER=1: local control plane disabled")
+        missing_input("ELASTISERVE_SKIP_CLUSTER=1: local control plane disabled")
     state = cluster_state_dir()
     error: str | None = None
     capman = request.config.pluginmanager.getplugin("capturemanager")

@@ -104,7 +104,7 @@ def _env(state: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def real_cluster() -> Iterator[RealCluster]:
     if os.environ.get("ELASTISERVE_SKIP_REAL_NODE") == "1":
-        pytest.skip("ELASTISERVE_SKIP_REAL_NODE=1: real node disabled")
+        missing_input("ELASTISERVE_SKIP_REAL_NODE=1: real node disabled")
     missing = missing_prerequisites()
     if missing:
         _unavailable("; ".join(missing))
