@@ -4,6 +4,10 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_ARGS ?=
 export ELASTISERVE_CACHE ?= $(HOME)/.cache/elastiserve
+# The repository's top-level `operator/` package would shadow the standard library's `operator` for any
+# `python -m ...` started here (cwd first on sys.path: pip and pytest crash at start-up); Python >= 3.11
+# leaves cwd off sys.path with this set.
+export PYTHONSAFEPATH := 1
 
 .PHONY: help install deps-system cluster-build s3-build test test-fast lint crds golden demo demo-backtest clean
 

@@ -2,6 +2,8 @@
 # Run pytest; "no tests collected" (exit 5) is a failure, never a silent pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# cwd (the repository root) off sys.path: its `operator/` package would shadow the standard library's.
+export PYTHONSAFEPATH=1
 python3 -m pytest "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
