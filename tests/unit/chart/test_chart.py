@@ -316,7 +316,7 @@ def test_operator_command_line(helm, sets, expected):
 
 def test_activator_command_line(rendered):
     container = one(rendered["default"], "Deployment", "-activator")["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["activator", "--kubernetes", "--port=8080", "--queue-size=1000", "--timeout=30",
+    assert container["args"] == ["activator", "--kubernetes", "--port=8080", "--queue-size=1000", "--timeout=90",
                                  "--max-held-bytes=256Mi", "--all-namespaces"]
 
 
