@@ -3,7 +3,9 @@ the demo's compressed day, or a constant), bounded in time and in count. ``elast
 
 Requests are KServe v2 ``infer`` calls with a short sentence, sent round-robin to the model's endpoints (a
 fixed list, or a JSON file the caller rewrites as replicas come and go), or to the activator while there
-are none. Load only ever goes to loopback addresses (127.0.0.0/8, localhost): this is a tool for local
+are none. Load only ever goes to loopback addresses (127.0.0.0/8, localhost), or to the address ranges a
+caller names as this machine's own (``local_networks``: the demo passes the local cluster's pod and Service
+ranges, which the real node's egress guard keeps from leaving the machine): this is a tool for local
 clusters, the demo and benchmarks, never a way to send traffic elsewhere.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import ipaddress
 import json
 import math
 import random
@@ -134,20 +137,30 @@ class Stats:
                 "latency_ms": {"p50": q(0.5), "p95": q(0.95), "p99": q(0.99)}}
 
 
-def loopback(url: str) -> str:
-    """``url``, if it is on this machine; otherwise ``ValueError`` saying why."""
+def loopback(url: str, local_networks: Sequence[str] = ()) -> str:
+    """``url``, if it is on this machine (loopback, or an IP address in one of ``local_networks``); otherwise
+    ``ValueError`` saying why."""
     host = urlparse(url).hostname or ""
-    if not (host == "localhost" or host.startswith("127.") or host == "::1"):
-        raise ValueError(f"load is only ever sent to loopback addresses (127.0.0.0/8, localhost), not {url}")
-    return url.rstrip("/")
+    if host == "localhost" or host.startswith("127.") or host == "::1":
+        return url.rstrip("/")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if ip is not None and any(ip in ipaddress.ip_network(n) for n in local_networks):
+        return url.rstrip("/")
+    allowed = ", ".join(["127.0.0.0/8", "localhost", *local_networks])
+    raise ValueError(f"load is only ever sent to this machine's addresses ({allowed}), not {url}")
 
 
 class LoadGen:
     """Open-loop Poisson load on one model.
 
     ``key``: ``namespace/name`` of the ModelDeployment (the ``Host`` header through the activator, and the key
-    in an endpoints file). ``endpoints``: base URLs of the replicas, or a JSON file ``{key: [url, ...]}`` that
-    is re-read whenever it changes."""
+    in an endpoints file). ``endpoints``: base URLs of the replicas (or of the model's Service), or a JSON file
+    ``{key: [url, ...]}`` that is re-read whenever it changes. ``host``: the ``Host`` header for requests to
+    ``endpoints`` (a Service's cluster IP reached from outside the cluster's DNS: the activator, if the Service
+    points there, routes by it). ``local_networks``: see the module's docstring."""
 
     def __init__(
         self,
@@ -160,15 +173,19 @@ class LoadGen:
         max_requests: int = 200_000,
         seed: int = 7,
         timeout: float = 30.0,
+        host: str | None = None,
+        local_networks: Sequence[str] = (),
     ):
         self.key, self.model = key, model
+        self.host = host
+        self.local_networks = tuple(local_networks)
         if isinstance(endpoints, (str, Path)):
             self.endpoints_file: Path | None = Path(endpoints)
             self._static: list[str] = []
         else:
             self.endpoints_file = None
-            self._static = [loopback(u) for u in endpoints]
-        self.activator_url = loopback(activator_url) if activator_url else None
+            self._static = [loopback(u, self.local_networks) for u in endpoints]
+        self.activator_url = loopback(activator_url, self.local_networks) if activator_url else None
         self.rate, self.duration, self.max_requests = rate, duration, max_requests
         self.rng = random.Random(seed)
         self.timeout = timeout
@@ -189,7 +206,7 @@ class LoadGen:
                 data = json.loads(self.endpoints_file.read_text() or "{}")
             except ValueError:
                 return self._cache[1]
-            self._cache = (mtime, [loopback(u) for u in data.get(self.key, [])])
+            self._cache = (mtime, [loopback(u, self.local_networks) for u in data.get(self.key, [])])
         return self._cache[1]
 
     async def _one(self, session: aiohttp.ClientSession) -> None:
@@ -198,6 +215,8 @@ class LoadGen:
         if eps:
             base = eps[self._rr % len(eps)]
             self._rr += 1
+            if self.host:
+                headers["Host"] = self.host
         elif self.activator_url:
             base = self.activator_url
             namespace, name = self.key.split("/", 1)

@@ -1,20 +1,27 @@
 #!/usr/bin/env python3
-"""`make demo`: elastiserve doing its job for real on a local control plane with a real Prometheus.
+"""`make demo`: elastiserve doing its job for real, on real pods of a local cluster, with a real Prometheus.
 
-Steps (each prints progress; Ctrl-C or any failure tears everything down):
+Steps (each prints progress; Ctrl-C or any failure tears everything down and restores the host):
 
-1. build (once, cached) and start the local control plane: etcd, kube-apiserver, controller-manager,
-   scheduler, kwok (fake nodes), helm;
-2. build the MiniLM ONNX model and its INT8 variant (once, cached);
-3. ``helm install`` the chart (CRDs, RBAC, ServiceAccounts, activator); the operator and the activator
-   then run as local processes *under the chart's ServiceAccounts* (kwok pods run no containers);
-4. backfill a day of request history into Prometheus from the workload (the built-in generator, or
-   ``TRACE=path.csv`` in the ../shared/traces format), so the forecaster has history at once;
-5. ``kubectl apply`` a ModelDeployment with fp32 and INT8 variants, forecasting on, scale to zero on;
-6. drive live load through real model-server processes ("pod twins": one real ``elastiserve serve``
-   per Running kwok pod, registered as the model's endpoints — more replicas really split the load);
-7. show a live table, then write a report folder (plots of what happened, Events, dashboard previews);
-8. tear down (``KEEP=1`` leaves it running and prints how to reach it).
+1. build (once, cached by version) and start a local control plane (etcd, kube-apiserver, controller-manager,
+   scheduler) with one REAL node (containerd, runc, CNI bridge, kubelet, kube-proxy, CoreDNS,
+   metrics-server), and build the project's image from the Dockerfile (cached by content) into the node;
+2. build the MiniLM ONNX model and its INT8 variant (once, cached), served to the pods over HTTP on the
+   node's bridge address (the model store);
+3. Prometheus, which discovers its targets (kubernetes_sd: model-server, operator and activator pods, the
+   kubelet's cAdvisor), with a day of request history backfilled from the workload (the built-in compressed
+   day, or ``TRACE=path.csv`` in the ../shared/traces format), so the forecaster has history at once;
+4. Jaeger, when built (``make cluster-build``): the pods send it their traces;
+5. ``helm install`` the chart from the image: the operator and the activator run as its Deployments with
+   their ServiceAccounts and in-cluster config;
+6. ``kubectl apply`` a ModelDeployment with fp32 and INT8 variants, forecasting on, scale to zero on: the
+   operator creates real model-server pods (CPU-limited by cgroups, Ready by their probes);
+7. drive live load at the model's Service (the pods, or the in-cluster activator while at zero), show a live
+   table, then write a report folder (plots of what happened, Events, dashboard previews, a cycle's trace);
+8. tear down (``KEEP=1`` keeps it running until Ctrl-C and prints how to reach it).
+
+It needs root and the Debian packages of ``make deps-system`` (containerd, runc, CNI plugins, buildah, ...):
+``DEMO=backtest make demo`` is the cluster-free policy comparison.
 
 The workload is a *compressed day*: one cycle every ``PERIOD`` seconds (default 600) with an idle
 stretch, a ramp, a short peak and a decline. The demo's ModelDeployment declares that period as its
@@ -59,8 +66,13 @@ def main() -> None:
     try:
         run_live(stack)
         ok = True
+        if stack.keep:
+            say("KEEP=1: the cluster, its real node, Prometheus, Jaeger and the model store stay up until Ctrl-C. "
+                + "; ".join(stack.reach))
+            while True:
+                signal.pause()
     except KeyboardInterrupt:
-        say("interrupted: tearing down")
+        say("interrupted: tearing down" if not ok else "tearing down")
     except SystemExit:
         raise
     except Exception as exc:  # one line for the user; the details are in the logs folder
@@ -77,11 +89,7 @@ def main() -> None:
         # Teardown must finish even if the user presses Ctrl-C again.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if stack.keep and ok:
-            pids = " ".join(str(p.pid) for p in stack.procs)
-            say(f"KEEP=1: everything is left running; stop it with `kill {pids}` and `hack/cluster.sh down`")
-        else:
-            stack.stop_all()
+        stack.stop_all()
     if not ok:
         raise SystemExit(1)
 

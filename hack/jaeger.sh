@@ -30,9 +30,10 @@ cmd_path() {
   printf '%s\n' "${bin}"
 }
 
-# Everything listens on 127.0.0.1 only; the collector's own metrics are off (no port 8888).
+# Everything listens on 127.0.0.1 only, except the OTLP receiver when a third argument names its address
+# (the real node's bridge address, for pods); the collector's own metrics are off (no port 8888).
 cmd_config() {
-  local otlp_http=${1:?OTLP HTTP port} query=${2:?query port}
+  local otlp_http=${1:?OTLP HTTP port} query=${2:?query port} otlp_host=${3:-127.0.0.1}
   cat <<YAML
 service:
   extensions: [jaeger_storage, jaeger_query]
@@ -63,7 +64,7 @@ receivers:
   otlp:
     protocols:
       http:
-        endpoint: 127.0.0.1:${otlp_http}
+        endpoint: ${otlp_host}:${otlp_http}
 processors:
   batch:
     timeout: 200ms

@@ -14,13 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from demo_stack import (
-    MDEP, NAMESPACE, ROOT, SYSTEM_NS, Stack, demo_manifest, fail, history_openmetrics, sa_kubeconfig, say, wait,
+    MDEP, NAMESPACE, ROOT, Stack, demo_manifest, fail, history_openmetrics, say, wait,
 )
 from elastiserve.loadgen import CompressedDay, LoadGen, TraceCurve
 
 CACHE = Path(os.environ.get("ELASTISERVE_CACHE") or Path.home() / ".cache" / "elastiserve")
 LEAD = float(os.environ.get("DEMO_LEAD", "45"))
 """Seconds from the backfill to the start of the live load (the stack starts in between)."""
+ACTIVATOR_HOLD_S = 120
+"""The activator's hold (chart ``activator.timeoutSeconds``): longer than a cold start of a real pod on a busy
+2-core machine (pod start + imports under the CPU limit + model download; docs/local-cluster.md)."""
+BASE_QPS, PEAK_QPS = 4.0, 30.0
+"""The compressed day's night and peak rates: the peak is more than the primary's two replicas serve (12 req/s
+each at the latency rule), so the INT8 burst variant takes the rest; all of it within the machine's 2 cores."""
 START_PHASE = 0.25
 """Where in the compressed day the live load starts: late in the night, so the unrecorded gap between
 the backfill and the live load (LEAD seconds) is a stretch of night, as it really was."""
@@ -66,33 +72,67 @@ def ensure_models() -> dict[str, Path]:
 
 
 def start_cluster_with_progress(stack: Stack):
-    from support.cluster import start_cluster, stop_cluster
+    """The local control plane with one REAL node (containerd, runc, kubelet), the image built from the
+    Dockerfile loaded into it. Torn down (host state restored) with the stack."""
+    from support.real_node import missing_prerequisites, start_real_cluster, stop_real_cluster
 
+    missing = missing_prerequisites()
+    if missing:
+        fail("the demo runs real pods on a local node and this machine lacks: " + "; ".join(missing)
+             + " (`make deps-system` installs the packages; DEMO=backtest make demo needs none of this)")
     t0 = time.monotonic()
-    say("step 1/7: local control plane (the first run builds it from Go modules: ~20-40 min on 2 cores)")
-    rc = subprocess.call(["bash", str(ROOT / "hack" / "cluster.sh"), "build"])
-    if rc != 0:
-        fail("building the control plane failed; see the log path printed above")
+    steps = iter(range(1, 5))
     state = CACHE / "cluster-demo"
-    cluster = start_cluster(state)
-    stack.cleanups.append(lambda: stop_cluster(state))
-    say(f"control plane ready in {time.monotonic() - t0:.0f} s (kubeconfig: {cluster.kubeconfig})")
-    return cluster
+    stack.cleanups.append(lambda: stop_real_cluster(state))
+    try:
+        real = start_real_cluster(state, on_step=lambda text: say(f"step 1.{next(steps, 4)}/7: {text}"))
+    except Exception as exc:  # ClusterError: its first line says which step, its tail the script's error
+        fail(str(exc).splitlines()[0] + "".join(f"\n  {ln}" for ln in str(exc).splitlines()[1:] if "ERROR" in ln))
+    say(f"cluster with a real node ready in {time.monotonic() - t0:.0f} s (kubeconfig: {real.cluster.kubeconfig}, "
+        f"image {real.image})")
+    stack.reach.append(f"KUBECONFIG={real.cluster.kubeconfig}")
+    return real
 
 
-def install_chart(stack: Stack, cluster) -> None:
-    say("step 3/7: helm install the chart (CRDs, RBAC, ServiceAccounts, activator)")
-    cluster.helm(
-        "upgrade", "--install", "elastiserve", str(ROOT / "charts" / "elastiserve"), "-n", SYSTEM_NS,
-        "--create-namespace", "--wait", "--timeout", "120s",
-    )
-    cluster.wait_established("modeldeployments.elastiserve.dev")
+def start_model_store(stack: Stack, models: dict[str, Path]) -> str:
+    """The MiniLM folder (fp32 and INT8 files) over HTTP on the node's bridge address: the pods download the
+    model from it at start-up, as they would from a store in a real cluster."""
+    from support.real_node import serve_directory
+
+    folder = models["fp32"].parent
+    base, stop = serve_directory(folder.parent)
+    stack.cleanups.append(stop)
+    return f"{base}/{folder.name}"
 
 
-def start_prometheus(stack: Stack, curve, origin: float, twins_dir: Path, ports: dict[str, int]):
-    from support.prometheus import PrometheusServer, make_config
+def install_chart(real, prometheus_url: str, otlp_url: str | None) -> None:
+    from support.real_node import helm_install
 
-    say("step 4/7: Prometheus on loopback, with a day of backfilled request history")
+    say("step 5/7: helm install the chart from the image: CRDs, RBAC, the operator and the activator as pods")
+    values = {"operator.prometheusUrl": prometheus_url,
+              # a cold start here (pod start + imports under the CPU limit + model download) can pass 30 s
+              "activator.timeoutSeconds": str(ACTIVATOR_HOLD_S)}
+    if otlp_url:
+        values |= {"tracing.enabled": "true", "tracing.endpoint": otlp_url, "tracing.samplingRatio": "1"}
+    helm_install(real, "elastiserve", values)
+    real.cluster.wait_established("modeldeployments.elastiserve.dev")
+
+
+def start_prometheus(stack: Stack, real, curve, origin: float):
+    """Prometheus on the node's bridge address (the operator's pod queries it), scraping what it DISCOVERS
+    (hack/prometheus-sd.py: model-server, operator and activator pods, the kubelet's cAdvisor)."""
+    from support.prometheus import PrometheusServer
+    from support.real_node import NODE_GATEWAY
+
+    say("step 3/7: Prometheus (kubernetes_sd), with a day of backfilled request history")
+    if not real.prometheus_sd or not Path(real.prometheus_sd).exists():
+        fail(f"the Prometheus with kubernetes_sd_configs is missing ({real.prometheus_sd!r}): run hack/cluster.sh build-node")
+    sd = subprocess.run([sys.executable, str(ROOT / "hack" / "prometheus-sd.py"), "--out", str(stack.out / "prometheus-sd"),
+                         "--kubeconfig", str(real.cluster.kubeconfig), "--interval", "2s"], env=real.cluster.env,
+                        capture_output=True, text=True, timeout=120, check=False)
+    if sd.returncode != 0:
+        fail(f"hack/prometheus-sd.py failed: {sd.stderr.strip()[-500:]}")
+    config = json.loads(Path(sd.stdout.strip()).read_text())
     now = time.time()
     # The history continues the same curve the live load will follow (one clock: `origin`), so the
     # forecaster's daily pattern lines up with what comes next.
@@ -101,98 +141,75 @@ def start_prometheus(stack: Stack, curve, origin: float, twins_dir: Path, ports:
         labels={"namespace": NAMESPACE, "modeldeployment": MDEP, "variant": "fp32", "model": "minilm", "code": "200",
                 "job": "history"},
     )
-    config = make_config([], scrape_interval="2s")
-    config["scrape_configs"] = [
-        {"job_name": "model-servers", "scrape_interval": "2s",
-         "file_sd_configs": [{"files": [str(twins_dir / "targets.json")], "refresh_interval": "2s"}]},
-        {"job_name": "elastiserve", "scrape_interval": "2s", "honor_labels": True,
-         "static_configs": [{"targets": [f"127.0.0.1:{ports[k]}" for k in ("operator", "activator", "cadvisor")]}]},
-    ]
     # A fresh data dir every run: backfilling the same series twice interleaves two histories,
     # which Prometheus reads as a counter resetting every sample.
     shutil.rmtree(stack.out / "prometheus", ignore_errors=True)
-    prom = PrometheusServer(workdir=stack.out / "prometheus", config=config, backfill=text)
+    prom = PrometheusServer(workdir=stack.out / "prometheus", config=config, backfill=text, binary=real.prometheus_sd,
+                            host=NODE_GATEWAY)
     prom.start()
     stack.cleanups.append(prom.stop)
-    say(f"Prometheus at {prom.url} (history: 24 h of the workload, 5 s resolution)")
+    stack.reach.append(f"Prometheus {prom.url}")
+    say(f"Prometheus at {prom.url} (history: 24 h of the workload, 5 s resolution; targets discovered)")
     return prom
 
 
-def start_tracing(stack: Stack) -> dict[str, str]:
+def start_tracing(stack: Stack) -> str | None:
     """Jaeger for the operator's cycles and the requests, if it is built (`make cluster-build` builds it;
-    the demo does not wait ~10 min for a build of its own). Returns the OTEL_* settings to run with."""
+    the demo does not wait ~10 min for a build of its own). Returns the OTLP endpoint the pods send to."""
     from support.jaeger import start_jaeger
+    from support.real_node import NODE_GATEWAY
 
     if subprocess.call([str(ROOT / "hack" / "jaeger.sh"), "path"], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL) != 0:
         say("tracing off: Jaeger is not built (hack/jaeger.sh build, or make cluster-build, turns it on)")
-        return {}
+        return None
     work = stack.out / "jaeger"
     work.mkdir(parents=True, exist_ok=True)
-    jaeger, stop = start_jaeger(work)
+    jaeger, stop = start_jaeger(work, otlp_host=NODE_GATEWAY)
     stack.cleanups.append(stop)
     stack.jaeger = jaeger
+    stack.reach.append(f"Jaeger {jaeger.query_url}")
     say(f"Jaeger at {jaeger.query_url} (a trace per scaling cycle and per request; docs/observability.md)")
-    return jaeger.env()
+    return jaeger.otlp_url
 
 
 def run_live(stack: Stack) -> None:
-    from podtwin import PodTwins, free_port
-
     try:
-        curve = TraceCurve.load(stack.trace, stack.period, peak=45.0) if stack.trace else CompressedDay(period=stack.period)
+        curve = (TraceCurve.load(stack.trace, stack.period, peak=PEAK_QPS) if stack.trace
+                 else CompressedDay(period=stack.period, base=BASE_QPS, peak=PEAK_QPS))
     except ValueError as exc:
         fail(str(exc))
-    cluster = start_cluster_with_progress(stack)
-    say("step 2/7: model artifacts")
+    real = start_cluster_with_progress(stack)
+    cluster = real.cluster
+    say("step 2/7: model artifacts, served to the pods over HTTP on the node's bridge")
     models = ensure_models()
-    install_chart(stack, cluster)
-
-    ports = {"operator": free_port(), "activator": free_port(), "cadvisor": free_port(), "live": free_port()}
-    twins_dir = stack.out / "twins"
-    shutil.rmtree(twins_dir, ignore_errors=True)
-    twins_dir.mkdir(parents=True, exist_ok=True)
-    (twins_dir / "targets.json").write_text("[]")
+    store = start_model_store(stack, models)
     # The live load starts late in a night, about LEAD seconds from now, when the stack is up; `origin`
     # is the start of that (compressed) day on the wall clock.
     origin = time.time() + LEAD - START_PHASE * stack.period
-    prom = start_prometheus(stack, curve, origin, twins_dir, ports)
+    prom = start_prometheus(stack, real, curve, origin)
+    say("step 4/7: tracing")
+    otlp = start_tracing(stack)
+    install_chart(real, prom.url, otlp)
 
-    say("step 5/7: the ModelDeployment (fp32 primary, INT8 burst, forecasting on, scale to zero on)")
+    say("step 6/7: the ModelDeployment (fp32 primary, INT8 burst, forecasting on, scale to zero on)")
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
-    manifest = demo_manifest(models, prom.url, int(stack.period))
+    manifest = demo_manifest(store, real.image, prom.url, int(stack.period))
     (stack.out / "modeldeployment.yaml").write_text(json.dumps(manifest, indent=2))
     cluster.apply(manifest)
-
-    # The operator and the activator trace; the model-server pods inherit the operator's OTEL_* settings.
-    env = dict(cluster.env) | {"PYTHONUNBUFFERED": "1"} | start_tracing(stack)
-    op_env = env | {"KUBECONFIG": str(sa_kubeconfig(cluster, "elastiserve-operator", stack.out / "operator.kubeconfig"))}
-    stack.spawn("operator", [sys.executable, "-m", "elastiserve.cli", "run", "-A", "--prometheus-url", prom.url,
-                             "--metrics-port", str(ports["operator"]),
-                             "--liveness", f"http://127.0.0.1:{ports['live']}/healthz",
-                             "--activator-address", "192.0.2.10:8080"], op_env)
-    act_env = env | {"KUBECONFIG": str(sa_kubeconfig(cluster, "elastiserve-activator", stack.out / "activator.kubeconfig"))}
-    stack.spawn("activator", [sys.executable, "-m", "elastiserve.cli", "activator", "--host", "127.0.0.1",
-                              "--port", str(ports["activator"]), "--endpoints-file", str(twins_dir / "endpoints.json"),
-                              "--timeout", "30"], act_env)
 
     from kubernetes import config as k8s_config
 
     k8s_config.load_kube_config(str(cluster.kubeconfig))
-    twins = PodTwins(NAMESPACE, twins_dir, extra_env={"ELASTISERVE_INTRA_OP_THREADS": "1", "ELASTISERVE_INFER_WORKERS": "1"})
-    twins.serve_metrics(ports["cadvisor"])
-    stop_twins = threading.Event()
-    thread = threading.Thread(target=twins.run, args=(stop_twins,), daemon=True)
-    thread.start()
-    stack.cleanups.append(lambda: (stop_twins.set(), thread.join(5), twins.stop_all()))
-
     # The first decision fits the forecaster on the 24 h backfill (35 s measured at load 3, more than 120 s at
     # load 7 on two cores): a deadline generous enough for a busy machine, not a sleep.
-    wait(lambda: cluster.kubectl_json("get", "mdep", MDEP, "-n", NAMESPACE).get("status", {}).get("lastDecision"),
-         300, "the operator's first decision")
-    say(f"step 6/7: live load for {stack.duration:.0f} s through real model servers (one cycle = {stack.period:.0f} s)")
-    timeline = drive(stack, cluster, curve, origin, twins_dir, ports, LoadGen)
-    say("step 7/7: report")
+    wait(lambda: _status(cluster).get("lastDecision"), 300, "the operator's first decision")
+    svc = cluster.kubectl_json("get", "service", MDEP, "-n", NAMESPACE)
+    service_url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    say(f"step 7/7: live load for {stack.duration:.0f} s on the model's Service {service_url} "
+        f"(real pods, or the activator while at zero; one cycle = {stack.period:.0f} s)")
+    timeline = drive(stack, cluster, curve, origin, service_url)
+    say("report")
     write_report(stack, cluster, prom, timeline)
 
 
@@ -200,7 +217,9 @@ def _status(cluster) -> dict:
     return cluster.kubectl_json("get", "mdep", MDEP, "-n", NAMESPACE).get("status", {})
 
 
-def drive(stack: Stack, cluster, curve, origin: float, twins_dir: Path, ports, LoadGen) -> Timeline:
+def drive(stack: Stack, cluster, curve, origin: float, service_url: str) -> Timeline:
+    from support.real_node import POD_CIDR, SERVICE_CIDR
+
     timeline = Timeline()
     start = origin + START_PHASE * stack.period
     if time.time() < start:
@@ -209,8 +228,11 @@ def drive(stack: Stack, cluster, curve, origin: float, twins_dir: Path, ports, L
     if offset > (START_PHASE + 0.05) * stack.period:
         say(f"note: the stack took longer than planned; the load starts {offset:.0f} s into the cycle")
     phase = lambda t: curve(t + offset)  # noqa: E731
-    gen = LoadGen(f"{NAMESPACE}/{MDEP}", "minilm", twins_dir / "endpoints.json",
-                  f"http://127.0.0.1:{ports['activator']}", phase, stack.duration)
+    # Like a client in the cluster: every request to the model's Service, by its name (the Host header), so
+    # the activator can route it while the Service points there. The Service's cluster IP is reached from the
+    # host through kube-proxy; the node's egress guard keeps the Service and pod ranges on this machine.
+    gen = LoadGen(f"{NAMESPACE}/{MDEP}", "minilm", [service_url], None, phase, stack.duration,
+                  timeout=ACTIVATOR_HOLD_S + 30, host=f"{MDEP}.{NAMESPACE}.svc", local_networks=(POD_CIDR, SERVICE_CIDR))
     stop = threading.Event()
     start = time.monotonic()
 
@@ -263,9 +285,33 @@ def drive(stack: Stack, cluster, curve, origin: float, twins_dir: Path, ports, L
         stop.set()
         mon.join(5)
     st = gen.stats
-    say(f"load done: sent {st.sent}, ok {st.ok}, errors {st.errors}, via activator {st.via_activator}")
+    say(f"load done: sent {st.sent}, ok {st.ok}, errors {st.errors}")
     timeline.stats = st  # type: ignore[attr-defined]
     return timeline
+
+
+def _via_activator(prom) -> int | None:
+    """Requests the activator served for the demo's model (its own counter, scraped from its pod): they
+    reached the Service while it pointed at the activator."""
+    try:
+        value = prom.query_value(f'sum(elastiserve_activator_requests_total{{namespace="{NAMESPACE}",'
+                                 f'modeldeployment="{MDEP}"}})')
+    except Exception:  # Prometheus gone: the count is unknown, not zero
+        return None
+    return int(value or 0)
+
+
+def _kubelet_series(prom) -> dict[str, int | None]:
+    """How many of the demo's pods the kubelet's cAdvisor measured (the model dashboard's CPU and memory
+    panels read these series; nothing stands in for them)."""
+    out: dict[str, int | None] = {}
+    for key, metric in (("cpu", "container_cpu_usage_seconds_total"), ("memory", "container_memory_working_set_bytes")):
+        try:
+            out[key] = len({s["metric"].get("pod") for s in prom.query(
+                f'last_over_time({metric}{{namespace="{NAMESPACE}",container!="",container!="POD"}}[1h])')})
+        except Exception:  # Prometheus gone: unknown, not zero
+            out[key] = None
+    return out
 
 
 def _woke_per_events(cluster) -> bool:
@@ -397,8 +443,9 @@ def write_report(stack: Stack, cluster, prom, timeline: Timeline) -> None:
         "requests": {"sent": timeline.stats.sent, "ok": timeline.stats.ok,
                      "lost": timeline.stats.sent - timeline.stats.ok,
                      "errors": {str(k): v for k, v in timeline.stats.errors.items()},
-                     "via_activator": timeline.stats.via_activator},
+                     "via_activator": _via_activator(prom)},
         "nodes_not_ready": not_ready_seconds(samples),
+        "pods_measured_by_kubelet": _kubelet_series(prom),
     }
     dash = ROOT / "dashboards" / "render.py"
     if dash.exists():

@@ -12,8 +12,6 @@ leaves the machine.
 from __future__ import annotations
 
 import errno
-import functools
-import http.server
 import ipaddress
 import json
 import os
@@ -34,15 +32,14 @@ import pytest
 from support import wait_until
 from support.cluster import run_cluster_sh
 from support.real_node import (
-    HPA_SYNC_PERIOD_S, NFT_TABLE, NODE_GATEWAY, NODE_MONITOR_GRACE_S, NODE_NAME, POD_CIDR, RealCluster,
+    HPA_SYNC_PERIOD_S, NFT_TABLE, NODE_GATEWAY, NODE_MONITOR_GRACE_S, NODE_NAME, POD_CIDR, SYSTEM_NS, RealCluster,
+    helm_install, serve_directory,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
 
 ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "elastiserve"
 RELEASE = "es"
-SYSTEM_NS = "elastiserve-system"
 CLUSTER_DNS_IP = "10.96.0.10"
 ACTIVATOR_HOLD_S = 120
 """The activator's hold (chart ``activator.timeoutSeconds``, default 30 s) in these tests: a node NotReady for
@@ -80,11 +77,7 @@ def _pod_cgroup(subsystem: str, uid: str) -> Path:
 @pytest.fixture(scope="module")
 def installed(real_cluster: RealCluster) -> RealCluster:
     """The chart installed from our image, pulled never: operator and activator Ready for real."""
-    k = real_cluster.cluster
-    k.helm("install", RELEASE, str(CHART), "--namespace", SYSTEM_NS, "--create-namespace",
-           "--set", f"image.repository={real_cluster.repository}", "--set", f"image.tag={real_cluster.tag}",
-           "--set", "image.pullPolicy=Never", "--set", f"activator.timeoutSeconds={ACTIVATOR_HOLD_S}",
-           "--wait", "--timeout", "240s", timeout=300)
+    helm_install(real_cluster, RELEASE, {"activator.timeoutSeconds": str(ACTIVATOR_HOLD_S)}, timeout_s=240)
     return real_cluster
 
 
@@ -135,19 +128,11 @@ def model_store(minilm_cli) -> Iterator[str]:
     if not (model_dir / "model.onnx").exists():
         result = run("build")
         assert result.exit_code == 0, result.output
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:  # the pods' requests are not test output
-            pass
-
-    handler = functools.partial(Quiet, directory=str(model_dir.parent))
-    server = http.server.ThreadingHTTPServer((NODE_GATEWAY, 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    base, stop = serve_directory(model_dir.parent)
     try:
-        yield f"http://{NODE_GATEWAY}:{server.server_address[1]}/{model_dir.name}"
+        yield f"{base}/{model_dir.name}"
     finally:
-        server.shutdown()
-        server.server_close()
+        stop()
 
 
 def test_a_modeldeployment_gets_a_ready_model_server_pod_that_serves_through_its_service(

@@ -104,18 +104,19 @@ def jaeger_binary() -> Path:
     return Path(proc.stdout.strip())
 
 
-def start_jaeger(work: Path) -> tuple[Jaeger, Callable[[], None]]:
-    """Build (if needed) and start Jaeger on free loopback ports; returns it and a stop function.
+def start_jaeger(work: Path, otlp_host: str = "127.0.0.1") -> tuple[Jaeger, Callable[[], None]]:
+    """Build (if needed) and start Jaeger on free ports; returns it and a stop function. The query API is on
+    loopback; the OTLP receiver on ``otlp_host`` (the real node's bridge address for pods to send spans).
     Used by the fixture below and by the demo (hack/live.py)."""
     binary = jaeger_binary()
     otlp, query = free_port(), free_port()
     config = work / "jaeger.yaml"
-    config.write_text(subprocess.run([str(JAEGER_SH), "config", str(otlp), str(query)], check=True,
+    config.write_text(subprocess.run([str(JAEGER_SH), "config", str(otlp), str(query), otlp_host], check=True,
                                      capture_output=True, text=True, timeout=30).stdout)
     log = work / "jaeger.log"
     proc = subprocess.Popen([str(binary), "--config", str(config)], stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True, env={**os.environ, "GOMAXPROCS": "1"})
-    j = Jaeger(f"http://127.0.0.1:{otlp}", f"http://127.0.0.1:{query}")
+    j = Jaeger(f"http://{otlp_host}:{otlp}", f"http://127.0.0.1:{query}")
 
     def stop() -> None:
         proc.terminate()

@@ -239,7 +239,10 @@ class PrometheusServer:
         retention: str = "100y",
         extra_args: Sequence[str] = (),
         binary: str | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
+        self.host = host
+        """The address it listens on: loopback, or the real node's bridge address for pods to reach it."""
         self.binary, self.promtool = ensure_prometheus() if binary is None else (binary, ensure_prometheus()[1])
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="elastiserve-prom-"))
@@ -263,7 +266,7 @@ class PrometheusServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -275,7 +278,7 @@ class PrometheusServer:
             f"--config.file={self.config_path}",
             f"--storage.tsdb.path={self.data_dir}",
             f"--storage.tsdb.retention.time={self.retention}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
+            f"--web.listen-address={self.host}:{self.port}",
             "--web.enable-lifecycle",
             "--web.enable-admin-api",
             "--log.level=info",

@@ -14,10 +14,13 @@ tests; elsewhere they skip with the reason. ``ELASTISERVE_SKIP_REAL_NODE=1`` ski
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +42,12 @@ NODE_PACKAGES = {"containerd": "containerd", "runc": "runc", "ctr": "containerd"
                  "buildah": "buildah", "debootstrap": "debootstrap", "gcc": "gcc"}
 NODE_NAME = "elastiserve-node"
 POD_CIDR = "10.250.0.0/24"
+SERVICE_CIDR = "10.96.0.0/16"
+"""The API server's --service-cluster-ip-range (hack/run.sh); the node's egress guard keeps it on the machine."""
 NODE_GATEWAY = "10.250.0.1"
 NFT_TABLE = "elastiserve_node"
+CHART = Path(__file__).resolve().parents[2] / "charts" / "elastiserve"
+SYSTEM_NS = "elastiserve-system"
 
 
 @dataclass
@@ -101,27 +108,30 @@ def _env(state: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def real_cluster() -> Iterator[RealCluster]:
-    if os.environ.get("ELASTISERVE_SKIP_REAL_NODE") == "1":
-        missing_input("ELASTISERVE_SKIP_REAL_NODE=1: real node disabled")
-    missing = missing_prerequisites()
-    if missing:
-        _unavailable("; ".join(missing))
-    state = real_cluster_dir()
+def start_real_cluster(state: Path, on_step=None) -> RealCluster:
+    """Build (cached) and start a control plane with one real node in ``state``, build the project's image
+    (cached by content hash) and load it into the node. Raises :class:`ClusterError` (after tearing down
+    what started) when any step fails. ``on_step(text)`` hears each step before it runs (the demo prints
+    them: a cold build takes long). The fixture below and the demo (hack/live.py) use it."""
     env = _env(state)
+    say = on_step or (lambda _text: None)
     try:
+        say("building the control plane (cached; ~20-40 min cold on 2 cores)")
         run_cluster_sh("build", env=env, timeout=BUILD_TIMEOUT_S, stream=True)
+        say("building the real node: kubelet, kube-proxy, CoreDNS, metrics-server, Prometheus (cached; ~15-30 min cold)")
         run_cluster_sh("build-node", env=env, timeout=BUILD_TIMEOUT_S, stream=True)
+        say("starting the control plane and the real node (containerd, runc, CNI bridge, kubelet)")
         run_cluster_sh("up", env=env, timeout=UP_TIMEOUT_S)
+        say("building the project's image from the Dockerfile and loading it into the node "
+            "(cached by content; ~8-12 min when the code changed)")
         image = run_cluster_sh("image", env=env, timeout=IMAGE_TIMEOUT_S).stdout.strip().splitlines()[-1]
         exports = parse_env_exports(run_cluster_sh("env", env=env, timeout=60).stdout)
     except (ClusterError, OSError, subprocess.SubprocessError) as exc:
         try:
-            run_cluster_sh("down", env=env, timeout=180)
+            stop_real_cluster(state)
         except (ClusterError, OSError, subprocess.SubprocessError):
             pass
-        pytest.fail(f"cluster with a real node could not start: {exc}", pytrace=False)
+        raise ClusterError(f"cluster with a real node could not start: {exc}") from exc
     kubeconfig = Path(exports["KUBECONFIG"])
     env["KUBECONFIG"] = str(kubeconfig)
     env["PATH"] = f"{exports.get('PATH', '')}:{env.get('PATH', '')}"
@@ -130,11 +140,62 @@ def real_cluster() -> Iterator[RealCluster]:
                HELM_DATA_HOME=str(helm_home / "data"))
     cluster = LocalCluster(kubeconfig=kubeconfig, bin_dir=Path(exports["ELASTISERVE_BIN_DIR"]),
                            helm_bin=Path(exports["ELASTISERVE_HELM"]), state_dir=state, env=env)
+    return RealCluster(cluster=cluster, image=image, prometheus_sd=exports.get("ELASTISERVE_PROMETHEUS_SD", ""))
+
+
+def helm_install(real: RealCluster, release: str, values: dict[str, str] | None = None, timeout_s: int = 300) -> None:
+    """``helm upgrade --install`` the chart from the image built into the node (pulled never) into
+    elastiserve-system, waiting until the operator and the activator are Ready by their real probes.
+    ``values``: more ``--set`` pairs."""
+    sets = {"image.repository": real.repository, "image.tag": real.tag, "image.pullPolicy": "Never"} | (values or {})
+    real.cluster.helm("upgrade", "--install", release, str(CHART), "--namespace", SYSTEM_NS, "--create-namespace",
+                      *[arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")],
+                      "--wait", "--timeout", f"{timeout_s}s", timeout=timeout_s + 100)
+
+
+def serve_directory(directory: Path, host: str = NODE_GATEWAY) -> tuple[str, Callable[[], None]]:
+    """Serve ``directory`` over HTTP on the node's bridge address (reachable by the pods, not from outside the
+    machine): a model store. Returns its base URL and a stop function."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # the pods' requests are not output
+            pass
+
+    server = http.server.ThreadingHTTPServer((host, 0), functools.partial(Quiet, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return f"http://{host}:{server.server_address[1]}", stop
+
+
+def stop_real_cluster(state: Path) -> None:
+    """Stop the cluster of ``state`` and its real node, restoring the host state the node changed."""
+    run_cluster_sh("down", env=_env(state), timeout=180)
+
+
+@pytest.fixture(scope="module")
+def real_cluster() -> Iterator[RealCluster]:
+    if os.environ.get("ELASTISERVE_SKIP_REAL_NODE") == "1":
+        missing_input("ELASTISERVE_SKIP_REAL_NODE=1: real node disabled")
+    missing = missing_prerequisites()
+    if missing:
+        _unavailable("; ".join(missing))
+    state = real_cluster_dir()
     try:
-        yield RealCluster(cluster=cluster, image=image, prometheus_sd=exports.get("ELASTISERVE_PROMETHEUS_SD", ""))
+        real = start_real_cluster(state)
+    except ClusterError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield real
     finally:
-        run_cluster_sh("down", env=env, timeout=180)
+        stop_real_cluster(state)
 
 
 __all__ = ["HPA_SYNC_PERIOD_S", "NFT_TABLE", "NODE_GATEWAY", "NODE_MONITOR_GRACE_S", "NODE_NAME", "POD_CIDR",
-           "RealCluster", "missing_prerequisites", "real_cluster"]
+           "SERVICE_CIDR", "SYSTEM_NS", "RealCluster", "helm_install", "missing_prerequisites", "real_cluster",
+           "serve_directory",
+           "start_real_cluster", "stop_real_cluster"]

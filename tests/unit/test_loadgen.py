@@ -1,5 +1,6 @@
 """The load generator (``elastiserve.loadgen``, ``elastiserve load``) follows its rate curve, even one that starts
-at zero (no skipped day), replays a trace file, stays bounded, and sends only to loopback."""
+at zero (no skipped day), replays a trace file, stays bounded, and sends only to loopback
+(or to ranges the caller names as the machine's own)."""
 
 from __future__ import annotations
 
@@ -65,8 +66,38 @@ def test_only_loopback_is_ever_a_target():
     assert loopback("http://127.0.0.1:8080/") == "http://127.0.0.1:8080"
     assert loopback("http://localhost:1") == "http://localhost:1"
     for url in ("http://10.0.0.1:8080", "http://example.com", "http://192.168.1.2"):
-        with pytest.raises(ValueError, match="loopback"):
+        with pytest.raises(ValueError, match="only ever sent to this machine's addresses"):
             LoadGen("ns/m", "m", [url], None, Constant(1), duration=1)
+
+
+def test_the_local_clusters_ranges_are_targets_only_when_named():
+    """The demo sends to a Service's cluster IP; the caller names the ranges that stay on the machine."""
+    local = ("10.250.0.0/24", "10.96.0.0/16")
+    assert loopback("http://10.96.3.4:80/", local) == "http://10.96.3.4:80"
+    assert loopback("http://10.250.0.7:8080", local) == "http://10.250.0.7:8080"
+    for url in ("http://10.97.0.1", "http://10.251.0.1", "http://example.com", "http://192.168.1.2"):
+        with pytest.raises(ValueError, match="10.96.0.0/16"):
+            LoadGen("ns/m", "m", [url], None, Constant(1), duration=1, local_networks=local)
+
+
+async def test_requests_to_a_service_carry_its_host_name():
+    hosts: list[str] = []
+
+    async def infer(request):
+        hosts.append(request.headers["Host"])
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/v2/models/{name}/infer", infer)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        url = str(server.make_url("/")).rstrip("/")
+        stats = await LoadGen("demo/minilm", "minilm", [url], None, Constant(200.0), duration=5.0, max_requests=5,
+                              host="minilm.demo.svc").run()
+    finally:
+        await server.close()
+    assert stats.ok == 5 and hosts == ["minilm.demo.svc"] * 5
 
 
 def test_a_trace_is_replayed_in_its_period_and_scaled_to_its_peak(tmp_path):
@@ -115,7 +146,7 @@ async def test_the_load_command_replays_a_trace_and_prints_json(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--model", "m", "--url", "http://127.0.0.1:1"], "exactly one of --trace"),
     (["--model", "m", "--qps", "1"], "--url"),
-    (["--model", "m", "--qps", "1", "--url", "http://10.1.2.3:80"], "loopback"),
+    (["--model", "m", "--qps", "1", "--url", "http://10.1.2.3:80"], "only ever sent to this machine's addresses (127.0.0.0/8, localhost)"),
     (["--model", "m", "--qps", "1", "--url", "http://127.0.0.1:1", "--duration", "0"], "--duration must be positive"),
     (["--model", "m", "--trace", "/nonexistent.csv", "--url", "http://127.0.0.1:1"], "/nonexistent.csv"),
 ], ids=["no-rate", "no-target", "not-loopback", "zero-duration", "missing-trace"])
