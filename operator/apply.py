@@ -19,7 +19,9 @@ import kopf
 from . import telemetry
 from .failpoints import failpoint
 from .kube import SCALER_MANAGER, TEMPLATE_MANAGER, Kube
-from .plan import Apply, ApplyAll, Delete, Event, Log, Plan, Remember, SetHotSet, SetHpaVariant, SetReady, Step
+from .plan import (
+    Apply, ApplyAll, Delete, Event, Log, Plan, Remember, SetActivatorSlice, SetHotSet, SetHpaVariant, SetReady, Step,
+)
 from .state import ObjectState
 
 
@@ -51,6 +53,8 @@ async def run_steps(steps: tuple[Step, ...], kube: Kube, obj: ObjectState, body:
             obj.hpa_variant = step.variant
         elif isinstance(step, SetHotSet):
             obj.hot_set = list(step.models)
+        elif isinstance(step, SetActivatorSlice):
+            obj.activator_slice = (tuple(step.addresses), step.port)
         elif isinstance(step, SetReady):
             obj.ready = dict(step.condition)
         elif isinstance(step, Event):

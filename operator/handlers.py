@@ -39,10 +39,12 @@ MANAGED = {builders.LABEL_MANAGED: builders.MANAGER}
 
 
 def shared_memo(*, kube: Any = None, activator: tuple[list[str], int] | None = None, pod_env: Any = None,
-                metrics_policy: Any = None, **settings: Any) -> kopf.Memo:
+                metrics_policy: Any = None, activator_service: tuple[str, str] | None = None,
+                **settings: Any) -> kopf.Memo:
     """The operator-level memo: the operator's state (one ``OperatorState``, which every object's shallow memo
     copy shares) and the start-up settings ``main.configure`` reads (peering...)."""
-    state = OperatorState(kube=kube, activator=activator, pod_env=list(pod_env or []), policy=metrics_policy)
+    state = OperatorState(kube=kube, activator=activator, activator_service=activator_service,
+                          pod_env=list(pod_env or []), policy=metrics_policy)
     return kopf.Memo(state=state, **settings)
 
 
@@ -187,6 +189,7 @@ async def cycle(
                 "k8s.namespace.name": namespace, "elastiserve.modeldeployment": name,
                 "elastiserve.generation": meta.get("generation") or 0, "elastiserve.woken": bool(pending)}):
             observe.remember_from_status(obj, status or {})
+            await observe.refresh_activator(ctx, obj.last_cycle)
             seen = observe.base(ctx, obj, mspec, namespace, name, uid, meta.get("generation"), status,
                                 owned_deployments, ctx.now())
             if missing_variants(seen):

@@ -91,9 +91,11 @@ def run_operator(
     from .handlers import shared_memo
     from .kube import Kube
 
+    activator, followed = _activator(activator_service, activator_address)
     memo = shared_memo(
         kube=Kube(),
-        activator=_activator(activator_service, activator_address),
+        activator=activator,
+        activator_service=followed,
         # model-server pods send their spans to the same place as the operator
         pod_env=tracing.inherited_env() if tracing.configure("elastiserve-operator") else None,
         metrics_policy=policy,
@@ -115,22 +117,25 @@ def run_operator(
     )
 
 
-def _activator(service: str | None, addresses: list[str] | None) -> tuple[list[str], int] | None:
-    """Where zero-scaled models' Services point: the activator Service's ClusterIP, or given addresses."""
+def _activator(service: str | None, addresses: list[str] | None) -> tuple[tuple[list[str], int] | None, tuple[str, str] | None]:
+    """Where zero-scaled models' Services point, and the activator Service to follow (if given): given
+    addresses, or the Ready pods behind the activator Service (read again every few seconds by the cycles:
+    see ``observe.refresh_activator``)."""
     if addresses:
         ips, ports = zip(*(a.rsplit(":", 1) for a in addresses))
         if len(set(ports)) != 1:
             raise SystemExit("error: every --activator-address must use the same port")
-        return list(ips), int(ports[0])
+        return (list(ips), int(ports[0])), None
     if not service:
-        return None
+        return None, None
     if service.count("/") != 1:
         raise SystemExit(f"error: --activator-service must be NAMESPACE/NAME (got {service!r})")
-    from kubernetes import client as k8s
+    from .observe import read_activator
 
-    namespace, name = service.split("/")
-    svc = k8s.CoreV1Api().read_namespaced_service(name, namespace)
-    return [svc.spec.cluster_ip], svc.spec.ports[0].port
+    ref = (service.split("/")[0], service.split("/")[1])
+    found, port = read_activator(ref)
+    # No slice yet (the activator starts with the operator): an empty list until the first refresh finds it.
+    return (found, port or 0), ref
 
 
 class _QuietRoutine(logging.Filter):

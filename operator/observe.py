@@ -9,6 +9,7 @@ the in-memory ``ObjectState``. Reads only: nothing here changes the cluster.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -142,6 +143,50 @@ async def observe_inflight(o: Observed, ctx: OperatorState) -> Observed:
     return replace(o, snapshot=snapshot, trace_id=tracing.trace_id())
 
 
+log = logging.getLogger(__name__)
+
+ACTIVATOR_REFRESH_S = 5.0
+"""How often the activator's endpoints are read again (at most; only when a cycle runs)."""
+
+
+def read_activator(service: tuple[str, str]) -> tuple[list[str], int | None]:
+    """The activator Service's Ready pod addresses and their port, from its EndpointSlices. Zero-scaled models'
+    Services point at these pods: a Service's cluster IP cannot be the endpoint of another Service, as
+    kube-proxy translates an address once. The port is None while the Service has no slice with a port."""
+    from kubernetes import client as k8s
+
+    namespace, name = service
+    svc = k8s.CoreV1Api().read_namespaced_service(name, namespace)
+    first = svc.spec.ports[0]
+    slices = k8s.DiscoveryV1Api().list_namespaced_endpoint_slice(
+        namespace, label_selector=f"kubernetes.io/service-name={name}").items
+    addresses: set[str] = set()
+    port = first.target_port if isinstance(first.target_port, int) else None
+    for sl in slices:
+        ports = [p for p in (sl.ports or []) if p.name == first.name] or list(sl.ports or [])
+        if not ports or ports[0].port is None:
+            continue
+        port = ports[0].port
+        for ep in sl.endpoints or []:
+            if ep.conditions is None or ep.conditions.ready is not False:
+                addresses.update(ep.addresses or [])
+    return sorted(addresses), port
+
+
+async def refresh_activator(ctx: OperatorState, monotonic: float) -> None:
+    """Read the activator's endpoints again when ``ACTIVATOR_REFRESH_S`` have passed (``--activator-service``)."""
+    if ctx.activator_service is None or monotonic - ctx.activator_checked < ACTIVATOR_REFRESH_S:
+        return
+    ctx.activator_checked = monotonic
+    try:
+        addresses, port = await asyncio.to_thread(read_activator, ctx.activator_service)
+    except Exception as exc:  # the API busy: keep what we had, try again next time
+        log.warning(f"could not read the activator's endpoints ({type(exc).__name__}: {exc}); keeping the last ones")
+        return
+    if port is not None:
+        ctx.activator = (addresses, port)
+
+
 def remember_from_status(obj: ObjectState, status: dict[str, Any]) -> None:
     """After a restart, what we decided last is in the status: it is what we applied."""
     for vs in status.get("variants") or []:
@@ -158,6 +203,7 @@ def base(ctx: OperatorState, obj: ObjectState, spec: ModelDeploymentSpec, namesp
         applied=dict(obj.applied), hpa_variant=obj.hpa_variant,
         hot_set=tuple(obj.hot_set) if obj.hot_set is not None else None, ready=obj.ready,
         activator=(tuple(ctx.activator[0]), ctx.activator[1]) if ctx.activator else None,
+        activator_slice=obj.activator_slice,
         pod_env=tuple(tuple(kv) for kv in ctx.pod_env),
     )
 

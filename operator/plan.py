@@ -91,7 +91,9 @@ class Observed:
     ready: Mapping[str, Any] | None = None
     """In memory: the Ready condition the last reconcile wrote (``ObjectState.ready``)."""
     activator: tuple[tuple[str, ...], int] | None = None
-    """(addresses, port) of the activator, when the operator runs with one."""
+    """(addresses, port) of the activator, when the operator runs with one: its pods' addresses."""
+    activator_slice: tuple[tuple[str, ...], int] | None = None
+    """In memory: the (addresses, port) the model's activator EndpointSlice was last applied with."""
     pod_env: tuple[tuple[str, str], ...] = ()
     load_failures: Any = None
     """``loadfailures.LoadFailureReport`` of this cycle (None: no sub-models, or the query failed: the status
@@ -198,6 +200,17 @@ class SetHotSet:
 
 
 @dataclass(frozen=True)
+class SetActivatorSlice:
+    """``ObjectState.activator_slice = (addresses, port)``: what the model's ``<name>-activator`` slice names."""
+
+    addresses: tuple[str, ...]
+    port: int
+
+    def describe(self) -> str:
+        return f"remember activator endpoints {list(self.addresses)}:{self.port}"
+
+
+@dataclass(frozen=True)
 class SetReady:
     """``ObjectState.ready = condition``: the Ready condition a reconcile wrote, for the cycles after it."""
 
@@ -228,7 +241,7 @@ class Log:
         return f"log {self.level}: {self.message}"
 
 
-Step = Apply | ApplyAll | Delete | Remember | SetHpaVariant | SetHotSet | SetReady | Event | Log
+Step = Apply | ApplyAll | Delete | Remember | SetHpaVariant | SetHotSet | SetActivatorSlice | SetReady | Event | Log
 
 
 @dataclass(frozen=True)
@@ -673,11 +686,22 @@ def _plan_routing(o: Observed, desired: Mapping[str, int], obs: Observation) -> 
     if not spec.scale_to_zero.enabled or activator is None:
         return (), routing or "pods"
     addresses, port = activator
+    if not addresses or not port:
+        # The activator has no Ready pod yet (it starts with the operator): nothing to point at; the cycles
+        # read its endpoints again every few seconds.
+        return (), routing or "pods"
     at_zero = sum(desired.values()) == 0 and ready == 0
+    current = (tuple(addresses), port)
     if routing != "activator" and at_zero:
         return (Apply(builders.build_service_to_activator(spec, name, namespace, uid)),
                 Apply(builders.build_activator_slice(name, namespace, uid, list(addresses), port)),
+                SetActivatorSlice(*current),
                 Event("Normal", "RoutedToActivator", "no replicas: Service now points at the activator")), "activator"
+    if routing == "activator" and o.activator_slice != current:
+        # The slice names the activator's pods (a Service's cluster IP cannot be another Service's endpoint:
+        # kube-proxy translates once), so it follows them when they change, and once after a restart.
+        return (Apply(builders.build_activator_slice(name, namespace, uid, list(addresses), port)),
+                SetActivatorSlice(*current)), "activator"
     return (), routing or "pods"
 
 

@@ -64,6 +64,8 @@ class ObjectState:
     """The ``Ready`` condition the last reconcile wrote. A cycle that read the status before that write
     landed keeps this condition instead of dropping it (its merge patch replaces the whole list)."""
     forecaster: ForecasterEntry | None = None
+    activator_slice: tuple[tuple[str, ...], int] | None = None
+    """The (addresses, port) the model's activator EndpointSlice was last applied with."""
 
 
 @dataclass
@@ -74,7 +76,12 @@ class OperatorState:
     kube: Kube | None = None
     clock: Callable[[], datetime] | None = None
     activator: tuple[list[str], int] | None = None
-    """(addresses, port) that zero-scaled models' Services point at (``--activator-service``)."""
+    """(addresses, port) that zero-scaled models' Services point at: the activator's Ready pods
+    (``--activator-service``, kept current by :func:`observe.refresh_activator`) or ``--activator-address``."""
+    activator_service: tuple[str, str] | None = None
+    """(namespace, name) of the activator's Service (``--activator-service``)."""
+    activator_checked: float = float("-inf")
+    """``time.monotonic()`` of the last read of the activator's endpoints."""
     pod_env: list[tuple[str, str]] = field(default_factory=list)
     """What model-server pods inherit from the operator's environment (tracing settings)."""
     policy: MetricsPolicy | None = None

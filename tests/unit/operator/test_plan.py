@@ -14,13 +14,14 @@ import pytest
 
 from elastiserve.api import MetricSnapshot, parse_spec
 from elastiserve.operator.plan import (
-    Apply, ApplyAll, Delete, Event, Log, Observed, Owned, Remember, SetHotSet, SetHpaVariant, SetReady, decide_cycle,
+    Apply, ApplyAll, Delete, Event, Log, Observed, Owned, Remember, SetActivatorSlice, SetHotSet, SetHpaVariant, SetReady, decide_cycle,
     missing_variants, plan_cycle, plan_reconcile, plan_recreate,
 )
 from elastiserve.scaling.rollout import VersionHealth
 
 T0 = datetime(2026, 3, 2, 12, tzinfo=timezone.utc)
-ACTIVATOR = (("10.96.0.9",), 8080)
+ACTIVATOR = (("10.244.1.7",), 8080)
+"""The activator's Ready pod and its port (a Service's cluster IP cannot be another Service's endpoint)."""
 
 
 def make_spec(**extra):
@@ -217,7 +218,8 @@ def test_at_zero_the_service_points_at_the_activator(golden):
                                    ("event", "RoutedToActivator")]
     assert plan.status["routing"] == "activator" and plan.status["phase"] == "ScaledToZero"
     slice_ = plan.routing[1].obj
-    assert slice_["endpoints"][0]["addresses"] == ["10.96.0.9"] and slice_["ports"][0]["port"] == 8080
+    assert slice_["endpoints"][0]["addresses"] == ["10.244.1.7"] and slice_["ports"][0]["port"] == 8080
+    assert plan.routing[2] == SetActivatorSlice(("10.244.1.7",), 8080)
     golden("plans/route-to-activator.txt", plan.describe())
 
 
@@ -235,8 +237,26 @@ def test_once_a_replica_is_ready_the_service_points_at_the_pods_again():
                                    ("event", "RoutedToPods")]
     assert plan.status["routing"] == "pods"
     # still waking up (replica not ready): keep routing through the activator
-    waking = cycle(replace(o, stable={"fp32": Owned("fp32", "m-fp32", 1, 0)}))
+    waking = cycle(replace(o, stable={"fp32": Owned("fp32", "m-fp32", 1, 0)}, activator_slice=ACTIVATOR))
     assert waking.routing == () and waking.status["routing"] == "activator"
+
+
+def test_the_activator_slice_follows_the_activators_pods():
+    """At zero the slice names the activator's pods; when they change (a restart, a new replica), or after the
+    operator restarted (nothing remembered), the slice is applied again; otherwise nothing is sent."""
+    o = observed(zero_spec(), replicas=0, activator=ACTIVATOR, activator_slice=ACTIVATOR, status={"routing": "activator"})
+    assert cycle(o).routing == ()
+    moved = (("10.244.1.8", "10.244.1.9"), 8080)
+    for remembered in (ACTIVATOR, None):
+        plan = cycle(replace(o, activator=moved, activator_slice=remembered))
+        assert kinds(plan.routing) == [("apply", "EndpointSlice", "m-activator")] and plan.status["routing"] == "activator"
+        assert [a for e in plan.routing[0].obj["endpoints"] for a in e["addresses"]] == ["10.244.1.8", "10.244.1.9"]
+        assert plan.routing[1] == SetActivatorSlice(("10.244.1.8", "10.244.1.9"), 8080)
+    # no Ready activator pod known yet: nothing to point at, the Service is left as it is
+    assert cycle(replace(o, activator=((), 8080), activator_slice=None)).routing == ()
+    new = observed(zero_spec(), replicas=0, snapshot=healthy(qps=0.0, cpu=0.0), activator=((), 8080),
+                   status={"scaler": {"lastActiveTime": "2026-03-02T11:00:00Z"}})
+    assert cycle(new).routing == () and cycle(new).status["routing"] == "pods"
 
 
 def test_a_spec_change_at_zero_keeps_the_service_on_the_activator():
