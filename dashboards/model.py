@@ -199,6 +199,16 @@ DASHBOARD = Dashboard(
                     "earlier (exponentially weighted). Near forecasting.quantile the forecast is trusted; at 50 % "
                     "or below it gets no weight and the empirical demand growth decides.",
                 ),
+                Panel(
+                    "Panic-path scale-ups",
+                    (Target(f"sum by (variant) (increase(elastiserve_operator_panic_scaleups_total{{{MODEL_VARIANTS}}}"
+                            "[$__rate_interval]))", "{{variant}}"),),
+                    min=0,
+                    width=24,
+                    description="Scale-ups made by the fast panic check between cycles (in-flight requests past the "
+                    "ready capacity, metrics.rules.inflight). A few around surges are its job; many in calm traffic "
+                    "mean the full cycle sizes too little headroom, or the in-flight concurrency is set too low.",
+                ),
             ),
         ),
         Row(

@@ -369,6 +369,7 @@ def plan_reconcile(o: Observed) -> Plan:
     # earlier sample, and increase()/rate() would never show the first scale-up of a new model.
     zeros = tuple(Metric("SCALE_EVENTS", (o.namespace, o.name, v.name, direction), 0, "inc")
                   for v in o.spec.variants for direction in ("up", "down"))
+    zeros += tuple(Metric("PANIC_SCALEUPS", (o.namespace, o.name, v.name), 0, "inc") for v in o.spec.variants)
     return Plan(owned=plan_owned(o), status=status, metrics=zeros, events=(
         SetReady(ready), Log("info", f"reconciled {len(o.spec.variants)} variants (generation {o.generation})")))
 
@@ -486,7 +487,8 @@ def plan_panic(o: Observed, decision: Decision, obs: Observation) -> Plan:
         "phase": "Scaling",
     }
     events = (Event("Normal", "Panic", traced(o, summary)), Log("info", f"panic: {summary}"))
-    return Plan(replicas=replicas, status=status, events=events, decided=True)
+    metrics = tuple(Metric("PANIC_SCALEUPS", (o.namespace, o.name, v), 1, "inc") for v in sorted(up))
+    return Plan(replicas=replicas, status=status, events=events, metrics=metrics, decided=True)
 
 
 def _replace(entry: Owned, **changes: Any) -> Owned:

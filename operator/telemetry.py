@@ -17,6 +17,12 @@ DECISIONS = Counter("elastiserve_operator_decisions_total", "Scaling decisions m
 SCALE_EVENTS = Counter(
     "elastiserve_operator_scale_events_total", "Replica changes applied.", _L + ("variant", "direction"), registry=REGISTRY
 )
+PANIC_SCALEUPS = Counter(
+    "elastiserve_operator_panic_scaleups_total",
+    "Scale-ups made by the fast panic check between cycles (metrics.rules.inflight), per variant grown.",
+    _L + ("variant",),
+    registry=REGISTRY,
+)
 RECONCILE_SECONDS = Histogram(
     "elastiserve_operator_reconcile_duration_seconds",
     "Time of one scaling cycle (metrics, forecast, decision, actuation).",

@@ -452,10 +452,13 @@ def test_panic_check_scales_up_only_and_says_so():
     assert kinds(plan.replicas) == [("apply", "Deployment", "m-fp32", 9)]
     assert events(plan) == ["Panic"] and "in-flight 12" in plan.status["lastScaleReason"]
     assert plan.status["scaler"]["panicAt"] == "2026-03-02T12:00:00Z"
+    # counted per variant grown, for elastiserve_operator_panic_scaleups_total
+    assert [(m.name, m.labels, m.value, m.op) for m in plan.metrics] == [
+        ("PANIC_SCALEUPS", (o.namespace, o.name, "fp32"), 1, "inc")]
     # Few requests in flight: nothing is patched, not even the status (the full cycle scales down).
     o = observed(inflight_spec(), replicas=5, snapshot=MetricSnapshot(inflight=0.5, observed_at=T0))
     plan = plan_panic(o, *decide_panic(o))
-    assert plan.replicas == () and plan.status == {} and events(plan) == []
+    assert plan.replicas == () and plan.status == {} and events(plan) == [] and plan.metrics == ()
 
 
 @pytest.mark.parametrize(
@@ -479,9 +482,13 @@ def test_reconcile_starts_each_variants_scale_event_counters_at_zero():
     plan = plan_reconcile(o)
     zeros = {(m.name, m.labels, m.value, m.op) for m in plan.metrics}
     assert zeros == {("SCALE_EVENTS", (o.namespace, o.name, v.name, d), 0, "inc")
-                     for v in o.spec.variants for d in ("up", "down")}
+                     for v in o.spec.variants for d in ("up", "down")} | {
+        ("PANIC_SCALEUPS", (o.namespace, o.name, v.name), 0, "inc") for v in o.spec.variants}
     export(plan)
     for v in o.spec.variants:
+        assert telemetry.REGISTRY.get_sample_value(
+            "elastiserve_operator_panic_scaleups_total",
+            {"namespace": o.namespace, "modeldeployment": o.name, "variant": v.name}) is not None
         for d in ("up", "down"):
             value = telemetry.REGISTRY.get_sample_value(
                 "elastiserve_operator_scale_events_total",
