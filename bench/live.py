@@ -290,10 +290,11 @@ async def start_proxy(target: str):
     return f"http://127.0.0.1:{port}", close
 
 
-async def replay(service_ip: str, trace, seed: int) -> tuple[list[tuple[float, float, int]], dict]:
+async def replay(target: str, trace, seed: int) -> tuple[list[tuple[float, float, int]], dict]:
+    """``trace`` as Poisson load through the proxy to ``target`` (``http://<Service IP>:80``): per-request records."""
     from elastiserve.loadgen import LoadGen, TraceCurve
 
-    url, close = await start_proxy(f"http://{service_ip}:80")
+    url, close = await start_proxy(target)
     records: list[tuple[float, float, int]] = []
     try:
         curve = TraceCurve(tuple(i * trace.step_seconds for i in range(len(trace.requests))),
@@ -319,7 +320,11 @@ def wait_ready_pods(ns: str, n: int, timeout: float) -> None:
 
 
 def hpa_active(ns: str, name: str) -> bool:
-    h = kjson("-n", ns, "get", "hpa", name)
+    """The HPA exists and computes from its metric (KEDA creates its HPA a moment after the ScaledObject)."""
+    raw = kubectl("-n", ns, "get", "hpa", name, "-o", "json", "--ignore-not-found", check=False).strip()
+    if not raw:
+        return False
+    h = json.loads(raw)
     conds = {c["type"]: c["status"] for c in h.get("status", {}).get("conditions", [])}
     return conds.get("ScalingActive") == "True"
 
@@ -356,7 +361,7 @@ def run_contender(name: str, a, spec: dict, trace, prom, targets: dict) -> dict:
     sampler.sample()
     sampler.start()
     try:
-        records, stats = asyncio.run(replay(svc_ip, trace, a.seed))
+        records, stats = asyncio.run(replay(f"http://{svc_ip}:80", trace, a.seed))
     finally:
         sampler.stop()
     duration = trace.duration_seconds
@@ -432,6 +437,8 @@ def plot(out: Path, doc: dict) -> None:
     live = doc["live"]
     offered = doc["offered"]
     cap = doc["config"]["capacity_rps"]
+    end = doc["config"]["replay_seconds"]
+    offered = {"t": [*offered["t"], end], "rate": [*offered["rate"], offered["rate"][-1]]}
     fig, axes = plt.subplots(len(live), 1, figsize=(11, 2.6 * max(1, len(live))), sharex=True, squeeze=False)
     for ax, (name, m) in zip(axes[:, 0], live.items()):
         t = [s[0] / 60 for s in m["samples"]]
@@ -570,6 +577,9 @@ def main() -> None:
         for name in names:
             if name == "hpa-matched":
                 targets[name] = a.hpa_matched_target or live["ours"]["mean_cpu_utilisation"]
+                if not targets[name]:
+                    raise SystemExit("hpa-matched: ours' CPU use was not measured (no cAdvisor series in Prometheus); "
+                                     "give --hpa-matched-target PERCENT")
             live[name] = run_contender(name, a, spec, trace, prom, targets)
             live[name]["target_text"] = {"ours": "SLO policy", "hpa": f"CPU {targets['hpa']:g} %",
                                          "hpa-matched": f"CPU {targets.get('hpa-matched', 0):.0f} %",
