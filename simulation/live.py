@@ -195,15 +195,22 @@ def sim_errors(sim: Mapping[str, Mapping], live: Mapping[str, Mapping]) -> dict[
 class LiveContender:
     """A live contender as the simulator models it.
 
-    ``kind``: ``ours`` (our policy with the live spec), ``hpa`` (HPA v2 on CPU at ``cpu_target`` percent of
-    the request; the live pods' request equals their limit, so this is the simulator's busy share), or
-    ``keda`` (the HPA on an external per-pod request-rate target ``qps_target``: the HPA algorithm with the
-    equivalent busy-share target ``100 · qps_target / mu``)."""
+    ``kind``: ``ours`` (our policy with the live spec), or ``hpa``/``keda``: the HPA v2 algorithm (15 s sync,
+    tolerance, 300 s scale-down stabilization, rate limits) holding ``qps_target`` requests per second per pod.
+    For KEDA that is its trigger's per-pod target; for the CPU-based HPA it is the per-pod rate at which the
+    pods' measured CPU reaches the HPA's target (``rate_at_cpu_target``). The simulator's CPU is a busy share
+    of its M/M/1 service rate ``mu``, so the policy runs at the busy-share target ``100 · qps_target / mu``."""
 
     name: str
     kind: str
-    cpu_target: float | None = None
     qps_target: float | None = None
+
+
+def rate_at_cpu_target(cpu_target_percent: float, cpu_request_cores: float, cpu_seconds_per_request: float) -> float:
+    """Requests per second per pod at which a pod's CPU use reaches ``cpu_target_percent`` of its request."""
+    if cpu_seconds_per_request <= 0 or cpu_request_cores <= 0:
+        raise ValueError("CPU per request and the CPU request must be positive")
+    return cpu_target_percent / 100.0 * cpu_request_cores / cpu_seconds_per_request
 
 
 def calibrated_backtest(trace, spec, contenders: Sequence[LiveContender], startup_seconds: float,
@@ -226,10 +233,9 @@ def calibrated_backtest(trace, spec, contenders: Sequence[LiveContender], startu
     for c in contenders:
         if c.kind == "ours":
             extra[c.name] = OursPolicy(spec, mode="online")
-        elif c.kind == "hpa":
-            extra[c.name] = HpaPolicy(spec, HpaSettings(target_cpu_percent=c.cpu_target, min_replicas=1,
-                                                        max_replicas=max_replicas), name=c.name)
-        elif c.kind == "keda":
+        elif c.kind in ("hpa", "keda"):
+            if not c.qps_target or c.qps_target <= 0:
+                raise ValueError(f"{c.name}: a positive per-pod request-rate target is needed (got {c.qps_target})")
             extra[c.name] = HpaPolicy(spec, HpaSettings(target_cpu_percent=100.0 * c.qps_target / mu, min_replicas=1,
                                                         max_replicas=max_replicas), name=c.name)
         else:

@@ -9,7 +9,7 @@ import pytest
 from elastiserve.simulation.config import DEFAULT_SPEC_DICT
 from elastiserve.simulation.live import (
     LiveContender, Request, Sample, calibrated_backtest, cold_starts, matched_cpu_target, minute_table,
-    pod_seconds, quantile, relative_error, scale_events, sim_errors, summarize, violation_minutes,
+    pod_seconds, quantile, rate_at_cpu_target, relative_error, scale_events, sim_errors, summarize, violation_minutes,
 )
 from elastiserve.simulation.traces import Trace
 
@@ -105,7 +105,7 @@ def test_calibrated_backtest_scores_the_whole_segment_with_the_measured_figures(
     # 10 minutes, 15 s bins: 10 qps, then a step to 50 qps, then back
     rate = np.array([10.0] * 12 + [50.0] * 16 + [10.0] * 12)
     trace = Trace("step", 15.0, rate * 15.0)
-    contenders = [LiveContender("ours", "ours"), LiveContender("hpa", "hpa", cpu_target=80.0),
+    contenders = [LiveContender("ours", "ours"), LiveContender("hpa", "hpa", qps_target=12.0),
                   LiveContender("keda", "keda", qps_target=15.0)]
     out, result = calibrated_backtest(trace, spec, contenders, startup_seconds=12.0, max_replicas=6)
     assert set(out) == {"ours", "hpa", "keda"}
@@ -115,5 +115,16 @@ def test_calibrated_backtest_scores_the_whole_segment_with_the_measured_figures(
         assert 600 <= m["pod_seconds"] <= 6 * 600 + 1e-6, name
     # the step to 50 qps needs 3 pods of 19 qps: every policy scaled past 1 pod
     assert all(r.record.pods.sum(axis=1).max() >= 3 for r in result.results.values())
+    # a lower per-pod target holds more pods
+    assert out["hpa"]["pod_seconds"] > out["keda"]["pod_seconds"]
     with pytest.raises(ValueError, match="unknown contender"):
         calibrated_backtest(trace, spec, [LiveContender("x", "kpa")], 12.0, 6)
+    with pytest.raises(ValueError, match="per-pod request-rate target"):
+        calibrated_backtest(trace, spec, [LiveContender("x", "hpa")], 12.0, 6)
+
+
+def test_the_rate_at_a_cpu_target_follows_the_measured_cpu_per_request():
+    # 0.3-core pods, 20 ms of CPU per request: 80 % of the request is 0.24 cores = 12 requests per second
+    assert rate_at_cpu_target(80, 0.3, 0.02) == pytest.approx(12.0)
+    with pytest.raises(ValueError):
+        rate_at_cpu_target(80, 0.3, 0)
