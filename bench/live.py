@@ -421,7 +421,7 @@ def write_report(out: Path, doc: dict) -> None:
                   "sim violation min |", "|---|---|---|---|---|---|---|"]
         for name, e in sim["errors"].items():
             pe = "n/a" if e["pod_seconds_error"] is None else f"{100 * e['pod_seconds_error']:+.1f} %"
-            held = sim["results"].get(name, {}).get("qps_target_per_pod")
+            held = sim.get("results", {}).get(name, {}).get("qps_target_per_pod")
             lines.append(f"| {name} | {'' if held is None else held} | {e['live_pod_seconds']:.0f} | "
                          f"{e['sim_pod_seconds']:.0f} | {pe} | "
                          f"{e['live_violation_minutes']} | {e['sim_violation_minutes']} |")
