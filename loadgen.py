@@ -175,6 +175,7 @@ class LoadGen:
         timeout: float = 30.0,
         host: str | None = None,
         local_networks: Sequence[str] = (),
+        on_result: Callable[[float, float, int], None] | None = None,
     ):
         self.key, self.model = key, model
         self.host = host
@@ -189,7 +190,11 @@ class LoadGen:
         self.rate, self.duration, self.max_requests = rate, duration, max_requests
         self.rng = random.Random(seed)
         self.timeout = timeout
+        self.on_result = on_result
+        """Called once per request with (sent at, seconds after the start of the load; latency s; HTTP status, 0 for
+        no response or no endpoint): per-request records for benchmarks (bench/live.py)."""
         self.stats = Stats()
+        self._start = time.monotonic()
         self._rr = 0
         self._cache: tuple[float, list[str]] = (-1.0, [])
         self._tasks: set[asyncio.Task] = set()
@@ -224,8 +229,11 @@ class LoadGen:
             self.stats.via_activator += 1
         else:
             self.stats.errors[0] = self.stats.errors.get(0, 0) + 1
+            if self.on_result:
+                self.on_result(time.monotonic() - self._start, 0.0, 0)
             return
         body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [self.rng.choice(SENTENCES)]}]}
+        sent = time.monotonic() - self._start
         t0 = time.perf_counter()
         try:
             async with session.post(f"{base}/v2/models/{self.model}/infer", json=body, headers=headers) as r:
@@ -242,6 +250,8 @@ class LoadGen:
                 del self.stats.window[:10000]
         else:
             self.stats.errors[status] = self.stats.errors.get(status, 0) + 1
+        if self.on_result:
+            self.on_result(sent, lat, status)
 
     def _poisson(self, lam: float) -> int:
         """Knuth's method; lam is small here (rate × a 0.1 s slice)."""
@@ -257,7 +267,7 @@ class LoadGen:
 
         (Drawing exponential gaps from the current rate would skip whole stretches: at dawn the rate is
         near zero, so one gap can jump past the entire day.)"""
-        start = time.monotonic()
+        start = self._start = time.monotonic()
         stop = stop or asyncio.Event()
         connector = aiohttp.TCPConnector(limit=256)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)) as session:

@@ -358,6 +358,38 @@ def measure_s3(image: str, model_dir: Path, precision: str, cpu: str, aws: dict)
     return res
 
 
+# ------------------------------------------------------------------ setup (shared with bench/live.py)
+
+
+def install_chart(extra_sets: tuple[str, ...] = ()) -> str:
+    """Build (cached) and load the project's image into the real node, ``helm upgrade --install`` the chart from
+    it; returns the image. ``extra_sets``: more ``--set`` values (e.g. ``operator.prometheusUrl=...``)."""
+    image = sh(str(REPO / "hack" / "cluster.sh"), "image", timeout=3600).strip().splitlines()[-1]
+    log(f"image {image}; installing the chart")
+    repo, tag = image.rsplit(":", 1)
+    sets = [f"image.repository={repo}", f"image.tag={tag}", "image.pullPolicy=Never",
+            # a cold start on this loaded 2-core machine can exceed the chart's default 30 s hold: give it 180 s
+            "activator.timeoutSeconds=180", *extra_sets]
+    sh("helm", "upgrade", "--install", RELEASE, str(REPO / "charts" / "elastiserve"), "-n", SYSTEM_NS,
+       "--create-namespace", *[x for v in sets for x in ("--set", v)], "--wait", "--timeout", "300s", timeout=400)
+    return image
+
+
+def serve_model_store() -> tuple[http.server.ThreadingHTTPServer, str, Path]:
+    """The MiniLM folder (fp32 + INT8, built into the model cache if needed) served over HTTP on the node's bridge
+    address (reachable by the pods only): (server, the store URI for a ModelDeployment, the folder)."""
+    model_dir = ensure_model("int8", log)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # the pods' requests are not output
+            pass
+
+    handler = functools.partial(Quiet, directory=str(model_dir.parent))
+    server = http.server.ThreadingHTTPServer((GATEWAY, 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://{GATEWAY}:{server.server_address[1]}/{model_dir.name}", model_dir
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -375,23 +407,8 @@ def main() -> None:
         raise SystemExit('no KUBECONFIG: run `eval "$(hack/cluster.sh env)"` for a cluster with a real node')
     if not kjson("get", "node", "elastiserve-node"):
         raise SystemExit("no real node (ELASTISERVE_NODES=0 ELASTISERVE_REAL_NODE=1 hack/cluster.sh up)")
-    image = sh(str(REPO / "hack" / "cluster.sh"), "image", timeout=3600).strip().splitlines()[-1]
-    log(f"image {image}; installing the chart")
-    repo, tag = image.rsplit(":", 1)
-    # a cold start on this loaded 2-core machine can exceed the chart's default 30 s hold: give it 180 s
-    sh("helm", "upgrade", "--install", RELEASE, str(REPO / "charts" / "elastiserve"), "-n", SYSTEM_NS,
-       "--create-namespace", "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
-       "--set", "image.pullPolicy=Never", "--set", "activator.timeoutSeconds=180", "--wait", "--timeout", "300s",
-       timeout=400)
-    model_dir = ensure_model("int8", log)
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:  # the pods' requests are not output
-            pass
-
-    handler = functools.partial(Quiet, directory=str(model_dir.parent))
-    server = http.server.ThreadingHTTPServer((GATEWAY, 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    store = f"http://{GATEWAY}:{server.server_address[1]}/{model_dir.name}"
+    image = install_chart()
+    server, store, model_dir = serve_model_store()
     result: dict = {"cpu_limit": a.cpu, "p95_objective_ms": a.p95_ms, "load_average": os.getloadavg()}
     precisions = a.precisions.split(",")
     if "capacity" in parts:

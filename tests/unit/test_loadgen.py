@@ -62,6 +62,27 @@ async def test_max_requests_bounds_the_load_and_errors_are_counted_by_status():
     assert stats.summary(1.0)["errors"] == {"503": 25}
 
 
+async def test_every_request_is_reported_with_its_send_time_latency_and_status():
+    hits: list[float] = []
+    server = await model_server(hits)
+    seen: list[tuple[float, float, int]] = []
+    try:
+        url = str(server.make_url("/"))
+        gen = LoadGen("ns/m", "m", [url], None, Constant(40.0), duration=1.0, seed=5,
+                      on_result=lambda sent, lat, status: seen.append((sent, lat, status)))
+        stats = await gen.run()
+        # no endpoint and no activator: reported as status 0 at once
+        empty = []
+        await LoadGen("ns/m", "m", [], None, Constant(50.0), duration=0.3,
+                      on_result=lambda *r: empty.append(r)).run()
+    finally:
+        await server.close()
+    assert len(seen) == stats.sent == stats.ok == len(hits) > 0
+    assert all(status == 200 and 0 <= sent <= 1.1 and lat > 0 for sent, lat, status in seen)
+    assert sorted(lat for _, lat, _ in seen) == sorted(stats.latencies)
+    assert empty and all(status == 0 and lat == 0.0 for _, lat, status in empty)
+
+
 def test_only_loopback_is_ever_a_target():
     assert loopback("http://127.0.0.1:8080/") == "http://127.0.0.1:8080"
     assert loopback("http://localhost:1") == "http://localhost:1"
