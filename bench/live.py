@@ -46,7 +46,6 @@ import argparse
 import asyncio
 import copy
 import json
-import math
 import os
 import re
 import subprocess
