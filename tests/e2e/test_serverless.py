@@ -162,8 +162,11 @@ def _by_name(spans, service, name):
 
 
 def _request_tree_complete(spans) -> bool:
+    """Every span of the wake-up request has arrived (the pods export in batches, every 5 s by default)."""
     names = {(s.service, s.name) for s in spans}
-    return {("elastiserve-activator", "activator.wake"), ("elastiserve-server", "inference")} <= names
+    return {("elastiserve-activator", "POST /{tail}"), ("elastiserve-activator", "activator.hold"),
+            ("elastiserve-activator", "activator.wake"), ("elastiserve-activator", "activator.forward"),
+            ("elastiserve-server", "POST /v2/models/{name}/infer"), ("elastiserve-server", "inference")} <= names
 
 
 def test_zero_to_one_and_back(stack, tmp_path):
@@ -194,10 +197,12 @@ def test_zero_to_one_and_back(stack, tmp_path):
                what="routing to the activator")
     svc = k8s_cluster.kubectl_json("get", "service", "lm", "-n", namespace)
     assert "selector" not in svc["spec"]
-    # the chart gives the operator the activator's Service (--activator-service): the slice names its cluster IP
-    activator = k8s_cluster.kubectl_json("get", "service", f"{RELEASE}-elastiserve-activator", "-n", SYSTEM_NS)
+    # The chart gives the operator the activator's Service (--activator-service); the slice names that Service's
+    # Ready pods (kube-proxy translates a Service address once, so another Service's cluster IP would not do).
+    activator_ips = sorted(p["status"]["podIP"] for p in k8s_cluster.kubectl_json(
+        "get", "pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=activator")["items"])
     eps = k8s_cluster.kubectl_json("get", "endpointslice", "lm-activator", "-n", namespace)
-    assert [a for e in eps["endpoints"] for a in e["addresses"]] == [activator["spec"]["clusterIP"]]
+    assert sorted(a for e in eps["endpoints"] for a in e["addresses"]) == activator_ips
     url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
 
     # 100 concurrent first requests at zero: none lost, none duplicated.
