@@ -1,13 +1,11 @@
 # elastiserve — the two commands a newcomer needs are `make demo` and `make test`.
 SHELL := /bin/bash
 PYTHON ?= python3
-PIP ?= $(PYTHON) -m pip
+# -P (Python >= 3.11): cwd off sys.path, where the repository's top-level `operator/` package would shadow the
+# standard library's `operator` (in a fresh virtualenv `python -m pip` crashed at start-up)
+PIP ?= $(PYTHON) -P -m pip
 PYTEST_ARGS ?=
 export ELASTISERVE_CACHE ?= $(HOME)/.cache/elastiserve
-# The repository's top-level `operator/` package would shadow the standard library's `operator` for any
-# `python -m ...` started here (cwd first on sys.path: pip and pytest crash at start-up); Python >= 3.11
-# leaves cwd off sys.path with this set.
-export PYTHONSAFEPATH := 1
 
 .PHONY: help install deps-system cluster-build s3-build test test-fast lint crds golden demo demo-backtest clean
 
@@ -40,7 +38,7 @@ lint: ## Architecture contracts (import-linter)
 	lint-imports
 
 crds: ## Regenerate crds/, the chart's CRD templates, dashboards and the chart README from their sources
-	$(PYTHON) -m elastiserve.cli crd > crds/modeldeployments.elastiserve.dev.yaml
+	$(PYTHON) -P -m elastiserve.cli crd > crds/modeldeployments.elastiserve.dev.yaml
 	$(PYTHON) hack/sync-chart.py
 	$(PYTHON) hack/chart-readme.py
 

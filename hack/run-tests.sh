@@ -2,9 +2,9 @@
 # Run pytest; "no tests collected" (exit 5) is a failure, never a silent pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-# cwd (the repository root) off sys.path: its `operator/` package would shadow the standard library's.
-export PYTHONSAFEPATH=1
-python3 -m pytest "$@"
+# -P: cwd (the repository root) off sys.path, where its `operator/` package would shadow the standard
+# library's (not PYTHONSAFEPATH: inherited, it would also drop hack/ scripts' own folder from their path)
+python3 -P -m pytest "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "error: pytest collected no tests (exit 5); treating as failure" >&2
