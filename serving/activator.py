@@ -517,7 +517,12 @@ class Activator:
         async with self._session.request(request.method, url, data=body, headers=headers) as upstream:
             payload = await upstream.read()
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
-            return web.Response(status=upstream.status, body=payload, headers=out_headers)
+            response = web.Response(status=upstream.status, body=payload, headers=out_headers)
+            # The model has a Ready replica now, and its Service is pointed back at the pods within a cycle. A
+            # client's kept-alive connection would stay on the activator (kube-proxy chose it when the
+            # connection opened): close it, so the next request connects through the Service again.
+            response.force_close()
+            return response
 
 
 class _NullWaker:

@@ -85,6 +85,18 @@ async def test_burst_at_zero_is_served_exactly_once(setup):
     assert "elastiserve_activator_cold_start_seconds_count" in text
 
 
+async def test_a_forwarded_response_closes_the_connection_so_the_client_reconnects_through_the_service(setup):
+    """A kept-alive connection opened while the Service pointed at the activator would keep every later request
+    on the activator after the Service points at the pods again (kube-proxy picks the backend per connection)."""
+    act, server, upstream, waker = setup
+    async with aiohttp.ClientSession() as session:
+        for i in range(3):
+            async with session.post(server.make_url("/v2/models/minilm/infer"), json={"id": f"k{i}"}, headers=HOST) as r:
+                assert r.status == 200 and r.headers.get("Connection", "").lower() == "close"
+                await r.read()
+    assert sorted(upstream.seen) == ["k0", "k1", "k2"]
+
+
 async def test_timeout_gives_503_with_retry_after(tmp_path):
     endpoints = tmp_path / "endpoints.json"
     waker = StartOnWake(Upstream(), endpoints, start=False)
