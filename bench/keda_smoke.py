@@ -25,6 +25,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from real_pod import wait  # bench/ is this script's folder: its sibling's poll-with-a-deadline
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 NS = "keda-smoke"
@@ -35,16 +37,6 @@ def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
     if check and res.returncode != 0:
         raise SystemExit(f"kubectl {' '.join(args[:3])} failed: {res.stderr.strip()[-600:]}")
     return res.stdout
-
-
-def wait(cond, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def main() -> None:
