@@ -116,14 +116,14 @@ def start_real_cluster(state: Path, on_step=None) -> RealCluster:
     env = _env(state)
     say = on_step or (lambda _text: None)
     try:
-        say("building the control plane (cached; ~20-40 min cold on 2 cores)")
+        say("building the control plane (cached by version; cold: 16 min on an idle 2-core machine, 50 min on a busy one)")
         run_cluster_sh("build", env=env, timeout=BUILD_TIMEOUT_S, stream=True)
-        say("building the real node: kubelet, kube-proxy, CoreDNS, metrics-server, Prometheus (cached; ~15-30 min cold)")
+        say("building the real node: kubelet, kube-proxy, CoreDNS, metrics-server, Prometheus (cached; cold: up to 45 min on a busy machine)")
         run_cluster_sh("build-node", env=env, timeout=BUILD_TIMEOUT_S, stream=True)
         say("starting the control plane and the real node (containerd, runc, CNI bridge, kubelet)")
         run_cluster_sh("up", env=env, timeout=UP_TIMEOUT_S)
         say("building the project's image from the Dockerfile and loading it into the node "
-            "(cached by content; ~8-12 min when the code changed)")
+            "(cached by content; about 4 min when the code changed, 25 min the first time with its Debian base)")
         image = run_cluster_sh("image", env=env, timeout=IMAGE_TIMEOUT_S).stdout.strip().splitlines()[-1]
         exports = parse_env_exports(run_cluster_sh("env", env=env, timeout=60).stdout)
     except (ClusterError, OSError, subprocess.SubprocessError) as exc:
