@@ -126,8 +126,10 @@ def start_prometheus(stack: Stack, real, curve, origin: float):
 
     say("step 3/7: Prometheus (kubernetes_sd), with a day of backfilled request history")
     if not real.prometheus_sd or not Path(real.prometheus_sd).exists():
-        fail(f"the Prometheus with kubernetes_sd_configs is missing ({real.prometheus_sd!r}): run hack/cluster.sh build-node")
-    sd = subprocess.run([sys.executable, str(ROOT / "hack" / "prometheus-sd.py"), "--out", str(stack.out / "prometheus-sd"),
+        fail(f"the Prometheus with kubernetes_sd_configs is missing ({real.prometheus_sd!r}): "
+             "run hack/cluster.sh build-node")
+    sd = subprocess.run([sys.executable, str(ROOT / "hack" / "prometheus-sd.py"),
+                         "--out", str(stack.out / "prometheus-sd"),
                          "--kubeconfig", str(real.cluster.kubeconfig), "--interval", "2s"], env=real.cluster.env,
                         capture_output=True, text=True, timeout=120, check=False)
     if sd.returncode != 0:
@@ -232,7 +234,8 @@ def drive(stack: Stack, cluster, curve, origin: float, service_url: str) -> Time
     # the activator can route it while the Service points there. The Service's cluster IP is reached from the
     # host through kube-proxy; the node's egress guard keeps the Service and pod ranges on this machine.
     gen = LoadGen(f"{NAMESPACE}/{MDEP}", "minilm", [service_url], None, phase, stack.duration,
-                  timeout=ACTIVATOR_HOLD_S + 30, host=f"{MDEP}.{NAMESPACE}.svc", local_networks=(POD_CIDR, SERVICE_CIDR))
+                  timeout=ACTIVATOR_HOLD_S + 30, host=f"{MDEP}.{NAMESPACE}.svc",
+                  local_networks=(POD_CIDR, SERVICE_CIDR))
     stop = threading.Event()
     start = time.monotonic()
 

@@ -116,9 +116,11 @@ def start_real_cluster(state: Path, on_step=None) -> RealCluster:
     env = _env(state)
     say = on_step or (lambda _text: None)
     try:
-        say("building the control plane (cached by version; cold: 16 min on an idle 2-core machine, 50 min on a busy one)")
+        say("building the control plane (cached by version; cold: 16 min on an idle 2-core machine, "
+            "50 min on a busy one)")
         run_cluster_sh("build", env=env, timeout=BUILD_TIMEOUT_S, stream=True)
-        say("building the real node: kubelet, kube-proxy, CoreDNS, metrics-server, Prometheus (cached; cold: up to 45 min on a busy machine)")
+        say("building the real node: kubelet, kube-proxy, CoreDNS, metrics-server, Prometheus "
+            "(cached; cold: up to 45 min on a busy machine)")
         run_cluster_sh("build-node", env=env, timeout=BUILD_TIMEOUT_S, stream=True)
         say("starting the control plane and the real node (containerd, runc, CNI bridge, kubelet)")
         run_cluster_sh("up", env=env, timeout=UP_TIMEOUT_S)
