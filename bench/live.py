@@ -187,17 +187,8 @@ def start_prometheus(workdir: Path, interval: str):
     out = sh(sys.executable, str(REPO / "hack" / "prometheus-sd.py"), "--out", str(workdir / "sd"),
              "--interval", interval, timeout=120)
     config = json.loads(Path(out.strip()).read_text())
-
-    class BridgePrometheus(PrometheusServer):
-        @property
-        def url(self) -> str:
-            return f"http://{GATEWAY}:{self.port}"
-
-        def _args(self) -> list[str]:
-            return [a.replace("127.0.0.1:", f"{GATEWAY}:") if a.startswith("--web.listen-address") else a
-                    for a in super()._args()]
-
-    return BridgePrometheus(config=config, workdir=workdir / "prom", binary=binary, port=free_port()).start()
+    return PrometheusServer(config=config, workdir=workdir / "prom", binary=binary, port=free_port(),
+                            host=GATEWAY).start()
 
 
 # ------------------------------------------------------------------ sampling the cluster
@@ -550,7 +541,7 @@ def main() -> None:
     prom = start_prometheus(work, a.scrape_interval)
     try:
         image = real_pod.install_chart((f"operator.prometheusUrl={prom.url}",))
-        store_server, store, _ = real_pod.serve_model_store()
+        stop_store, store, _ = real_pod.serve_model_store()
         measured = "given"
         if a.capacity_rps is None or a.startup_s is None:
             m = real_pod.measure_capacity(image, store, "fp32", a.cpu, 8.0, SLO_MS)
@@ -605,7 +596,7 @@ def main() -> None:
         if keda_started:
             subprocess.run([str(REPO / "hack" / "keda.sh"), "down"], check=False, timeout=120)
         if store_server is not None:
-            store_server.shutdown()
+            stop_store()
         prom.stop()
 
 

@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import functools
 import http.client
-import http.server
 import json
 import os
 import re
@@ -48,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -375,19 +374,15 @@ def install_chart(extra_sets: tuple[str, ...] = ()) -> str:
     return image
 
 
-def serve_model_store() -> tuple[http.server.ThreadingHTTPServer, str, Path]:
+def serve_model_store() -> tuple[Callable[[], None], str, Path]:
     """The MiniLM folder (fp32 + INT8, built into the model cache if needed) served over HTTP on the node's bridge
-    address (reachable by the pods only): (server, the store URI for a ModelDeployment, the folder)."""
+    address (reachable by the pods only): (a stop function, the store URI for a ModelDeployment, the folder)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from support.real_node import serve_directory
+
     model_dir = ensure_model("int8", log)
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:  # the pods' requests are not output
-            pass
-
-    handler = functools.partial(Quiet, directory=str(model_dir.parent))
-    server = http.server.ThreadingHTTPServer((GATEWAY, 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://{GATEWAY}:{server.server_address[1]}/{model_dir.name}", model_dir
+    base, stop = serve_directory(model_dir.parent, GATEWAY)
+    return stop, f"{base}/{model_dir.name}", model_dir
 
 
 # ------------------------------------------------------------------ main
@@ -408,7 +403,7 @@ def main() -> None:
     if not kjson("get", "node", "elastiserve-node"):
         raise SystemExit("no real node (ELASTISERVE_NODES=0 ELASTISERVE_REAL_NODE=1 hack/cluster.sh up)")
     image = install_chart()
-    server, store, model_dir = serve_model_store()
+    stop_store, store, model_dir = serve_model_store()
     result: dict = {"cpu_limit": a.cpu, "p95_objective_ms": a.p95_ms, "load_average": os.getloadavg()}
     precisions = a.precisions.split(",")
     if "capacity" in parts:
@@ -437,7 +432,7 @@ def main() -> None:
             result["s3_scale_up"] = {p: measure_s3(image, model_dir, p, a.cpu, aws) for p in precisions}
         finally:
             subprocess.run([str(REPO / "hack" / "s3.sh"), "down"], env=env, check=False, timeout=120)
-    server.shutdown()
+    stop_store()
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:
