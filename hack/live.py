@@ -121,20 +121,10 @@ def install_chart(real, prometheus_url: str, otlp_url: str | None) -> None:
 def start_prometheus(stack: Stack, real, curve, origin: float):
     """Prometheus on the node's bridge address (the operator's pod queries it), scraping what it DISCOVERS
     (hack/prometheus-sd.py: model-server, operator and activator pods, the kubelet's cAdvisor)."""
-    from support.prometheus import PrometheusServer
-    from support.real_node import NODE_GATEWAY
+    from support.cluster import ClusterError
+    from support.real_node import discovering_prometheus
 
     say("step 3/7: Prometheus (kubernetes_sd), with a day of backfilled request history")
-    if not real.prometheus_sd or not Path(real.prometheus_sd).exists():
-        fail(f"the Prometheus with kubernetes_sd_configs is missing ({real.prometheus_sd!r}): "
-             "run hack/cluster.sh build-node")
-    sd = subprocess.run([sys.executable, str(ROOT / "hack" / "prometheus-sd.py"),
-                         "--out", str(stack.out / "prometheus-sd"),
-                         "--kubeconfig", str(real.cluster.kubeconfig), "--interval", "2s"], env=real.cluster.env,
-                        capture_output=True, text=True, timeout=120, check=False)
-    if sd.returncode != 0:
-        fail(f"hack/prometheus-sd.py failed: {sd.stderr.strip()[-500:]}")
-    config = json.loads(Path(sd.stdout.strip()).read_text())
     now = time.time()
     # The history continues the same curve the live load will follow (one clock: `origin`), so the
     # forecaster's daily pattern lines up with what comes next.
@@ -146,8 +136,10 @@ def start_prometheus(stack: Stack, real, curve, origin: float):
     # A fresh data dir every run: backfilling the same series twice interleaves two histories,
     # which Prometheus reads as a counter resetting every sample.
     shutil.rmtree(stack.out / "prometheus", ignore_errors=True)
-    prom = PrometheusServer(workdir=stack.out / "prometheus", config=config, backfill=text, binary=real.prometheus_sd,
-                            host=NODE_GATEWAY)
+    try:
+        prom = discovering_prometheus(real, stack.out, interval="2s", backfill=text)
+    except ClusterError as exc:
+        fail(str(exc))
     prom.start()
     stack.cleanups.append(prom.stop)
     stack.reach.append(f"Prometheus {prom.url}")

@@ -28,8 +28,9 @@ import pytest
 from support import wait_until
 from support.devstack import free_port, manifest
 from support.jaeger import start_jaeger
-from support.prometheus import PrometheusServer
-from support.real_node import NODE_GATEWAY, SYSTEM_NS, RealCluster, helm_install, serve_directory
+from support.real_node import (
+    NODE_GATEWAY, SYSTEM_NS, RealCluster, discovering_prometheus, helm_install, serve_directory,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus, pytest.mark.model, pytest.mark.e2e, pytest.mark.node]
@@ -58,14 +59,8 @@ def stack(real_cluster: RealCluster, model_dir: Path, tmp_path_factory):
     work = tmp_path_factory.mktemp("serverless")
     jaeger, stop_jaeger = start_jaeger(work, otlp_host=NODE_GATEWAY)
     store, stop_store = serve_directory(model_dir.parent)
-    k = real_cluster.cluster
     try:
-        sd = subprocess.run([sys.executable, str(ROOT / "hack" / "prometheus-sd.py"), "--out", str(work / "sd"),
-                             "--kubeconfig", str(k.kubeconfig)], env=k.env, capture_output=True, text=True,
-                            timeout=120, check=True)
-        config = json.loads(Path(sd.stdout.strip()).read_text())
-        with PrometheusServer(config=config, workdir=work / "prom", binary=real_cluster.prometheus_sd,
-                              host=NODE_GATEWAY) as prom:
+        with discovering_prometheus(real_cluster, work) as prom:
             helm_install(real_cluster, RELEASE, {
                 "operator.prometheusUrl": prom.url, "activator.timeoutSeconds": str(ACTIVATOR_HOLD_S),
                 "tracing.enabled": "true", "tracing.endpoint": jaeger.otlp_url, "tracing.samplingRatio": "1"})

@@ -155,6 +155,31 @@ def helm_install(real: RealCluster, release: str, values: dict[str, str] | None 
                       "--wait", "--timeout", f"{timeout_s}s", timeout=timeout_s + 100)
 
 
+def discovering_prometheus(real: RealCluster, workdir: Path, interval: str = "1s",
+                           backfill: str | None = None):
+    """A Prometheus (not started) on the node's bridge address, where the operator's pod can query it, that
+    DISCOVERS what it scrapes (hack/prometheus-sd.py: model-server, operator and activator pods, the kubelet's
+    cAdvisor). ``backfill``: OpenMetrics history loaded before it starts. Raises ClusterError with the reason
+    when the discovery-capable binary is missing or the config cannot be written."""
+    import json
+    import sys
+
+    from .prometheus import PrometheusServer
+
+    if not real.prometheus_sd or not Path(real.prometheus_sd).exists():
+        raise ClusterError(f"the Prometheus with kubernetes_sd_configs is missing ({real.prometheus_sd!r}): "
+                           "run hack/cluster.sh build-node")
+    sd = subprocess.run([sys.executable, str(CHART.parents[1] / "hack" / "prometheus-sd.py"),
+                         "--out", str(workdir / "prometheus-sd"), "--kubeconfig", str(real.cluster.kubeconfig),
+                         "--interval", interval], env=real.cluster.env, capture_output=True, text=True,
+                        timeout=120, check=False)
+    if sd.returncode != 0:
+        raise ClusterError(f"hack/prometheus-sd.py failed: {sd.stderr.strip()[-500:]}")
+    config = json.loads(Path(sd.stdout.strip()).read_text())
+    return PrometheusServer(workdir=workdir / "prometheus", config=config, backfill=backfill,
+                            binary=real.prometheus_sd, host=NODE_GATEWAY)
+
+
 def serve_directory(directory: Path, host: str = NODE_GATEWAY) -> tuple[str, Callable[[], None]]:
     """Serve ``directory`` over HTTP on the node's bridge address (reachable by the pods, not from outside the
     machine): a model store. Returns its base URL and a stop function."""
@@ -198,6 +223,6 @@ def real_cluster() -> Iterator[RealCluster]:
 
 
 __all__ = ["HPA_SYNC_PERIOD_S", "NFT_TABLE", "NODE_GATEWAY", "NODE_MONITOR_GRACE_S", "NODE_NAME", "POD_CIDR",
-           "SERVICE_CIDR", "SYSTEM_NS", "RealCluster", "helm_install", "missing_prerequisites", "real_cluster",
+           "SERVICE_CIDR", "SYSTEM_NS", "RealCluster", "discovering_prometheus", "helm_install", "missing_prerequisites", "real_cluster",
            "serve_directory",
            "start_real_cluster", "stop_real_cluster"]
