@@ -124,7 +124,8 @@ class LazyLoading(ApiModel):
     idle_unload_seconds: int = Field(default=600, ge=0, le=86400)
     """Unload a sub-model after this many seconds without a request (0 = never)."""
     preload: list[Name] = Field(default_factory=list, max_length=64)
-    """Sub-models loaded (and kept) before a new replica reports ready."""
+    """Sub-models loaded (and kept) before a new replica reports ready. The model itself (``model.name``)
+    always is, whether listed here or not."""
     hot_set_size: int = Field(default=4, ge=0, le=64)
     """How many of the busiest sub-models (by request rate over ``metrics.windowSeconds``) a new replica
     also loads at start-up, so it does not meet its first requests cold. The operator publishes them

@@ -150,6 +150,23 @@ def test_version_placeholder_and_model_folders():
     assert env["ELASTISERVE_MODELS"] == "m=file:///store/v8/m"
 
 
+def test_the_model_itself_is_loaded_before_a_replica_is_ready():
+    """Lazy loading is for sub-models: a new replica (scale-up, canary, wake from zero) preloads the model
+    itself whether the spec lists it or not, so it does not meet its first requests with a model load."""
+    base = {"model": {"name": "m", "uri": "file:///store/m", "subModels": [{"name": "legal", "uri": "file:///store/legal"}]}}
+
+    def preload(lazy: dict | None) -> str:
+        spec = {"model": base["model"] | ({"lazyLoading": lazy} if lazy is not None else {})}
+        md = parse_manifest({"apiVersion": "elastiserve.dev/v1alpha1", "kind": "ModelDeployment",
+                             "metadata": {"name": "m"}, "spec": spec})
+        return {e["name"]: e.get("value") for e in builders.server_env(md.spec, "m", md.spec.primary)}["ELASTISERVE_PRELOAD"]
+
+    assert preload(None) == "m"
+    assert preload({"preload": ["legal"]}) == "m,legal"
+    assert preload({"preload": ["legal", "m"]}) == "m,legal"
+    assert preload({"enabled": False}) == "all"
+
+
 def _serve_params(env: dict[str, str], monkeypatch) -> dict:
     """The options `elastiserve serve` resolves from a container's environment (parsed, not run)."""
     import typer
