@@ -13,6 +13,7 @@ Per-object state lives in ``state.ObjectState`` (see ``state.py`` for what survi
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -52,6 +53,17 @@ def shared_memo(*, kube: Any = None, activator: tuple[list[str], int] | None = N
 
 
 @kopf.index("apps", "v1", "deployments", labels=MANAGED)
+def rolled_out(replicas: int, generation: int, status: Mapping[str, Any]) -> bool:
+    """A Deployment's rolling update is done (as ``kubectl rollout status`` decides): the controller has seen
+    the newest spec, every replica runs the newest template, no pod of an older template is left, and the new
+    ones are ready. Counting ready pods of both templates is not enough: while the last new pod starts, an
+    old one still serves (a real rollout answered with the old version after the operator had declared it
+    done and removed the canary)."""
+    updated = status.get("updatedReplicas", 0) or 0
+    return (status.get("observedGeneration", 0) >= generation and updated >= replicas
+            and (status.get("replicas", 0) or 0) <= updated and (status.get("readyReplicas", 0) or 0) >= replicas)
+
+
 def owned_deployments(
     namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, **_: Any
 ):
@@ -73,9 +85,7 @@ def owned_deployments(
                 ((spec.get("template") or {}).get("metadata") or {}).get("annotations") or {}),
             "replicas": replicas,
             "ready": st.get("readyReplicas", 0) or 0,
-            # A rolling update is done when every replica runs the newest template and is ready.
-            "rolled_out": (st.get("updatedReplicas", 0) or 0) >= replicas and (st.get("readyReplicas", 0) or 0) >= replicas
-            and st.get("observedGeneration", 0) >= (meta.get("generation") or 0),
+            "rolled_out": rolled_out(replicas, meta.get("generation") or 0, st),
         }
     }
 

@@ -494,3 +494,17 @@ def test_reconcile_starts_each_variants_scale_event_counters_at_zero():
                 "elastiserve_operator_scale_events_total",
                 {"namespace": o.namespace, "modeldeployment": o.name, "variant": v.name, "direction": d})
             assert value is not None  # the child exists (0 unless another test of this process scaled it)
+
+
+def test_a_rolling_update_is_done_only_when_no_old_pod_is_left():
+    """``rolled_out`` as ``kubectl rollout status`` decides it. Mid-update with surge, the ready count over both
+    templates already reaches the spec (three ready of two: one old pod still serving) while one new pod
+    starts: not done."""
+    from elastiserve.operator.handlers import rolled_out
+
+    mid = {"observedGeneration": 3, "replicas": 3, "updatedReplicas": 2, "readyReplicas": 3}
+    assert not rolled_out(2, 3, mid)
+    assert not rolled_out(2, 3, mid | {"replicas": 2, "readyReplicas": 1})  # old ones gone, a new one not ready
+    assert not rolled_out(2, 4, mid | {"replicas": 2, "readyReplicas": 2})  # the controller has not seen the spec
+    assert rolled_out(2, 3, mid | {"replicas": 2, "readyReplicas": 2})
+    assert rolled_out(0, 1, {"observedGeneration": 1})  # scaled to zero: nothing left to update
