@@ -52,7 +52,6 @@ def shared_memo(*, kube: Any = None, activator: tuple[list[str], int] | None = N
 # --------------------------------------------------------------------------- indexes
 
 
-@kopf.index("apps", "v1", "deployments", labels=MANAGED)
 def rolled_out(replicas: int, generation: int, status: Mapping[str, Any]) -> bool:
     """A Deployment's rolling update is done (as ``kubectl rollout status`` decides): the controller has seen
     the newest spec, every replica runs the newest template, no pod of an older template is left, and the new
@@ -64,6 +63,7 @@ def rolled_out(replicas: int, generation: int, status: Mapping[str, Any]) -> boo
             and (status.get("replicas", 0) or 0) <= updated and (status.get("readyReplicas", 0) or 0) >= replicas)
 
 
+@kopf.index("apps", "v1", "deployments", labels=MANAGED)
 def owned_deployments(
     namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, **_: Any
 ):

@@ -508,3 +508,19 @@ def test_a_rolling_update_is_done_only_when_no_old_pod_is_left():
     assert not rolled_out(2, 4, mid | {"replicas": 2, "readyReplicas": 2})  # the controller has not seen the spec
     assert rolled_out(2, 3, mid | {"replicas": 2, "readyReplicas": 2})
     assert rolled_out(0, 1, {"observedGeneration": 1})  # scaled to zero: nothing left to update
+
+
+def test_the_deployment_index_the_handlers_take_is_registered():
+    """kopf passes an index to a handler by the name of the function registered with ``@kopf.index``. A helper
+    once slipped in between that decorator and its function: the helper became the index, and every
+    reconcile and timer failed with ``missing 1 required positional argument: 'owned_deployments'``."""
+    import inspect
+
+    import kopf
+
+    from elastiserve.operator import handlers
+
+    indexes = {h.fn.__name__ for h in kopf.get_default_registry()._indexing.get_all_handlers()}  # noqa: SLF001
+    assert indexes == {"owned_deployments"}
+    for fn in (handlers.reconcile, handlers.scale):
+        assert "owned_deployments" in inspect.signature(fn).parameters, fn.__name__
