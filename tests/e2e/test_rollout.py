@@ -1,9 +1,14 @@
-"""Model version rollouts on real parts: a good version is rolled out step by step, a bad one rolled back.
+"""Model version rollouts on real pods: a good version is rolled out step by step, a bad one rolled back.
 
-Real control plane (kwok pods), real Prometheus scraping one real model-server process per Running pod
-(hack/podtwin.py), the real operator. Three versions of a tiny encoder sit in a model store:
-v1 and v2 are healthy (different weights, so every response tells which version served it), v3's
-artifact is corrupt, so its servers answer 500 to every request (a broken release).
+A real control plane with a real node (containerd, runc, kubelet; tests/support/real_node.py), the chart
+installed from the project's image: the operator runs as its Deployment and creates real model-server pods
+(stable and canary tracks) from the same image. Prometheus discovers the pods (kubernetes_sd) and scrapes
+them every second; the rollout gate reads it. Three versions of a tiny encoder sit in a model store on the
+node's bridge: v1 and v2 are healthy (different weights, so every response tells which version served it),
+v3's artifact is corrupt, so its servers answer 500 to every request (a broken release).
+
+The load is spread over the ready endpoints of the model's Service (its EndpointSlices, what kube-proxy
+spreads connections over), request by request, so that each response is known to come from one pod.
 """
 
 from __future__ import annotations
@@ -20,16 +25,58 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support import load_hack, wait_until
+from support import wait_until
 from support.devstack import manifest
+from support.real_node import RealCluster, discovering_prometheus, helm_install, serve_directory
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.cluster, pytest.mark.prometheus, pytest.mark.e2e]
+pytestmark = [pytest.mark.cluster, pytest.mark.prometheus, pytest.mark.e2e, pytest.mark.node]
 
 TEXT = "the quick brown fox"
 SYNC_SECONDS = 5
+RELEASE = "es"
 
 
+@dataclass
+class Stack:
+    real: RealCluster
+    store: Path
+    """The model store's directory; ``store_url`` serves it to the pods."""
+    store_url: str
+
+
+@pytest.fixture(scope="module")
+def stack(real_cluster: RealCluster, tmp_path_factory):
+    """The model store on the node's bridge, Prometheus discovering the pods (1 s scrapes: the gate's
+    windows are seconds long), and the chart installed with the operator reading that Prometheus."""
+    work = tmp_path_factory.mktemp("rollout")
+    store = work / "store"
+    store.mkdir()
+    url, stop_store = serve_directory(store)
+    try:
+        with discovering_prometheus(real_cluster, work) as prom:
+            helm_install(real_cluster, RELEASE, {"operator.prometheusUrl": prom.url})
+            yield Stack(real_cluster, store, url)
+    finally:
+        stop_store()
+
+
+def _namespace(cluster, name: str) -> str:
+    cluster.kubectl("create", "namespace", name)
+    wait_until(lambda: cluster.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode == 0,
+               timeout=60, what=f"ServiceAccount default in {name}")
+    return name
+
+
+def _template(real: RealCluster) -> dict:
+    """The project's image, CPU and memory limited. The operator raises a pod's memory request to the lazy-loading
+    budget plus the runtime, so the specs below set a budget a tiny encoder needs (``LAZY``): four pods of the
+    default 1Gi budget would not fit the node's 4Gi for pods."""
+    return {"image": real.image,
+            "resources": {"requests": {"cpu": "50m"}, "limits": {"cpu": "500m", "memory": "512Mi"}}}
+
+
+LAZY = {"memoryBudget": "128Mi"}
 
 
 def _store(root: Path) -> dict[str, np.ndarray]:
@@ -48,6 +95,47 @@ def _store(root: Path) -> dict[str, np.ndarray]:
     return expected
 
 
+class Endpoints:
+    """The ready endpoints of a Service with the pod behind each, from its EndpointSlices (refreshed every
+    0.25 s in a thread), as kube-proxy sees them."""
+
+    def __init__(self, real: RealCluster, namespace: str, service: str):
+        from kubernetes import client, config
+
+        self.api = client.DiscoveryV1Api(config.new_client_from_config(str(real.cluster.kubeconfig)))
+        self.namespace, self.service = namespace, service
+        self.current: list[tuple[str, str]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> list[tuple[str, str]]:
+        slices = self.api.list_namespaced_endpoint_slice(
+            self.namespace, label_selector=f"kubernetes.io/service-name={self.service}").items
+        out = []
+        for s in slices:
+            port = next((p.port for p in s.ports or [] if p.port), None)
+            for e in s.endpoints or []:
+                if port and e.conditions and e.conditions.ready and e.target_ref is not None:
+                    out += [(f"http://{a}:{port}", e.target_ref.name) for a in e.addresses]
+        return sorted(out)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.current = self._read()
+            except Exception:  # noqa: BLE001 - an API hiccup: keep the last view, try again
+                pass
+            self.stop.wait(0.25)
+
+    def pods(self) -> list[str]:
+        return [pod for _, pod in self.current]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
 @dataclass
 class Result:
     at: float
@@ -58,28 +146,22 @@ class Result:
 
 @dataclass
 class Load:
-    """Steady requests, round robin over the model's ready endpoints, like a Service would spread them.
-    A connection refused by a twin that is being stopped is retried on the next endpoint (a Service
-    removes a terminating pod's endpoint; nothing here counts it as a served request)."""
+    """Steady requests, round robin over the Service's ready endpoints. A connection refused by a pod that is
+    being stopped is retried on the next endpoint (its endpoint is on its way out of the slice; nothing here
+    counts it as a served request)."""
 
-    twins: object
-    key: str
+    endpoints: Endpoints
     model: str = "minilm"
     rps: float = 20.0
     results: list[Result] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
-
-    def _endpoints(self) -> list[tuple[str, str]]:
-        data = json.loads((self.twins.endpoints_file).read_text() or "{}")
-        by_url = {t.url: t.pod for t in list(self.twins.twins.values())}
-        return [(u, by_url[u]) for u in data.get(self.key, []) if u in by_url]
 
     def _one(self, url: str) -> tuple[int, np.ndarray | None]:
         body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXT]}]}).encode()
         req = urllib.request.Request(f"{url}/v2/models/{self.model}/infer", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - a pod on this machine's bridge
                 out = json.loads(r.read())["outputs"][0]
                 return r.status, np.asarray(out["data"], dtype=np.float64)
         except urllib.error.HTTPError as exc:
@@ -89,13 +171,13 @@ class Load:
         i = 0
         while not self.stop.is_set():
             started = time.monotonic()
-            endpoints = self._endpoints()
+            endpoints = list(self.endpoints.current)
             for attempt in range(len(endpoints)):
                 url, pod = endpoints[(i + attempt) % len(endpoints)]
                 try:
                     status, vector = self._one(url)
                 except OSError:
-                    continue  # twin stopping: try the next endpoint
+                    continue  # pod stopping: try the next endpoint
                 self.results.append(Result(time.monotonic(), pod, status, vector))
                 break
             i += 1
@@ -132,43 +214,36 @@ def _ready_replicas(cluster, ns, name) -> int:
     return sum((d.get("status", {}).get("readyReplicas") or 0) for d in _deployments(cluster, ns, name).values())
 
 
-def _twins(k8s_cluster, namespace, prometheus_factory, tmp_path):
-    """Pod twins for the namespace and a Prometheus scraping them every second."""
-    podtwin = load_hack("podtwin")
-    from kubernetes import config as k8s_config
-
-    twins_dir = tmp_path / "twins"
-    twins_dir.mkdir()
-    (twins_dir / "targets.json").write_text("[]")
-    prom = prometheus_factory([], scrape_interval="1s")
-    prom.stop()
-    prom.config["scrape_configs"] = [
-        {"job_name": "models", "scrape_interval": "1s",
-         "file_sd_configs": [{"files": [str(twins_dir / "targets.json")], "refresh_interval": "1s"}]},
-    ]
-    prom.start()
-
-    k8s_config.load_kube_config(str(k8s_cluster.kubeconfig))
-    twins = podtwin.PodTwins(namespace, twins_dir, extra_env={"ELASTISERVE_INTRA_OP_THREADS": "1",
-                                                             "ELASTISERVE_MODELS_FILE_INTERVAL": "1"})
-    stop_twins = threading.Event()
-    threading.Thread(target=twins.run, args=(stop_twins, 0.1), daemon=True).start()
-    return prom, twins, stop_twins
+def _pods(cluster, ns, name) -> dict[str, dict]:
+    """The model's pods that are not being deleted, by name."""
+    items = cluster.kubectl_json("get", "pods", "-n", ns, "-l", f"elastiserve.dev/modeldeployment={name}")["items"]
+    return {p["metadata"]["name"]: p for p in items if p["metadata"].get("deletionTimestamp") is None}
 
 
-def test_good_version_rolls_out_and_a_broken_one_rolls_back(
-    k8s_cluster, namespace, prometheus_factory, operator_factory, tmp_path
-):
-    store = tmp_path / "store"
-    expected = _store(store)
-    prom, twins, stop_twins = _twins(k8s_cluster, namespace, prometheus_factory, tmp_path)
-    load = Load(twins, f"{namespace}/lm")
+def _pod_version(pod: dict) -> str | None:
+    """The model version a pod's server runs (the operator's ELASTISERVE_MODEL_VERSION)."""
+    env = pod["spec"]["containers"][0].get("env", [])
+    return next((e.get("value") for e in env if e["name"] == "ELASTISERVE_MODEL_VERSION"), None)
+
+
+def _containers(pod: dict) -> tuple[str, str, int]:
+    """What identifies the running server of a pod: the pod's uid, its container's id and restart count."""
+    (status,) = pod["status"]["containerStatuses"]
+    return pod["metadata"]["uid"], status.get("containerID", ""), status.get("restartCount", 0)
+
+
+def test_good_version_rolls_out_and_a_broken_one_rolls_back(stack: Stack):
+    k8s_cluster = stack.real.cluster
+    namespace = _namespace(k8s_cluster, "rollout")
+    expected = _store(stack.store / "lm")
+    endpoints = Endpoints(stack.real, namespace, "lm")
+    load = Load(endpoints)
     loader = threading.Thread(target=load.run, daemon=True)
     try:
-        operator_factory(namespace=namespace, prometheus_url=prom.url)
         k8s_cluster.apply(manifest(
             "lm",
-            model={"name": "minilm", "uri": f"file://{store}/$version", "version": "v1"},
+            model={"name": "minilm", "uri": f"{stack.store_url}/lm/$version", "version": "v1", "lazyLoading": LAZY},
+            template=_template(stack.real),
             variants=[{"name": "fp32", "capacityQps": 100}],
             replicas={"min": 2, "max": 2},
             syncPeriodSeconds=SYNC_SECONDS,
@@ -176,7 +251,7 @@ def test_good_version_rolls_out_and_a_broken_one_rolls_back(
             rollout={"steps": [50, 100], "stepSeconds": 10, "minRequests": 20,
                      "maxErrorRateIncrease": 5, "maxLatencyRatio": 50},
         ), namespace=namespace)
-        wait_until(lambda: len(load._endpoints()) == 2, timeout=120, what="two v1 servers behind the model")
+        wait_until(lambda: len(endpoints.current) == 2, timeout=180, what="two v1 pods Ready behind the model")
         loader.start()
         wait_until(lambda: len([r for r in load.results if r.status == 200]) >= 20, timeout=60, what="v1 serving")
         assert {_version_of(r.vector, expected) for r in load.results} == {"v1"}
@@ -206,9 +281,13 @@ def test_good_version_rolls_out_and_a_broken_one_rolls_back(
         # The canary is gone; the stable Deployment runs v2; soon only v2 answers.
         wait_until(lambda: list(_deployments(k8s_cluster, namespace, "lm")) == ["lm-fp32"], timeout=60,
                    what="canary Deployment removed")
-        wait_until(lambda: len(load._endpoints()) == 2 and all(
-            t.pod.startswith("lm-fp32-") and "canary" not in t.pod for t in twins.twins.values()), timeout=90,
-            what="only the two stable v2 servers left")
+        # The operator declared the rollout done only once the stable Deployment had no v1 pod left (a rolling
+        # update with surge counts an old pod among the ready ones until the last new one is ready).
+        pods = _pods(k8s_cluster, namespace, "lm")
+        assert {_pod_version(p) for p in pods.values()} == {"v2"}, {n: _pod_version(p) for n, p in pods.items()}
+        wait_until(lambda: len(endpoints.current) == 2 and all(
+            pod.startswith("lm-fp32-") and "canary" not in pod for pod in endpoints.pods()), timeout=120,
+            what="only the two stable v2 pods behind the Service")
         t_v2 = time.monotonic()
         wait_until(lambda: len(load.since(t_v2)) >= 20, timeout=60, what="requests on v2")
         assert {_version_of(r.vector, expected) for r in load.since(t_v2)} == {"v2"}
@@ -241,8 +320,9 @@ def test_good_version_rolls_out_and_a_broken_one_rolls_back(
         # The canary is removed and every request succeeds on v2 again.
         wait_until(lambda: list(_deployments(k8s_cluster, namespace, "lm")) == ["lm-fp32"], timeout=60,
                    what="broken canary removed")
-        wait_until(lambda: all("canary" not in t.pod for t in twins.twins.values()), timeout=60,
-                   what="broken servers stopped")
+        wait_until(lambda: all("canary" not in pod for pod in endpoints.pods()) and all(
+            "canary" not in pod for pod in _pods(k8s_cluster, namespace, "lm")), timeout=90,
+            what="broken pods stopped")
         t_after = time.monotonic()
         wait_until(lambda: len(load.since(t_after)) >= 40, timeout=60, what="requests after the rollback")
         after = load.since(t_after)
@@ -260,41 +340,45 @@ def test_good_version_rolls_out_and_a_broken_one_rolls_back(
         }))
     finally:
         load.stop.set()
-        stop_twins.set()
-        twins.stop_all()
+        endpoints.close()
+        k8s_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
-def test_a_submodel_version_bump_switches_inside_the_running_pods(
-    k8s_cluster, namespace, prometheus_factory, operator_factory, tmp_path
-):
-    """subModels[].version changes only the sub-model ConfigMap: no pod restarts, every request served."""
+def test_a_submodel_version_bump_switches_inside_the_running_pods(stack: Stack):
+    """subModels[].version changes only the sub-model ConfigMap: no pod restarts, every request served. The
+    kubelet refreshes the ConfigMap's volume in the pods (within its sync period, a minute by default) and the
+    servers switch when the mounted file changes."""
     from elastiserve.serving.builder import build_tiny_model
     from elastiserve.serving.runtime import Embedder
 
-    store = tmp_path / "store"
+    k8s_cluster = stack.real.cluster
+    namespace = _namespace(k8s_cluster, "submodels")
+    store = stack.store / "sub"
     build_tiny_model(store / "main" / "v1", seed=1)
     expected = {}
     for version, seed in (("v1", 11), ("v2", 12)):
         build_tiny_model(store / "legal" / version, seed=seed)
         expected[version] = Embedder.from_dir(store / "legal" / version, "fp32").embed([TEXT])[0]
-    prom, twins, stop_twins = _twins(k8s_cluster, namespace, prometheus_factory, tmp_path)
-    load = Load(twins, f"{namespace}/sub", model="legal")
+    endpoints = Endpoints(stack.real, namespace, "sub")
+    load = Load(endpoints, model="legal")
     loader = threading.Thread(target=load.run, daemon=True)
-    sub_models = [{"name": "legal", "uri": f"file://{store}/legal/$version", "version": "v1"}]
+    sub_models = [{"name": "legal", "uri": f"{stack.store_url}/sub/legal/$version", "version": "v1"}]
     try:
-        operator_factory(namespace=namespace, prometheus_url=prom.url)
         k8s_cluster.apply(manifest(
             "sub",
-            model={"name": "minilm", "uri": f"file://{store}/main/$version", "version": "v1", "subModels": sub_models},
+            model={"name": "minilm", "uri": f"{stack.store_url}/sub/main/$version", "version": "v1",
+                   "subModels": sub_models, "lazyLoading": LAZY},
+            template=_template(stack.real),
             variants=[{"name": "fp32", "capacityQps": 100}],
             replicas={"min": 2, "max": 2},
             syncPeriodSeconds=SYNC_SECONDS,
         ), namespace=namespace)
-        wait_until(lambda: len(load._endpoints()) == 2, timeout=120, what="two servers behind the model")
+        wait_until(lambda: len(endpoints.current) == 2, timeout=180, what="two pods Ready behind the model")
         loader.start()
         wait_until(lambda: len([r for r in load.results if r.status == 200]) >= 20, timeout=60, what="legal v1 serving")
         assert {_version_of(r.vector, expected) for r in load.results} == {"v1"}
-        pids = {name: t.proc.pid for name, t in twins.twins.items()}
+        running = {name: _containers(pod) for name, pod in _pods(k8s_cluster, namespace, "sub").items()}
+        assert len(running) == 2, running
         generations = {n: d["metadata"]["generation"] for n, d in _deployments(k8s_cluster, namespace, "sub").items()}
 
         t_bump = time.monotonic()
@@ -307,16 +391,16 @@ def test_a_submodel_version_bump_switches_inside_the_running_pods(
             return (len(load.pods_since(t_bump)) == 2 and recent
                     and all(_version_of(r.vector, expected) == "v2" for r in recent))
 
-        wait_until(switched, timeout=90, what="both servers answering with legal v2")
+        wait_until(switched, timeout=180, what="both pods answering with legal v2")
         t_switched = time.monotonic()
         during = load.since(t_bump)
         assert all(r.status == 200 for r in during), sorted({r.status for r in during})
         assert {_version_of(r.vector, expected) for r in during} == {"v1", "v2"}
-        # The same processes, the same Deployments: nothing was restarted.
-        assert {name: t.proc.pid for name, t in twins.twins.items()} == pids
+        # The same pods, the same containers, the same Deployments: nothing was restarted.
+        assert {name: _containers(pod) for name, pod in _pods(k8s_cluster, namespace, "sub").items()} == running
         assert {n: d["metadata"]["generation"] for n, d in _deployments(k8s_cluster, namespace, "sub").items()} == generations
         cm = k8s_cluster.kubectl_json("get", "configmap", "sub-submodels", "-n", namespace)
-        assert cm["data"]["models"] == f"legal=file://{store}/legal/v2\n"
+        assert cm["data"]["models"] == f"legal={stack.store_url}/sub/legal/v2\n"
         print("sub-model hot switch:", json.dumps({
             "bump_to_all_v2_s": round(t_switched - t_bump, 1), "requests_during_switch": len(during),
             "failed": sum(r.status != 200 for r in during)}))
@@ -327,8 +411,9 @@ def test_a_submodel_version_bump_switches_inside_the_running_pods(
         wait_until(lambda: k8s_cluster.kubectl("get", "configmap", "sub-submodels", "-n", namespace,
                                                check=False).returncode != 0, timeout=60, what="sub-model ConfigMap deleted")
         template = _deployments(k8s_cluster, namespace, "sub")["sub-fp32"]["spec"]["template"]
-        assert "volumes" not in template["spec"] and "elastiserve.dev/submodels" not in template["metadata"]["annotations"]
+        volumes = {v["name"] for v in template["spec"].get("volumes", [])}
+        assert "submodels" not in volumes and "elastiserve.dev/submodels" not in template["metadata"]["annotations"]
     finally:
         load.stop.set()
-        stop_twins.set()
-        twins.stop_all()
+        endpoints.close()
+        k8s_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
