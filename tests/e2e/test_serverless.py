@@ -164,8 +164,42 @@ def _request_tree_complete(spans) -> bool:
             ("elastiserve-server", "POST /v2/models/{name}/infer"), ("elastiserve-server", "inference")} <= names
 
 
+def _assert_kubelet_panels(prom, namespace: str, name: str, start: float) -> dict[str, int]:
+    """The dashboards' panels that read the kubelet's cAdvisor (CPU and memory per pod) return data for these
+    real pods: their own queries, with Grafana's variables, over the test's time range. The kwok-based
+    dashboards test (tests/integration/test_dashboards.py) checks every other panel. Returns the number of
+    pods each panel drew."""
+    from support import dashboards as dashboards_support
+
+    dashboards = dashboards_support.load()
+    step = 2.0
+    drawn: dict[str, int] = {}
+    for d in dashboards.DASHBOARDS:
+        for panel in d.panels:
+            for target in (t for t in panel.targets if dashboards_support.reads_kubelet(t.expr)):
+
+                def evaluated():
+                    end = time.time()
+                    # $__rate_interval for the chart's 15 s scrape interval: the kubelet's cAdvisor refreshes
+                    # its figures every 10-15 s (housekeeping), so a window of a few seconds holds one sample.
+                    values = {"namespace": namespace, "modeldeployment": name, "variant": ["fp32", "int8"],
+                              "slo_latency": "0.2"} | dashboards.spec.builtins(
+                        range_seconds=end - start, step_seconds=step, scrape_seconds=15)
+                    expr = dashboards.spec.expand(target.expr, values)
+                    series, finite = dashboards_support.evaluate(prom, panel, expr, start, end, step)
+                    return (series, expr) if series and finite else None
+
+                series, expr = wait_until(evaluated, timeout=60, what=f"{d.uid}/{panel.title}: data from the kubelet")
+                pods = {s["metric"].get("pod", "") for s in series}
+                assert pods and all(p.startswith(f"{name}-") for p in pods), (expr, pods)
+                drawn[f"{d.uid}/{panel.title}"] = len(pods)
+    assert drawn, "no dashboard panel reads the kubelet's cAdvisor"
+    return drawn
+
+
 def test_zero_to_one_and_back(stack, tmp_path):
     real, jaeger, prom, store = stack
+    started = time.time()
     k8s_cluster = real.cluster
     namespace = "serverless"
     k8s_cluster.kubectl("create", "namespace", namespace)
@@ -291,6 +325,9 @@ def test_zero_to_one_and_back(stack, tmp_path):
     log = k8s_cluster.kubectl("logs", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=activator",
                               "--tail=-1").stdout
     assert "Traceback" not in log, log[-3000:]
+    # The dashboards' CPU and memory panels draw what the kubelet measured in these pods.
+    print("dashboard panels from the kubelet (pods drawn):", json.dumps(_assert_kubelet_panels(
+        prom, namespace, "lm", started)))
 
 
 def test_activator_timeout_gives_503_with_retry_after(tmp_path):
