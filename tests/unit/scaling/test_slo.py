@@ -304,3 +304,18 @@ def test_fresh_rate_from_consecutive_windows(prev, now_qps, gap, want):
     sp = spec_of()
     st = SloState(demand=[prev], demand_time=T0)
     assert slo.fresh_rate(st, now_qps, T0 + timedelta(seconds=gap), sp) == pytest.approx(want)
+
+
+def test_anticipated_rise_starts_no_burst_replicas_only_panic_does():
+    """Burst replicas bridge demand already past the ready capacity (panic), not a rise merely
+    anticipated: the primary replicas were started a lead time ahead for that one."""
+    sp = spec_of()
+    # a steady ramp (+1 qps per cycle) after a calm hour: the rise quantile asks for replicas ahead of it
+    ramp = [100.0] * 240 + [100.0 + i for i in range(1, 120)]
+    ds = run_cycles(sp, ramp)
+    calm = [i for i in range(241, len(ds)) if not ds[i].slo.panic]
+    assert len(calm) > 100
+    scaled_up = [i for i in calm if ds[i].desired["fp32"] > ds[i - 1].desired["fp32"]]
+    assert scaled_up, "the ramp must make the policy add primary replicas outside panic"
+    started = [i for i in calm if ds[i].desired["int8"] > ds[i - 1].desired["int8"]]
+    assert not started, ds[started[0]].reasons
