@@ -339,8 +339,8 @@ def _bridge(
 
     Only in panic: a rise that is merely anticipated is what the primary replicas were started a full
     lead time ahead for, and should it come sooner, the panic check sees it within two panic periods and
-    bridges then. Bridging every anticipated scale-up started a burst replica next to nearly every
-    primary one (on the aws trace, 2 days: 7 primary-equivalents asked for per hour, 21 pods started)."""
+    bridges then. Bridging on every anticipated scale-up started a burst replica next to primary ones
+    that were going to be Ready before any rise (docs/backtest.md, issue-15 cost pass)."""
     if not (spec.burst.enabled and spec.bursts) or state.slo is None:
         return
     primary = spec.primary
