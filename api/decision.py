@@ -109,6 +109,19 @@ class ForecastCheck(ApiModel):
     upper: float
 
 
+class BlendCheck(ApiModel):
+    """The two demand quantiles the SLO plan blends (empirical and forecast, req/s), waiting for the peak
+    demand over the lead time they were sized for (scored with the quantile loss)."""
+
+    left: int
+    """Demand samples still to come before the peak over the lead time is known."""
+    peak: float
+    """Highest demand seen since the check was made (req/s)."""
+    quantile: float
+    empirical: float
+    forecast: float
+
+
 class SloState(ApiModel):
     """What the SLO policy learns online. Bounded: at most ``scaling.slo.RING`` demand samples."""
 
@@ -128,6 +141,13 @@ class SloState(ApiModel):
     forecast_coverage: float | None = None
     """Exponentially weighted share of realised request rates at or below the forecast's upper bound."""
     forecast_checked: int = 0
+    blend_checks: list[BlendCheck] = Field(default_factory=list)
+    loss_empirical: float | None = None
+    """Exponentially weighted quantile (pinball) loss of the empirical demand quantile against the peak
+    demand over the lead time (req/s)."""
+    loss_forecast: float | None = None
+    """The same for the forecast's quantile: the two losses set the forecast's weight in the blend."""
+    blend_checked: int = 0
     startup_seconds: dict[str, float] = Field(default_factory=dict)
     """Learned start-up (scale-up to Ready) per variant, seconds."""
     starting_since: dict[str, TimedValue] = Field(default_factory=dict)

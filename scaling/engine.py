@@ -122,6 +122,7 @@ def _copy_state(state: ScalerState) -> ScalerState:
     if slo is not None:
         out.slo = slo.model_copy(update={
             "demand": list(slo.demand), "forecast_checks": list(slo.forecast_checks),
+            "blend_checks": list(slo.blend_checks),
             "startup_seconds": dict(slo.startup_seconds), "starting_since": dict(slo.starting_since),
         })
     return out

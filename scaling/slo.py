@@ -13,8 +13,10 @@ so a restarted operator and the simulator carry on the same way.
    share of violated cycles tracks the target whatever the traffic. Where the quantile saturates at
    ``Q_MAX`` (the history holds no growth as large as the misses need), the same step goes to a
    headroom multiplier ``m`` on top, which is spent first when calm returns.
-4. :func:`check_forecast`: the forecast's upper bounds are checked against the rates later observed;
-   their coverage (exponentially weighted) sets the forecast's weight ``w`` in ``[0, 1]``.
+4. :func:`check_forecast`: the forecast's upper bounds are checked against the rates later observed
+   (their coverage is reported); :func:`score_blend`: the empirical and the forecast's demand quantiles
+   are both scored, once the peak demand over the lead time they were for is known, with the quantile
+   (pinball) loss; the two losses (exponentially weighted) set the forecast's weight ``w`` in ``[0, 1]``.
 5. :func:`plan`: per variant, demand over its lead time ``L`` at quantile ``q``: the current rate plus the
    empirical quantile of the rise ``max(d(t, t+L]) - d(t)`` over the ring, blended with the forecast's
    predictive quantile as ``w * forecast + (1 - w) * empirical``, times the calibrated headroom.
@@ -28,7 +30,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from ..api.decision import Forecast, ForecastCheck, MetricSnapshot, Observation, SloState, SloSummary, TimedValue
+from ..api.decision import BlendCheck, Forecast, ForecastCheck, MetricSnapshot, Observation, SloState, SloSummary, TimedValue
 from ..api.spec import ModelDeploymentSpec
 
 RING = 480
@@ -54,7 +56,11 @@ HEADROOM_LOG_BOUNDS = (0.0, 1.6)
 ATTAINMENT_SMOOTHING = 1 / 5760
 """About one day of cycles at 15 s."""
 COVERAGE_SMOOTHING = 0.02
+LOSS_SMOOTHING = COVERAGE_SMOOTHING
+"""Memory of the quantile losses that weigh the forecast (about 50 scored cycles), as the coverage's."""
 FORECAST_MIN_CHECKS = 20
+BLEND_CHECKS = 64
+"""Pending blend checks kept (one per cycle for a lead time's worth of cycles)."""
 NEIGHBOURS = 0.1
 """Share of the history, nearest in recent growth, that the conditional rise quantile reads."""
 GROWTH_CYCLES = 1
@@ -283,16 +289,54 @@ def check_forecast(state: SloState, forecast: Forecast | None, metrics: MetricSn
             break
 
 
+def pinball(q: float, predicted: float, actual: float) -> float:
+    """Quantile (pinball) loss of ``predicted`` as the ``q``-quantile of ``actual``: the proper scoring rule
+    for a quantile (Gneiting & Raftery 2007); its expectation is least at the true quantile, so a bound
+    that covers by being too high loses to one that is as well calibrated and sharper."""
+    u = actual - predicted
+    return q * u if u >= 0 else (q - 1) * u
+
+
+def score_blend(state: SloState, qps: float) -> None:
+    """One new demand sample: raise the peak of every pending blend check; a check whose lead time has
+    passed scores both of its quantiles against the peak demand over that lead time (the quantity the plan
+    sized capacity for) and updates the two exponentially weighted losses."""
+    keep = []
+    for c in state.blend_checks:
+        peak = max(c.peak, qps)
+        if c.left > 1:
+            keep.append(c.model_copy(update={"left": c.left - 1, "peak": peak}))
+            continue
+        for attr, predicted in (("loss_empirical", c.empirical), ("loss_forecast", c.forecast)):
+            loss = pinball(c.quantile, predicted, peak)
+            old = getattr(state, attr)
+            setattr(state, attr, float(f"{loss if old is None else old + LOSS_SMOOTHING * (loss - old):.6g}"))
+        state.blend_checked += 1
+    state.blend_checks = keep
+
+
+def add_blend_check(state: SloState, cycles: int, q: float, empirical: float, forecast: float) -> None:
+    """Keep this cycle's two demand quantiles until the peak over the next ``cycles`` samples is known."""
+    check = BlendCheck(left=max(1, cycles), peak=0.0, quantile=round(q, 6), empirical=float(f"{empirical:.6g}"),
+                       forecast=float(f"{forecast:.6g}"))
+    state.blend_checks = (state.blend_checks + [check])[-BLEND_CHECKS:]
+
+
 def forecast_weight(state: SloState, forecast: Forecast | None, max_error: float) -> float:
-    """0..1: how far the measured coverage reaches the forecast's nominal quantile (0 at coverage 0.5 or
-    less, 1 at nominal), scaled down as its sMAPE approaches ``max_error``."""
+    """0..1: the forecast's share of the blend, inversely proportional to its recent quantile loss against
+    the empirical quantile's (``L_emp / (L_emp + L_fc)``: equal losses give 1/2, a forecast with a tenth of
+    the empirical loss 0.91), scaled down as its sMAPE approaches ``max_error``.
+
+    Coverage alone (the share of rates under the forecast's upper bound) does not say whether a forecast
+    helps: one that is always high covers perfectly. Scored on the same target as the empirical quantile
+    (the peak demand over the lead time) with the proper scoring rule for a quantile, the forecast earns
+    weight only for being both calibrated and sharp (docs/forecasting.md, step 3)."""
     if forecast is None or not forecast.ready or not forecast.points:
         return 0.0
-    cov = state.forecast_coverage
-    if cov is None or state.forecast_checked < FORECAST_MIN_CHECKS:
+    le, lf = state.loss_empirical, state.loss_forecast
+    if le is None or lf is None or state.blend_checked < FORECAST_MIN_CHECKS:
         return 0.0
-    nominal = forecast.quantile
-    w = (cov - 0.5) / max(nominal - 0.5, 1e-6)
+    w = le / (le + lf) if le + lf > 0 else 0.0
     if forecast.error is not None:
         w *= max(0.0, 1 - forecast.error / max_error)
     return float(min(1.0, max(0.0, w)))
@@ -332,7 +376,12 @@ def plan(
     calibrate(state, spec, violated(spec, metrics, ready_qps))
     check_forecast(state, forecast, metrics, primary_lead)
     fresh = fresh_rate(state, metrics.qps, now, spec)
+    before = state.demand_time
     record_demand(state, metrics.qps, now, spec.sync_period_seconds)
+    if state.demand_time != before:
+        if len(state.demand) == 1:
+            state.blend_checks = []  # the history started again: the peaks pending are unknown
+        score_blend(state, state.demand[-1])
 
     q = quantile(state, spec)
     level = float(metrics.qps or 0.0)
@@ -347,17 +396,28 @@ def plan(
     headroom = math.exp(state.headroom_log)
     sync = spec.sync_period_seconds
 
-    def demand(lead: float) -> tuple[float, float]:
-        k = max(1, math.ceil(lead / sync))
-        rise = rise_quantile(state.demand, k, q)
+    usable = spec.forecasting.enabled and forecast is not None and forecast.ready and bool(forecast.points)
+
+    def parts(lead: float) -> tuple[float, float | None]:
+        """Empirical and forecast demand quantiles over ``lead`` (req/s; the forecast's None if unusable)."""
+        rise = rise_quantile(state.demand, max(1, math.ceil(lead / sync)), q)
         empirical = level * PRIOR_GROWTH if rise is None else max(level + rise, 0.0)
-        blended = empirical
-        if w > 0 and forecast is not None:
-            until = (now - forecast.origin).total_seconds() + lead
-            blended = w * forecast_quantile(forecast, q, until) + (1 - w) * empirical
+        if not usable:
+            return empirical, None
+        until = (now - forecast.origin).total_seconds() + lead
+        return empirical, forecast_quantile(forecast, q, until)
+
+    def demand(lead: float, known: tuple[float, float | None] | None = None) -> tuple[float, float]:
+        empirical, predicted = known or parts(lead)
+        blended = empirical if w <= 0 or predicted is None else w * predicted + (1 - w) * empirical
         return headroom * blended, blended - level
 
-    need_qps, rise = demand(primary_lead)
+    primary = parts(primary_lead)
+    need_qps, rise = demand(primary_lead, primary)
+    if primary[1] is not None and metrics.qps is not None:
+        # Score both quantiles the plan could size for, whatever the weight now (a forecast at weight 0
+        # must be able to earn it back).
+        add_blend_check(state, math.ceil(primary_lead / sync), q, primary[0], primary[1])
     fast = [b for b in spec.bursts if spec.burst.enabled]
     fast_qps = min((demand(leads[b.name])[0] for b in fast), default=need_qps)
     total = math.ceil(need_qps / cap - 1e-9)

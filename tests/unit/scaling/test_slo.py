@@ -191,19 +191,75 @@ def fc(mean=100.0, upper=120.0, error=0.05, quantile=0.9, origin=T0, n=5):
 
 
 @pytest.mark.parametrize(
-    "coverage,checked,error,want",
+    "loss_empirical,loss_forecast,checked,error,want",
     [
-        (0.9, 100, 0.0, 1.0),
-        (0.7, 100, 0.0, 0.5),
-        (0.4, 100, 0.0, 0.0),
-        (0.9, 5, 0.0, 0.0),  # not enough checks yet
-        (0.9, 100, 0.25, 0.5),  # half way to maxError 0.5
+        (1.0, 1.0, 100, 0.0, 0.5),  # as good as the empirical quantile: half each
+        (1.0, 0.0, 100, 0.0, 1.0),  # never wrong
+        (1.0, 9.0, 100, 0.0, 0.1),  # nine times the empirical loss
+        (9.0, 1.0, 100, 0.0, 0.9),
+        (0.0, 0.0, 100, 0.0, 0.0),  # nothing to tell them apart: the empirical quantile
+        (1.0, 1.0, 5, 0.0, 0.0),  # not enough checks yet
+        (1.0, 0.0, 100, 0.25, 0.5),  # half way to maxError 0.5
     ],
-    ids=["calibrated", "half-calibrated", "miscalibrated", "unchecked", "error-discount"],
+    ids=["equal", "perfect", "worse", "better", "undecided", "unchecked", "error-discount"],
 )
-def test_forecast_weight_follows_coverage(coverage, checked, error, want):
-    st = SloState(forecast_coverage=coverage, forecast_checked=checked)
+def test_forecast_weight_follows_the_quantile_loss(loss_empirical, loss_forecast, checked, error, want):
+    st = SloState(loss_empirical=loss_empirical, loss_forecast=loss_forecast, blend_checked=checked)
     assert slo.forecast_weight(st, fc(error=error), max_error=0.5) == pytest.approx(want)
+
+
+def test_forecast_weight_ignores_coverage_alone():
+    """A bound that covers every rate by being high earned full weight from its coverage; the quantile
+    loss weighs it by how far above the demand it is."""
+    st = SloState(forecast_coverage=1.0, forecast_checked=100, loss_empirical=1.0, loss_forecast=19.0,
+                  blend_checked=100)
+    assert slo.forecast_weight(st, fc(error=0.0), max_error=0.5) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(
+    "q,predicted,actual,want",
+    [(0.9, 100.0, 110.0, 9.0), (0.9, 110.0, 100.0, 1.0), (0.5, 90.0, 100.0, 5.0), (0.9, 100.0, 100.0, 0.0)],
+    ids=["under", "over", "median", "exact"],
+)
+def test_pinball_loss(q, predicted, actual, want):
+    assert slo.pinball(q, predicted, actual) == pytest.approx(want)
+
+
+def test_blend_checks_score_both_quantiles_against_the_peak_over_the_lead():
+    st = SloState()
+    slo.add_blend_check(st, cycles=3, q=0.9, empirical=110.0, forecast=150.0)
+    for qps in (100.0, 120.0):
+        slo.score_blend(st, qps)
+    assert st.blend_checked == 0 and st.blend_checks[0].peak == 120.0 and st.blend_checks[0].left == 1
+    slo.score_blend(st, 105.0)  # the third sample closes the lead time: peak 120
+    assert st.blend_checks == [] and st.blend_checked == 1
+    assert st.loss_empirical == pytest.approx(0.9 * 10)  # 10 under the peak
+    assert st.loss_forecast == pytest.approx(0.1 * 30)  # 30 over it
+
+
+def test_a_high_forecast_loses_its_weight_in_decide():
+    """End to end through decide(): noisy flat demand, a forecast whose bound is twice the demand (it
+    covers every rate, so the old coverage weight gave it 1). Scored on the peak over the lead time it
+    loses to the empirical quantile, and the plan sizes as it does without a forecast."""
+    sp = spec_of(forecasting={"enabled": True})
+
+    def last(with_forecast: bool):
+        state = ScalerState()
+        desired = {"fp32": 12, "int8": 0}
+        for i in range(300):
+            now = T0 + timedelta(seconds=15 * i)
+            qps = 100.0 + (3.0 if i % 3 == 0 else -1.5)
+            f = fc(mean=200.0, upper=240.0, error=0.0, origin=now - timedelta(seconds=30)) if with_forecast else None
+            m = MetricSnapshot(qps=qps, observed_at=now - timedelta(seconds=15))
+            d = decide(sp, m, f, state, now, Observation(replicas=dict(desired), ready=dict(desired)))
+            state, desired = d.state, dict(d.desired)
+        return d
+
+    high, none = last(True), last(False)
+    assert high.state.slo.forecast_coverage == pytest.approx(1.0, abs=1e-3)
+    assert high.slo.forecast_weight < 0.05, high.reasons
+    assert none.desired["fp32"] <= high.desired["fp32"] <= none.desired["fp32"] + 1, (high.reasons, none.reasons)
+    assert high.desired["fp32"] < 20  # the forecast alone asks for 24 or more
 
 
 def test_forecast_checks_score_coverage():
