@@ -142,11 +142,10 @@ class SloState(ApiModel):
     """Exponentially weighted share of realised request rates at or below the forecast's upper bound."""
     forecast_checked: int = 0
     blend_checks: list[BlendCheck] = Field(default_factory=list)
-    loss_empirical: float | None = None
-    """Exponentially weighted quantile (pinball) loss of the empirical demand quantile against the peak
-    demand over the lead time (req/s)."""
-    loss_forecast: float | None = None
-    """The same for the forecast's quantile: the two losses set the forecast's weight in the blend."""
+    blend_losses: list[float] = Field(default_factory=list)
+    """Exponentially weighted quantile (pinball) loss against the peak demand over the lead time (req/s)
+    of the blend ``w * forecast + (1 - w) * empirical`` for each weight of ``scaling.slo.BLEND_WEIGHTS``
+    (the first: the empirical quantile alone, the last: the forecast's alone)."""
     blend_checked: int = 0
     startup_seconds: dict[str, float] = Field(default_factory=dict)
     """Learned start-up (scale-up to Ready) per variant, seconds."""

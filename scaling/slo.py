@@ -14,9 +14,9 @@ so a restarted operator and the simulator carry on the same way.
    ``Q_MAX`` (the history holds no growth as large as the misses need), the same step goes to a
    headroom multiplier ``m`` on top, which is spent first when calm returns.
 4. :func:`check_forecast`: the forecast's upper bounds are checked against the rates later observed
-   (their coverage is reported); :func:`score_blend`: the empirical and the forecast's demand quantiles
-   are both scored, once the peak demand over the lead time they were for is known, with the quantile
-   (pinball) loss; the two losses (exponentially weighted) set the forecast's weight ``w`` in ``[0, 1]``.
+   (their coverage is reported); :func:`score_blend`: blends of the empirical and the forecast's demand
+   quantiles are scored, once the peak demand over the lead time they were for is known, with the
+   quantile (pinball) loss; the blend with the least recent loss sets the forecast's weight ``w``.
 5. :func:`plan`: per variant, demand over its lead time ``L`` at quantile ``q``: the current rate plus the
    empirical quantile of the rise ``max(d(t, t+L]) - d(t)`` over the ring, blended with the forecast's
    predictive quantile as ``w * forecast + (1 - w) * empirical``, times the calibrated headroom.
@@ -58,6 +58,8 @@ ATTAINMENT_SMOOTHING = 1 / 5760
 COVERAGE_SMOOTHING = 0.02
 LOSS_SMOOTHING = COVERAGE_SMOOTHING
 """Memory of the quantile losses that weigh the forecast (about 50 scored cycles), as the coverage's."""
+BLEND_WEIGHTS = tuple(i / 10 for i in range(11))
+"""Forecast weights whose blends are scored; the one with the least recent loss is used."""
 FORECAST_MIN_CHECKS = 20
 BLEND_CHECKS = 64
 """Pending blend checks kept (one per cycle for a lead time's worth of cycles)."""
@@ -299,18 +301,17 @@ def pinball(q: float, predicted: float, actual: float) -> float:
 
 def score_blend(state: SloState, qps: float) -> None:
     """One new demand sample: raise the peak of every pending blend check; a check whose lead time has
-    passed scores both of its quantiles against the peak demand over that lead time (the quantity the plan
-    sized capacity for) and updates the two exponentially weighted losses."""
+    passed scores the blend at each weight of ``BLEND_WEIGHTS`` against the peak demand over that lead
+    time (the quantity the plan sized capacity for) and updates their exponentially weighted losses."""
     keep = []
     for c in state.blend_checks:
         peak = max(c.peak, qps)
         if c.left > 1:
             keep.append(c.model_copy(update={"left": c.left - 1, "peak": peak}))
             continue
-        for attr, predicted in (("loss_empirical", c.empirical), ("loss_forecast", c.forecast)):
-            loss = pinball(c.quantile, predicted, peak)
-            old = getattr(state, attr)
-            setattr(state, attr, float(f"{loss if old is None else old + LOSS_SMOOTHING * (loss - old):.6g}"))
+        losses = [pinball(c.quantile, c.empirical + w * (c.forecast - c.empirical), peak) for w in BLEND_WEIGHTS]
+        old = state.blend_losses if len(state.blend_losses) == len(losses) else losses
+        state.blend_losses = [float(f"{o + LOSS_SMOOTHING * (n - o):.6g}") for o, n in zip(old, losses)]
         state.blend_checked += 1
     state.blend_checks = keep
 
@@ -323,20 +324,21 @@ def add_blend_check(state: SloState, cycles: int, q: float, empirical: float, fo
 
 
 def forecast_weight(state: SloState, forecast: Forecast | None, max_error: float) -> float:
-    """0..1: the forecast's share of the blend, inversely proportional to its recent quantile loss against
-    the empirical quantile's (``L_emp / (L_emp + L_fc)``: equal losses give 1/2, a forecast with a tenth of
-    the empirical loss 0.91), scaled down as its sMAPE approaches ``max_error``.
+    """0..1: the forecast's share of the blend ``w * forecast + (1 - w) * empirical``: the weight of
+    ``BLEND_WEIGHTS`` whose blend had the least recent quantile loss on the peak demand over the lead
+    time (the smallest among equals: the empirical quantile is anchored on the rate measured now), scaled
+    down as the forecast's sMAPE approaches ``max_error``.
 
     Coverage alone (the share of rates under the forecast's upper bound) does not say whether a forecast
-    helps: one that is always high covers perfectly. Scored on the same target as the empirical quantile
-    (the peak demand over the lead time) with the proper scoring rule for a quantile, the forecast earns
-    weight only for being both calibrated and sharp (docs/forecasting.md, step 3)."""
+    helps: one that is always high covers perfectly. Scored with the proper scoring rule for a quantile on
+    the quantity the plan sizes for, a blend gains from the forecast only when it is sharper there, not
+    merely higher (docs/forecasting.md, step 3)."""
     if forecast is None or not forecast.ready or not forecast.points:
         return 0.0
-    le, lf = state.loss_empirical, state.loss_forecast
-    if le is None or lf is None or state.blend_checked < FORECAST_MIN_CHECKS:
+    losses = state.blend_losses
+    if len(losses) != len(BLEND_WEIGHTS) or state.blend_checked < FORECAST_MIN_CHECKS:
         return 0.0
-    w = le / (le + lf) if le + lf > 0 else 0.0
+    w = BLEND_WEIGHTS[min(range(len(losses)), key=lambda i: (losses[i], i))]
     if forecast.error is not None:
         w *= max(0.0, 1 - forecast.error / max_error)
     return float(min(1.0, max(0.0, w)))

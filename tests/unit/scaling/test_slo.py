@@ -190,30 +190,48 @@ def fc(mean=100.0, upper=120.0, error=0.05, quantile=0.9, origin=T0, n=5):
     return Forecast(origin=origin, points=pts, quantile=quantile, error=error)
 
 
+def v_losses(best: int) -> list[float]:
+    """Blend losses with their least at ``BLEND_WEIGHTS[best]``."""
+    return [1.0 + abs(i - best) for i in range(len(slo.BLEND_WEIGHTS))]
+
+
 @pytest.mark.parametrize(
-    "loss_empirical,loss_forecast,checked,error,want",
+    "losses,checked,error,want",
     [
-        (1.0, 1.0, 100, 0.0, 0.5),  # as good as the empirical quantile: half each
-        (1.0, 0.0, 100, 0.0, 1.0),  # never wrong
-        (1.0, 9.0, 100, 0.0, 0.1),  # nine times the empirical loss
-        (9.0, 1.0, 100, 0.0, 0.9),
-        (0.0, 0.0, 100, 0.0, 0.0),  # nothing to tell them apart: the empirical quantile
-        (1.0, 1.0, 5, 0.0, 0.0),  # not enough checks yet
-        (1.0, 0.0, 100, 0.25, 0.5),  # half way to maxError 0.5
+        (v_losses(5), 100, 0.0, 0.5),  # the even blend did best
+        (v_losses(10), 100, 0.0, 1.0),  # the forecast alone
+        (v_losses(0), 100, 0.0, 0.0),  # the empirical quantile alone
+        ([0.0] * 11, 100, 0.0, 0.0),  # nothing to tell them apart: the empirical quantile
+        (v_losses(10), 5, 0.0, 0.0),  # not enough checks yet
+        (v_losses(10), 100, 0.25, 0.5),  # half way to maxError 0.5
     ],
-    ids=["equal", "perfect", "worse", "better", "undecided", "unchecked", "error-discount"],
+    ids=["blend", "forecast", "empirical", "undecided", "unchecked", "error-discount"],
 )
-def test_forecast_weight_follows_the_quantile_loss(loss_empirical, loss_forecast, checked, error, want):
-    st = SloState(loss_empirical=loss_empirical, loss_forecast=loss_forecast, blend_checked=checked)
+def test_forecast_weight_is_the_blend_with_the_least_quantile_loss(losses, checked, error, want):
+    st = SloState(blend_losses=losses, blend_checked=checked)
     assert slo.forecast_weight(st, fc(error=error), max_error=0.5) == pytest.approx(want)
 
 
 def test_forecast_weight_ignores_coverage_alone():
-    """A bound that covers every rate by being high earned full weight from its coverage; the quantile
-    loss weighs it by how far above the demand it is."""
-    st = SloState(forecast_coverage=1.0, forecast_checked=100, loss_empirical=1.0, loss_forecast=19.0,
-                  blend_checked=100)
-    assert slo.forecast_weight(st, fc(error=0.0), max_error=0.5) == pytest.approx(0.05)
+    """A bound that covers every rate by being high earned full weight from its coverage; scored on the
+    peak demand over the lead time, every blend with it loses to the empirical quantile."""
+    st = SloState()
+    for _ in range(40):
+        slo.add_blend_check(st, cycles=1, q=0.9, empirical=105.0, forecast=200.0)
+        slo.score_blend(st, 100.0)
+    st.forecast_coverage, st.forecast_checked = 1.0, 100
+    assert slo.forecast_weight(st, fc(error=0.0), max_error=0.5) == 0.0
+
+
+def test_forecast_weight_rewards_a_sharper_forecast():
+    """Demand alternates 100 / 140; the forecast knows which comes next, the empirical quantile has to
+    cover both: the forecast alone has the least loss."""
+    st = SloState()
+    for i in range(40):
+        nxt = 140.0 if i % 2 else 100.0
+        slo.add_blend_check(st, cycles=1, q=0.9, empirical=140.0, forecast=nxt)
+        slo.score_blend(st, nxt)
+    assert slo.forecast_weight(st, fc(error=0.0), max_error=0.5) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -225,7 +243,7 @@ def test_pinball_loss(q, predicted, actual, want):
     assert slo.pinball(q, predicted, actual) == pytest.approx(want)
 
 
-def test_blend_checks_score_both_quantiles_against_the_peak_over_the_lead():
+def test_blend_checks_score_the_blends_against_the_peak_over_the_lead():
     st = SloState()
     slo.add_blend_check(st, cycles=3, q=0.9, empirical=110.0, forecast=150.0)
     for qps in (100.0, 120.0):
@@ -233,8 +251,10 @@ def test_blend_checks_score_both_quantiles_against_the_peak_over_the_lead():
     assert st.blend_checked == 0 and st.blend_checks[0].peak == 120.0 and st.blend_checks[0].left == 1
     slo.score_blend(st, 105.0)  # the third sample closes the lead time: peak 120
     assert st.blend_checks == [] and st.blend_checked == 1
-    assert st.loss_empirical == pytest.approx(0.9 * 10)  # 10 under the peak
-    assert st.loss_forecast == pytest.approx(0.1 * 30)  # 30 over it
+    assert st.blend_losses[0] == pytest.approx(0.9 * 10)  # empirical: 10 under the peak
+    assert st.blend_losses[-1] == pytest.approx(0.1 * 30)  # forecast: 30 over it
+    # w = 0.25 would be exact (110 + 0.25 * 40 = 120); w = 0.2 is 2 under, w = 0.3 is 2 over
+    assert st.blend_losses[2] == pytest.approx(0.9 * 2) and st.blend_losses[3] == pytest.approx(0.1 * 2)
 
 
 def test_a_high_forecast_loses_its_weight_in_decide():
