@@ -228,7 +228,8 @@ def decide(
     fc_spec = spec.forecasting
     expects_demand = False
     if slo_plan is not None:
-        # The SLO policy weighs the forecast itself (by its measured coverage); demand ahead keeps it awake.
+        # The SLO policy weighs the forecast itself (by the quantile loss of its blends with the empirical
+        # quantile); demand ahead keeps it awake.
         if forecast is not None and forecast.ready and slo_plan.summary.forecast_weight > 0:
             expects_demand = forecast.peak_mean() >= 0.1 * cap * qps_target
     elif fc_spec.enabled and forecast is not None:
