@@ -28,9 +28,9 @@ time, on the same real node:
   (default 0.8 × capacity: the HPA's 80 % headroom, in requests).
 
 Every pod has ``requests.cpu == limits.cpu == --cpu`` (300m), so CPU utilisation is the share of the pod's
-quota and an HPA target of 80 % means 80 % of what a pod can do. Load goes to a loopback proxy that
-forwards each request on a new connection to the model's Service (kube-proxy picks a Ready pod), as a
-client without keep-alive would. Before the runs, the pod capacity at the p95 objective and the start-up
+quota and an HPA target of 80 % means 80 % of what a pod can do. Load goes straight to the model's Service
+IP, each request on a new connection (``LoadGen(keep_alive=False)``: kube-proxy picks a Ready pod per
+request), as a client without keep-alive would. Before the runs, the pod capacity at the p95 objective and the start-up
 (ModelDeployment applied -> pod Ready) are measured on the node (``bench/real_pod.py``'s code) unless
 ``--capacity-rps``/``--startup-s`` are given.
 
@@ -89,7 +89,11 @@ def load_segment(path: Path, start_minute: float, minutes: float, compress: floa
     if minutes <= 0 or compress <= 0 or start_minute < 0:
         raise SystemExit("--minutes and --compress must be positive, --start-minute not negative")
     try:
-        tr = load_trace(path).limited(minutes * 60, start_minute * 60).compressed(compress)
+        full = load_trace(path)
+        if (start_minute + minutes) * 60 > full.duration_seconds + 1e-6:
+            raise SystemExit(f"--start-minute {start_minute:g} + --minutes {minutes:g} ends past the end of {path.name} "
+                             f"({full.duration_seconds / 60:g} min): start earlier or replay fewer minutes")
+        tr = full.limited(minutes * 60, start_minute * 60).compressed(compress)
     except (TraceError, ValueError) as exc:
         raise SystemExit(f"--trace {path}: {exc}") from None
     if tr.requests.sum() <= 0:
@@ -210,10 +214,13 @@ class Sampler(threading.Thread):
         self.created: dict[str, float] = {}
         self.ready_at: dict[str, float] = {}
         self.errors = 0
+        self.load: list[float] = []
+        """The machine's 1-minute load average at each sample (2 shared cores: CPU contention skews latency)."""
         self._stop = threading.Event()
 
     def sample(self) -> None:
         now = time.time() - self.t0
+        self.load.append(os.getloadavg()[0])
         try:
             dep = self.apps.read_namespaced_deployment(self.deployment, self.ns)
             pods = self.core.list_namespaced_pod(self.ns, label_selector=f"elastiserve.dev/modeldeployment={NAME}").items
@@ -243,58 +250,26 @@ class Sampler(threading.Thread):
         self.join(timeout=10)
 
 
-# ------------------------------------------------------------------ load through a loopback proxy
+# ------------------------------------------------------------------ load straight to the Service
 
 
-async def start_proxy(target: str):
-    """A loopback HTTP proxy: each request on a NEW connection to ``target`` (the model's Service), so kube-proxy
-    spreads requests over the Ready pods as they come and go (keep-alive would pin them to the first pods)."""
-    import aiohttp
-    from aiohttp import web
-
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0),
-                                    timeout=aiohttp.ClientTimeout(total=30))
-
-    async def forward(request: web.Request) -> web.Response:
-        body = await request.read()
-        try:
-            async with session.request(request.method, target + request.path_qs, data=body,
-                                       headers={"Content-Type": request.headers.get("Content-Type", "application/json")}) as r:
-                data = await r.read()
-                return web.Response(status=r.status, body=data, content_type=r.content_type)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            return web.Response(status=502, text="the Service did not answer")
-
-    app = web.Application(client_max_size=1 << 20)
-    app.router.add_route("*", "/{tail:.*}", forward)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - aiohttp exposes no public accessor
-
-    async def close() -> None:
-        await runner.cleanup()
-        await session.close()
-
-    return f"http://127.0.0.1:{port}", close
-
-
-async def replay(target: str, trace, seed: int) -> tuple[list[tuple[float, float, int]], dict]:
-    """``trace`` as Poisson load through the proxy to ``target`` (``http://<Service IP>:80``): per-request records."""
+async def replay(target: str, host: str, trace, seed: int) -> tuple[list[tuple[float, float, int]], dict]:
+    """``trace`` as Poisson load to ``target`` (``http://<Service IP>:80``), each request on a NEW connection so
+    kube-proxy spreads them over the Ready pods as they come and go (keep-alive would pin them to the first
+    pods), with ``Host: host`` (the Service's name, as a client in the cluster calls it): per-request records."""
     from elastiserve.loadgen import LoadGen, TraceCurve
 
-    url, close = await start_proxy(target)
+    sys.path.insert(0, str(REPO / "tests"))
+    from support.real_node import POD_CIDR, SERVICE_CIDR
+
     records: list[tuple[float, float, int]] = []
-    try:
-        curve = TraceCurve(tuple(i * trace.step_seconds for i in range(len(trace.requests))),
-                           tuple(float(v) for v in trace.rate), trace.duration_seconds)
-        gen = LoadGen(f"x/{NAME}", "minilm", [url], None, curve, duration=trace.duration_seconds, seed=seed,
-                      max_requests=10_000_000, on_result=lambda s, lat, st: records.append((s, lat, st)))
-        stats = await gen.run()
-        return records, stats.summary(trace.duration_seconds)
-    finally:
-        await close()
+    curve = TraceCurve(tuple(i * trace.step_seconds for i in range(len(trace.requests))),
+                       tuple(float(v) for v in trace.rate), trace.duration_seconds)
+    gen = LoadGen(f"x/{NAME}", "minilm", [target], None, curve, duration=trace.duration_seconds, seed=seed,
+                  max_requests=10_000_000, host=host, local_networks=(POD_CIDR, SERVICE_CIDR), keep_alive=False,
+                  on_result=lambda s, lat, st: records.append((s, lat, st)))
+    stats = await gen.run()
+    return records, stats.summary(trace.duration_seconds)
 
 
 # ------------------------------------------------------------------ one contender
@@ -351,7 +326,7 @@ def run_contender(name: str, a, spec: dict, trace, prom, targets: dict) -> dict:
     sampler.sample()
     sampler.start()
     try:
-        records, stats = asyncio.run(replay(f"http://{svc_ip}:80", trace, a.seed))
+        records, stats = asyncio.run(replay(f"http://{svc_ip}:80", f"{NAME}.{ns}.svc", trace, a.seed))
     finally:
         sampler.stop()
     duration = trace.duration_seconds
@@ -366,6 +341,8 @@ def run_contender(name: str, a, spec: dict, trace, prom, targets: dict) -> dict:
                                      if cpu and out["pod_seconds"] else None),
                startup_s_live=round(sum(startups) / len(startups), 1) if startups else None,
                sampler_errors=sampler.errors, loadgen=stats,
+               load_average_1m={"min": round(min(sampler.load), 1), "mean": round(sum(sampler.load) / len(sampler.load), 1),
+                                "max": round(max(sampler.load), 1)},
                target=targets.get(name), samples=sampler.samples)
     if name != "ours":
         events = kubectl("-n", ns, "get", "events", "--field-selector", "reason=SuccessfulRescale", "-o", "json", check=False)
@@ -394,13 +371,17 @@ def write_report(out: Path, doc: dict) -> None:
              f"(mean {c['mean_qps']:.1f}). Pods: `{c['cpu']}` CPU (request = limit); capacity at p95 ≤ {SLO_MS:g} ms "
              f"{c['capacity_rps']:g} req/s/pod, start-up {c['startup_s']:g} s ({c['measured']}). Max {c['max_replicas']} pods. "
              f"Started {c['started']}, load average {c['load_average']}.", "",
-             "| contender | target | pod-seconds | SLO-violation min | p95 ms | p99 ms | errors | scale events | pods started "
-             "| cold starts | mean CPU % |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| contender | target | pod-seconds | SLO-violation min | slow or failed | p95 ms | p99 ms | errors | scale events "
+             "| pods started | cold starts | mean CPU % | load avg 1m (mean, max) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in live.items():
         err = sum(m["errors"].values())
+        la = m.get("load_average_1m") or {}
+        bad = 100 * (m["slow_share"] + m["error_share"])
         lines.append(f"| {name} | {m.get('target_text', '')} | {m['pod_seconds']:.0f} | {m['slo_violation_minutes']} / "
-                     f"{m['minutes']} | {m['p95_ms']} | {m['p99_ms']} | {err} of {m['requests']} | {m['scale_events']} | "
-                     f"{m['pods_started']} | {m['cold_starts']} | {m.get('mean_cpu_utilisation')} |")
+                     f"{m['minutes']} | {bad:.1f} % | {m['p95_ms']} | {m['p99_ms']} | {err} of {m['requests']} | "
+                     f"{m['scale_events']} | {m['pods_started']} | {m['cold_starts']} | {m.get('mean_cpu_utilisation')} | "
+                     f"{la.get('mean')}, {la.get('max')} |")
     if sim.get("errors"):
         lines += ["", "## The simulator on the same segment", "",
                   f"`simulation/live.py` `calibrated_backtest`: capacityQps {c['capacity_rps']:g}, start-up "
@@ -512,6 +493,13 @@ def main() -> None:
     ap.add_argument("--plan", action="store_true", help="print the segment and settings, touch no cluster")
     a = ap.parse_args()
 
+    for flag, v in (("--peak-qps", a.peak_qps), ("--capacity-rps", a.capacity_rps), ("--startup-s", a.startup_s),
+                    ("--hpa-cpu-target", a.hpa_cpu_target), ("--hpa-matched-target", a.hpa_matched_target),
+                    ("--keda-qps-target", a.keda_qps_target), ("--max-replicas", a.max_replicas)):
+        if v is not None and not v > 0:
+            raise SystemExit(f"{flag} must be positive (got {v:g})")
+    if not re.fullmatch(r"\d+(\.\d+)?m?", a.cpu) or cores(a.cpu) <= 0:
+        raise SystemExit(f"--cpu {a.cpu}: a positive CPU quantity such as 300m or 0.5")
     names = [n.strip() for n in a.contenders.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONTENDERS]
     if unknown or not names:
@@ -537,7 +525,7 @@ def main() -> None:
     work = a.out / a.run / "work"
     work.mkdir(parents=True, exist_ok=True)
     keda_started = False
-    store_server = None
+    stop_store = None
     prom = start_prometheus(work, a.scrape_interval)
     try:
         image = real_pod.install_chart((f"operator.prometheusUrl={prom.url}",))
@@ -595,7 +583,7 @@ def main() -> None:
     finally:
         if keda_started:
             subprocess.run([str(REPO / "hack" / "keda.sh"), "down"], check=False, timeout=120)
-        if store_server is not None:
+        if stop_store is not None:
             stop_store()
         prom.stop()
 
