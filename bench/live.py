@@ -2,7 +2,8 @@
 and the simulator checked against each of them (docs/backtest.md, "Live on real pods").
 
     ELASTISERVE_NODES=0 ELASTISERVE_REAL_NODE=1 ELASTISERVE_NODE_SYSTEM_RESERVED_CPU=200m \\
-      ELASTISERVE_NODE_KUBE_RESERVED_CPU=200m hack/cluster.sh up && eval "$(hack/cluster.sh env)"
+      ELASTISERVE_NODE_KUBE_RESERVED_CPU=200m ELASTISERVE_NODE_POD_MEMORY_MI=6144 hack/cluster.sh up && \\
+      eval "$(hack/cluster.sh env)"
     hack/keda.sh build                                   # once, ~40 min cold (only for the keda contender)
     python bench/live.py --trace azure_llm_conv_2023_60s.csv --minutes 40 --compress 4 \\
       --contenders ours,hpa,hpa-matched,keda --run conv
@@ -65,6 +66,8 @@ REPO = BENCH.parent
 NAME = "lm"
 CONTENDERS = ("ours", "hpa", "hpa-matched", "keda")
 SLO_MS = 200.0
+POD_MEMORY = "1Gi"
+"""Memory request = limit of every model-server pod (the fp32 server holds ~390 MiB at rest)."""
 
 
 # ------------------------------------------------------------------ the segment
@@ -119,8 +122,8 @@ def live_spec(store: str, image: str, capacity: float, cpu: str, max_replicas: i
     d.pop("burst", None)
     d["model"] = {"name": "minilm", "uri": store, "lazyLoading": {"memoryBudget": "512Mi", "preload": ["minilm"]}}
     d["variants"] = [{"name": "fp32", "precision": "fp32", "role": "primary", "capacityQps": round(capacity, 1)}]
-    d["template"] = {"image": image, "resources": {"requests": {"cpu": cpu, "memory": "1Gi"},
-                                                  "limits": {"cpu": cpu, "memory": "1Gi"}}}
+    d["template"] = {"image": image, "resources": {"requests": {"cpu": cpu, "memory": POD_MEMORY},
+                                                  "limits": {"cpu": cpu, "memory": POD_MEMORY}}}
     d["replicas"] = {"min": 1, "max": max_replicas}
     d["forecasting"] = {"enabled": False}
     return d
@@ -458,17 +461,34 @@ def target_checks(live: dict, errors: dict) -> dict:
 # ------------------------------------------------------------------ main
 
 
+_MEMORY_UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+
+
+def memory_bytes(q: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kMG]i?|Ki)?", q)
+    if not m:
+        raise SystemExit(f"unexpected memory quantity {q!r} on the node")
+    return float(m.group(1)) * _MEMORY_UNITS[m.group(2) or ""]
+
+
 def node_max_replicas(cpu: str) -> int:
-    """How many pods of ``cpu`` still fit on the real node (allocatable minus what its pods request)."""
+    """How many model-server pods (``cpu``, ``POD_MEMORY``) still fit on the real node: allocatable minus what
+    its pods request, in CPU and in memory (a pod that does not fit stays Pending, and would be billed)."""
     node = kjson("get", "node", "elastiserve-node")
-    alloc = cores(node["status"]["allocatable"]["cpu"])
-    used = 0.0
+    alloc = node["status"]["allocatable"]
+    free_cpu, free_mem = cores(alloc["cpu"]), memory_bytes(alloc["memory"])
     for p in kjson("get", "pods", "-A", "--field-selector", "spec.nodeName=elastiserve-node")["items"]:
         if p["status"].get("phase") in ("Succeeded", "Failed"):
             continue
         for ctr in p["spec"]["containers"]:
-            used += cores(ctr.get("resources", {}).get("requests", {}).get("cpu", "0"))
-    return int((alloc - used) // cores(cpu))
+            req = ctr.get("resources", {}).get("requests", {})
+            free_cpu -= cores(req.get("cpu", "0"))
+            free_mem -= memory_bytes(req.get("memory", "0"))
+    by_cpu, by_mem = int(free_cpu // cores(cpu)), int(free_mem // memory_bytes(POD_MEMORY))
+    if by_mem < by_cpu:
+        log(f"memory limits the node to {by_mem} pod(s) of {POD_MEMORY} (CPU would allow {by_cpu}): raise "
+            "ELASTISERVE_NODE_POD_MEMORY_MI at cluster up")
+    return min(by_cpu, by_mem)
 
 
 def main() -> None:
@@ -544,8 +564,9 @@ def main() -> None:
             raise SystemExit(f"measured capacity is 0 req/s at p95 <= {SLO_MS:g} ms with {a.cpu}: give the pods more CPU")
         a.max_replicas = a.max_replicas or node_max_replicas(a.cpu)
         if a.max_replicas < 2:
-            raise SystemExit(f"only {a.max_replicas} pod(s) of {a.cpu} fit on the node: lower --cpu or the node's reserved "
-                             "CPU (ELASTISERVE_NODE_SYSTEM_RESERVED_CPU / _KUBE_RESERVED_CPU at cluster up)")
+            raise SystemExit(f"only {a.max_replicas} pod(s) of {a.cpu} and {POD_MEMORY} fit on the node: lower --cpu or the "
+                             "node's reserved CPU (ELASTISERVE_NODE_SYSTEM_RESERVED_CPU / _KUBE_RESERVED_CPU at cluster up), "
+                             "or give the pods more memory (ELASTISERVE_NODE_POD_MEMORY_MI)")
         peak = a.peak_qps or 2.5 * capacity
         trace = scale_to_peak(segment, peak)
         spec = live_spec(store, image, capacity, a.cpu, a.max_replicas)
