@@ -583,6 +583,8 @@ def main() -> None:
                     raise SystemExit("hpa-matched: ours' CPU use was not measured (no cAdvisor series in Prometheus); "
                                      "give --hpa-matched-target PERCENT")
             live[name] = run_contender(name, a, spec, trace, prom, targets)
+            # kept at once: a later contender that fails does not lose this one's run
+            (work / f"{name}.json").write_text(json.dumps(live[name]) + "\n")
             live[name]["target_text"] = {"ours": "SLO policy", "hpa": f"CPU {targets['hpa']:g} %",
                                          "hpa-matched": f"CPU {targets.get('hpa-matched', 0):.0f} %",
                                          "keda": f"{targets['keda']:.3g} req/s/pod"}[name]
