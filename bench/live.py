@@ -219,7 +219,7 @@ class Sampler(threading.Thread):
         self.errors = 0
         self.load: list[float] = []
         """The machine's 1-minute load average at each sample (2 shared cores: CPU contention skews latency)."""
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def sample(self) -> None:
         now = time.time() - self.t0
@@ -243,13 +243,13 @@ class Sampler(threading.Thread):
         self.samples.append((round(now, 2), int(dep.spec.replicas or 0), len(alive), ready))
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             started = time.monotonic()
             self.sample()
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            self._halt.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
 
