@@ -160,7 +160,10 @@ class LoadGen:
     in an endpoints file). ``endpoints``: base URLs of the replicas (or of the model's Service), or a JSON file
     ``{key: [url, ...]}`` that is re-read whenever it changes. ``host``: the ``Host`` header for requests to
     ``endpoints`` (a Service's cluster IP reached from outside the cluster's DNS: the activator, if the Service
-    points there, routes by it). ``local_networks``: see the module's docstring."""
+    points there, routes by it). ``local_networks``: see the module's docstring. ``keep_alive=False``: every
+    request on a new connection, as a client without keep-alive: a Service then spreads the requests over its
+    Ready pods as they come and go (kube-proxy picks a pod per connection, so pooled connections stay pinned
+    to the pods that were Ready when they opened)."""
 
     def __init__(
         self,
@@ -175,11 +178,13 @@ class LoadGen:
         timeout: float = 30.0,
         host: str | None = None,
         local_networks: Sequence[str] = (),
+        keep_alive: bool = True,
         on_result: Callable[[float, float, int], None] | None = None,
     ):
         self.key, self.model = key, model
         self.host = host
         self.local_networks = tuple(local_networks)
+        self.keep_alive = keep_alive
         if isinstance(endpoints, (str, Path)):
             self.endpoints_file: Path | None = Path(endpoints)
             self._static: list[str] = []
@@ -269,7 +274,7 @@ class LoadGen:
         near zero, so one gap can jump past the entire day.)"""
         start = self._start = time.monotonic()
         stop = stop or asyncio.Event()
-        connector = aiohttp.TCPConnector(limit=256)
+        connector = aiohttp.TCPConnector(limit=256, force_close=not self.keep_alive)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)) as session:
             t = 0.0
             while t < self.duration and self.stats.sent < self.max_requests and not stop.is_set():

@@ -2,7 +2,8 @@
 and the simulator checked against each of them (docs/backtest.md, "Live on real pods").
 
     ELASTISERVE_NODES=0 ELASTISERVE_REAL_NODE=1 ELASTISERVE_NODE_SYSTEM_RESERVED_CPU=200m \\
-      ELASTISERVE_NODE_KUBE_RESERVED_CPU=200m hack/cluster.sh up && eval "$(hack/cluster.sh env)"
+      ELASTISERVE_NODE_KUBE_RESERVED_CPU=200m ELASTISERVE_NODE_POD_MEMORY_MI=6144 hack/cluster.sh up && \\
+      eval "$(hack/cluster.sh env)"
     hack/keda.sh build                                   # once, ~40 min cold (only for the keda contender)
     python bench/live.py --trace azure_llm_conv_2023_60s.csv --minutes 40 --compress 4 \\
       --contenders ours,hpa,hpa-matched,keda --run conv
@@ -28,9 +29,9 @@ time, on the same real node:
   (default 0.8 × capacity: the HPA's 80 % headroom, in requests).
 
 Every pod has ``requests.cpu == limits.cpu == --cpu`` (300m), so CPU utilisation is the share of the pod's
-quota and an HPA target of 80 % means 80 % of what a pod can do. Load goes to a loopback proxy that
-forwards each request on a new connection to the model's Service (kube-proxy picks a Ready pod), as a
-client without keep-alive would. Before the runs, the pod capacity at the p95 objective and the start-up
+quota and an HPA target of 80 % means 80 % of what a pod can do. Load goes straight to the model's Service
+IP, each request on a new connection (``LoadGen(keep_alive=False)``: kube-proxy picks a Ready pod per
+request), as a client without keep-alive would. Before the runs, the pod capacity at the p95 objective and the start-up
 (ModelDeployment applied -> pod Ready) are measured on the node (``bench/real_pod.py``'s code) unless
 ``--capacity-rps``/``--startup-s`` are given.
 
@@ -65,6 +66,8 @@ REPO = BENCH.parent
 NAME = "lm"
 CONTENDERS = ("ours", "hpa", "hpa-matched", "keda")
 SLO_MS = 200.0
+POD_MEMORY = "1Gi"
+"""Memory request = limit of every model-server pod (the fp32 server holds ~390 MiB at rest)."""
 
 
 # ------------------------------------------------------------------ the segment
@@ -89,7 +92,11 @@ def load_segment(path: Path, start_minute: float, minutes: float, compress: floa
     if minutes <= 0 or compress <= 0 or start_minute < 0:
         raise SystemExit("--minutes and --compress must be positive, --start-minute not negative")
     try:
-        tr = load_trace(path).limited(minutes * 60, start_minute * 60).compressed(compress)
+        full = load_trace(path)
+        if (start_minute + minutes) * 60 > full.duration_seconds + 1e-6:
+            raise SystemExit(f"--start-minute {start_minute:g} + --minutes {minutes:g} ends past the end of {path.name} "
+                             f"({full.duration_seconds / 60:g} min): start earlier or replay fewer minutes")
+        tr = full.limited(minutes * 60, start_minute * 60).compressed(compress)
     except (TraceError, ValueError) as exc:
         raise SystemExit(f"--trace {path}: {exc}") from None
     if tr.requests.sum() <= 0:
@@ -115,8 +122,8 @@ def live_spec(store: str, image: str, capacity: float, cpu: str, max_replicas: i
     d.pop("burst", None)
     d["model"] = {"name": "minilm", "uri": store, "lazyLoading": {"memoryBudget": "512Mi", "preload": ["minilm"]}}
     d["variants"] = [{"name": "fp32", "precision": "fp32", "role": "primary", "capacityQps": round(capacity, 1)}]
-    d["template"] = {"image": image, "resources": {"requests": {"cpu": cpu, "memory": "1Gi"},
-                                                  "limits": {"cpu": cpu, "memory": "1Gi"}}}
+    d["template"] = {"image": image, "resources": {"requests": {"cpu": cpu, "memory": POD_MEMORY},
+                                                  "limits": {"cpu": cpu, "memory": POD_MEMORY}}}
     d["replicas"] = {"min": 1, "max": max_replicas}
     d["forecasting"] = {"enabled": False}
     return d
@@ -210,10 +217,13 @@ class Sampler(threading.Thread):
         self.created: dict[str, float] = {}
         self.ready_at: dict[str, float] = {}
         self.errors = 0
-        self._stop = threading.Event()
+        self.load: list[float] = []
+        """The machine's 1-minute load average at each sample (2 shared cores: CPU contention skews latency)."""
+        self._halt = threading.Event()
 
     def sample(self) -> None:
         now = time.time() - self.t0
+        self.load.append(os.getloadavg()[0])
         try:
             dep = self.apps.read_namespaced_deployment(self.deployment, self.ns)
             pods = self.core.list_namespaced_pod(self.ns, label_selector=f"elastiserve.dev/modeldeployment={NAME}").items
@@ -233,68 +243,36 @@ class Sampler(threading.Thread):
         self.samples.append((round(now, 2), int(dep.spec.replicas or 0), len(alive), ready))
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             started = time.monotonic()
             self.sample()
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            self._halt.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
 
-# ------------------------------------------------------------------ load through a loopback proxy
+# ------------------------------------------------------------------ load straight to the Service
 
 
-async def start_proxy(target: str):
-    """A loopback HTTP proxy: each request on a NEW connection to ``target`` (the model's Service), so kube-proxy
-    spreads requests over the Ready pods as they come and go (keep-alive would pin them to the first pods)."""
-    import aiohttp
-    from aiohttp import web
-
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0),
-                                    timeout=aiohttp.ClientTimeout(total=30))
-
-    async def forward(request: web.Request) -> web.Response:
-        body = await request.read()
-        try:
-            async with session.request(request.method, target + request.path_qs, data=body,
-                                       headers={"Content-Type": request.headers.get("Content-Type", "application/json")}) as r:
-                data = await r.read()
-                return web.Response(status=r.status, body=data, content_type=r.content_type)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            return web.Response(status=502, text="the Service did not answer")
-
-    app = web.Application(client_max_size=1 << 20)
-    app.router.add_route("*", "/{tail:.*}", forward)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - aiohttp exposes no public accessor
-
-    async def close() -> None:
-        await runner.cleanup()
-        await session.close()
-
-    return f"http://127.0.0.1:{port}", close
-
-
-async def replay(target: str, trace, seed: int) -> tuple[list[tuple[float, float, int]], dict]:
-    """``trace`` as Poisson load through the proxy to ``target`` (``http://<Service IP>:80``): per-request records."""
+async def replay(target: str, host: str, trace, seed: int) -> tuple[list[tuple[float, float, int]], dict]:
+    """``trace`` as Poisson load to ``target`` (``http://<Service IP>:80``), each request on a NEW connection so
+    kube-proxy spreads them over the Ready pods as they come and go (keep-alive would pin them to the first
+    pods), with ``Host: host`` (the Service's name, as a client in the cluster calls it): per-request records."""
     from elastiserve.loadgen import LoadGen, TraceCurve
 
-    url, close = await start_proxy(target)
+    sys.path.insert(0, str(REPO / "tests"))
+    from support.real_node import POD_CIDR, SERVICE_CIDR
+
     records: list[tuple[float, float, int]] = []
-    try:
-        curve = TraceCurve(tuple(i * trace.step_seconds for i in range(len(trace.requests))),
-                           tuple(float(v) for v in trace.rate), trace.duration_seconds)
-        gen = LoadGen(f"x/{NAME}", "minilm", [url], None, curve, duration=trace.duration_seconds, seed=seed,
-                      max_requests=10_000_000, on_result=lambda s, lat, st: records.append((s, lat, st)))
-        stats = await gen.run()
-        return records, stats.summary(trace.duration_seconds)
-    finally:
-        await close()
+    curve = TraceCurve(tuple(i * trace.step_seconds for i in range(len(trace.requests))),
+                       tuple(float(v) for v in trace.rate), trace.duration_seconds)
+    gen = LoadGen(f"x/{NAME}", "minilm", [target], None, curve, duration=trace.duration_seconds, seed=seed,
+                  max_requests=10_000_000, host=host, local_networks=(POD_CIDR, SERVICE_CIDR), keep_alive=False,
+                  on_result=lambda s, lat, st: records.append((s, lat, st)))
+    stats = await gen.run()
+    return records, stats.summary(trace.duration_seconds)
 
 
 # ------------------------------------------------------------------ one contender
@@ -351,7 +329,7 @@ def run_contender(name: str, a, spec: dict, trace, prom, targets: dict) -> dict:
     sampler.sample()
     sampler.start()
     try:
-        records, stats = asyncio.run(replay(f"http://{svc_ip}:80", trace, a.seed))
+        records, stats = asyncio.run(replay(f"http://{svc_ip}:80", f"{NAME}.{ns}.svc", trace, a.seed))
     finally:
         sampler.stop()
     duration = trace.duration_seconds
@@ -366,6 +344,8 @@ def run_contender(name: str, a, spec: dict, trace, prom, targets: dict) -> dict:
                                      if cpu and out["pod_seconds"] else None),
                startup_s_live=round(sum(startups) / len(startups), 1) if startups else None,
                sampler_errors=sampler.errors, loadgen=stats,
+               load_average_1m={"min": round(min(sampler.load), 1), "mean": round(sum(sampler.load) / len(sampler.load), 1),
+                                "max": round(max(sampler.load), 1)},
                target=targets.get(name), samples=sampler.samples)
     if name != "ours":
         events = kubectl("-n", ns, "get", "events", "--field-selector", "reason=SuccessfulRescale", "-o", "json", check=False)
@@ -394,13 +374,17 @@ def write_report(out: Path, doc: dict) -> None:
              f"(mean {c['mean_qps']:.1f}). Pods: `{c['cpu']}` CPU (request = limit); capacity at p95 ≤ {SLO_MS:g} ms "
              f"{c['capacity_rps']:g} req/s/pod, start-up {c['startup_s']:g} s ({c['measured']}). Max {c['max_replicas']} pods. "
              f"Started {c['started']}, load average {c['load_average']}.", "",
-             "| contender | target | pod-seconds | SLO-violation min | p95 ms | p99 ms | errors | scale events | pods started "
-             "| cold starts | mean CPU % |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| contender | target | pod-seconds | SLO-violation min | slow or failed | p95 ms | p99 ms | errors | scale events "
+             "| pods started | cold starts | mean CPU % | load avg 1m (mean, max) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in live.items():
         err = sum(m["errors"].values())
+        la = m.get("load_average_1m") or {}
+        bad = 100 * (m["slow_share"] + m["error_share"])
         lines.append(f"| {name} | {m.get('target_text', '')} | {m['pod_seconds']:.0f} | {m['slo_violation_minutes']} / "
-                     f"{m['minutes']} | {m['p95_ms']} | {m['p99_ms']} | {err} of {m['requests']} | {m['scale_events']} | "
-                     f"{m['pods_started']} | {m['cold_starts']} | {m.get('mean_cpu_utilisation')} |")
+                     f"{m['minutes']} | {bad:.1f} % | {m['p95_ms']} | {m['p99_ms']} | {err} of {m['requests']} | "
+                     f"{m['scale_events']} | {m['pods_started']} | {m['cold_starts']} | {m.get('mean_cpu_utilisation')} | "
+                     f"{la.get('mean')}, {la.get('max')} |")
     if sim.get("errors"):
         lines += ["", "## The simulator on the same segment", "",
                   f"`simulation/live.py` `calibrated_backtest`: capacityQps {c['capacity_rps']:g}, start-up "
@@ -477,17 +461,34 @@ def target_checks(live: dict, errors: dict) -> dict:
 # ------------------------------------------------------------------ main
 
 
+_MEMORY_UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+
+
+def memory_bytes(q: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kMG]i?|Ki)?", q)
+    if not m:
+        raise SystemExit(f"unexpected memory quantity {q!r} on the node")
+    return float(m.group(1)) * _MEMORY_UNITS[m.group(2) or ""]
+
+
 def node_max_replicas(cpu: str) -> int:
-    """How many pods of ``cpu`` still fit on the real node (allocatable minus what its pods request)."""
+    """How many model-server pods (``cpu``, ``POD_MEMORY``) still fit on the real node: allocatable minus what
+    its pods request, in CPU and in memory (a pod that does not fit stays Pending, and would be billed)."""
     node = kjson("get", "node", "elastiserve-node")
-    alloc = cores(node["status"]["allocatable"]["cpu"])
-    used = 0.0
+    alloc = node["status"]["allocatable"]
+    free_cpu, free_mem = cores(alloc["cpu"]), memory_bytes(alloc["memory"])
     for p in kjson("get", "pods", "-A", "--field-selector", "spec.nodeName=elastiserve-node")["items"]:
         if p["status"].get("phase") in ("Succeeded", "Failed"):
             continue
         for ctr in p["spec"]["containers"]:
-            used += cores(ctr.get("resources", {}).get("requests", {}).get("cpu", "0"))
-    return int((alloc - used) // cores(cpu))
+            req = ctr.get("resources", {}).get("requests", {})
+            free_cpu -= cores(req.get("cpu", "0"))
+            free_mem -= memory_bytes(req.get("memory", "0"))
+    by_cpu, by_mem = int(free_cpu // cores(cpu)), int(free_mem // memory_bytes(POD_MEMORY))
+    if by_mem < by_cpu:
+        log(f"memory limits the node to {by_mem} pod(s) of {POD_MEMORY} (CPU would allow {by_cpu}): raise "
+            "ELASTISERVE_NODE_POD_MEMORY_MI at cluster up")
+    return min(by_cpu, by_mem)
 
 
 def main() -> None:
@@ -512,6 +513,13 @@ def main() -> None:
     ap.add_argument("--plan", action="store_true", help="print the segment and settings, touch no cluster")
     a = ap.parse_args()
 
+    for flag, v in (("--peak-qps", a.peak_qps), ("--capacity-rps", a.capacity_rps), ("--startup-s", a.startup_s),
+                    ("--hpa-cpu-target", a.hpa_cpu_target), ("--hpa-matched-target", a.hpa_matched_target),
+                    ("--keda-qps-target", a.keda_qps_target), ("--max-replicas", a.max_replicas)):
+        if v is not None and not v > 0:
+            raise SystemExit(f"{flag} must be positive (got {v:g})")
+    if not re.fullmatch(r"\d+(\.\d+)?m?", a.cpu) or cores(a.cpu) <= 0:
+        raise SystemExit(f"--cpu {a.cpu}: a positive CPU quantity such as 300m or 0.5")
     names = [n.strip() for n in a.contenders.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONTENDERS]
     if unknown or not names:
@@ -537,7 +545,7 @@ def main() -> None:
     work = a.out / a.run / "work"
     work.mkdir(parents=True, exist_ok=True)
     keda_started = False
-    store_server = None
+    stop_store = None
     prom = start_prometheus(work, a.scrape_interval)
     try:
         image = real_pod.install_chart((f"operator.prometheusUrl={prom.url}",))
@@ -556,8 +564,9 @@ def main() -> None:
             raise SystemExit(f"measured capacity is 0 req/s at p95 <= {SLO_MS:g} ms with {a.cpu}: give the pods more CPU")
         a.max_replicas = a.max_replicas or node_max_replicas(a.cpu)
         if a.max_replicas < 2:
-            raise SystemExit(f"only {a.max_replicas} pod(s) of {a.cpu} fit on the node: lower --cpu or the node's reserved "
-                             "CPU (ELASTISERVE_NODE_SYSTEM_RESERVED_CPU / _KUBE_RESERVED_CPU at cluster up)")
+            raise SystemExit(f"only {a.max_replicas} pod(s) of {a.cpu} and {POD_MEMORY} fit on the node: lower --cpu or the "
+                             "node's reserved CPU (ELASTISERVE_NODE_SYSTEM_RESERVED_CPU / _KUBE_RESERVED_CPU at cluster up), "
+                             "or give the pods more memory (ELASTISERVE_NODE_POD_MEMORY_MI)")
         peak = a.peak_qps or 2.5 * capacity
         trace = scale_to_peak(segment, peak)
         spec = live_spec(store, image, capacity, a.cpu, a.max_replicas)
@@ -574,6 +583,8 @@ def main() -> None:
                     raise SystemExit("hpa-matched: ours' CPU use was not measured (no cAdvisor series in Prometheus); "
                                      "give --hpa-matched-target PERCENT")
             live[name] = run_contender(name, a, spec, trace, prom, targets)
+            # kept at once: a later contender that fails does not lose this one's run
+            (work / f"{name}.json").write_text(json.dumps(live[name]) + "\n")
             live[name]["target_text"] = {"ours": "SLO policy", "hpa": f"CPU {targets['hpa']:g} %",
                                          "hpa-matched": f"CPU {targets.get('hpa-matched', 0):.0f} %",
                                          "keda": f"{targets['keda']:.3g} req/s/pod"}[name]
@@ -595,7 +606,7 @@ def main() -> None:
     finally:
         if keda_started:
             subprocess.run([str(REPO / "hack" / "keda.sh"), "down"], check=False, timeout=120)
-        if store_server is not None:
+        if stop_store is not None:
             stop_store()
         prom.stop()
 

@@ -116,6 +116,11 @@ keda_apiservice_available() {
     -o jsonpath='{.status.conditions[?(@.type=="Available")].status}' 2>/dev/null)" == "True" ]]
 }
 
+keda_crd_established() {
+  [[ "$(kctl get crd scaledobjects.keda.sh \
+    -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" == "True" ]]
+}
+
 keda_up() {
   [[ -f "${MARKER}" ]] && load_ports && kctl get --raw /readyz >/dev/null 2>&1 ||
     die "no running cluster in ${STATE}: run 'hack/cluster.sh up' first"
@@ -143,7 +148,9 @@ keda_up() {
   # CRDs of this very version, from the module source (server-side: they are too large for the
   # last-applied annotation)
   kctl apply --server-side --force-conflicts -f "${src}/config/crd/bases/" >/dev/null
-  kctl wait --for condition=established --timeout=60s crd/scaledobjects.keda.sh >/dev/null
+  # polled, not `kubectl wait`: v1.34's kubectl fails at once ("accessor error: <nil>") while the new CRD has no
+  # status.conditions yet
+  wait_for 60 "the ScaledObject CRD Established" keda_crd_established || die "KEDA's CRDs were not established"
   # KEDA's own RBAC, as its manifests bind it: the ServiceAccount keda/keda-operator
   kctl create namespace keda --dry-run=client -o yaml | kctl apply -f - >/dev/null
   kctl -n keda create serviceaccount keda-operator --dry-run=client -o yaml | kctl apply -f - >/dev/null

@@ -121,6 +121,33 @@ async def test_requests_to_a_service_carry_its_host_name():
     assert stats.ok == 5 and hosts == ["minilm.demo.svc"] * 5
 
 
+async def test_without_keep_alive_every_request_opens_its_own_connection():
+    """bench/live.py sends to a Service without keep-alive so kube-proxy picks a pod per request; by default the
+    pool reuses connections."""
+    peers: dict[str, list] = {"on": [], "off": []}
+    mode = {"now": "on"}
+
+    async def infer(request):
+        peers[mode["now"]].append(request.transport.get_extra_info("peername"))
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/v2/models/{name}/infer", infer)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        url = str(server.make_url("/")).rstrip("/")
+        for now, keep in (("on", True), ("off", False)):
+            mode["now"] = now  # 10 qps for 1 s against an instant server: the requests do not overlap
+            stats = await LoadGen("ns/m", "m", [url], None, Constant(10.0), duration=1.0, seed=4,
+                                  keep_alive=keep).run()
+            assert stats.ok == len(peers[now]) >= 4, (now, stats.ok)
+    finally:
+        await server.close()
+    assert len(set(peers["off"])) == len(peers["off"])  # a new client port per request
+    assert len(set(peers["on"])) < len(peers["on"])  # the pool reused a connection
+
+
 def test_a_trace_is_replayed_in_its_period_and_scaled_to_its_peak(tmp_path):
     trace = tmp_path / "t.csv"
     trace.write_text("timestamp_s,requests\n0,60\n60,120\n120,0\n180,30\n")  # per 60 s bin: 1, 2, 0, 0.5 qps
