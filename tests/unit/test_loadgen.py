@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,19 @@ def test_the_local_clusters_ranges_are_targets_only_when_named():
             LoadGen("ns/m", "m", [url], None, Constant(1), duration=1, local_networks=local)
 
 
+@asynccontextmanager
+async def _infer_server(infer):
+    """A KServe v2 infer endpoint on loopback answering with ``infer``; yields its base URL."""
+    app = web.Application()
+    app.router.add_post("/v2/models/{name}/infer", infer)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        yield str(server.make_url("/")).rstrip("/")
+    finally:
+        await server.close()
+
+
 async def test_requests_to_a_service_carry_its_host_name():
     hosts: list[str] = []
 
@@ -108,16 +122,9 @@ async def test_requests_to_a_service_carry_its_host_name():
         hosts.append(request.headers["Host"])
         return web.json_response({})
 
-    app = web.Application()
-    app.router.add_post("/v2/models/{name}/infer", infer)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        url = str(server.make_url("/")).rstrip("/")
+    async with _infer_server(infer) as url:
         stats = await LoadGen("demo/minilm", "minilm", [url], None, Constant(200.0), duration=5.0, max_requests=5,
                               host="minilm.demo.svc").run()
-    finally:
-        await server.close()
     assert stats.ok == 5 and hosts == ["minilm.demo.svc"] * 5
 
 
@@ -131,19 +138,12 @@ async def test_without_keep_alive_every_request_opens_its_own_connection():
         peers[mode["now"]].append(request.transport.get_extra_info("peername"))
         return web.json_response({})
 
-    app = web.Application()
-    app.router.add_post("/v2/models/{name}/infer", infer)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        url = str(server.make_url("/")).rstrip("/")
+    async with _infer_server(infer) as url:
         for now, keep in (("on", True), ("off", False)):
             mode["now"] = now  # 10 qps for 1 s against an instant server: the requests do not overlap
             stats = await LoadGen("ns/m", "m", [url], None, Constant(10.0), duration=1.0, seed=4,
                                   keep_alive=keep).run()
             assert stats.ok == len(peers[now]) >= 4, (now, stats.ok)
-    finally:
-        await server.close()
     assert len(set(peers["off"])) == len(peers["off"])  # a new client port per request
     assert len(set(peers["on"])) < len(peers["on"])  # the pool reused a connection
 
