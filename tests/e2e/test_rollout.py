@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from support import wait_until
+from support.cluster import create_namespace
 from support.devstack import manifest
 from support.real_node import RealCluster, discovering_prometheus, helm_install, serve_directory
 
@@ -59,13 +60,6 @@ def stack(real_cluster: RealCluster, tmp_path_factory):
             yield Stack(real_cluster, store, url)
     finally:
         stop_store()
-
-
-def _namespace(cluster, name: str) -> str:
-    cluster.kubectl("create", "namespace", name)
-    wait_until(lambda: cluster.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode == 0,
-               timeout=60, what=f"ServiceAccount default in {name}")
-    return name
 
 
 def _template(real: RealCluster) -> dict:
@@ -234,7 +228,7 @@ def _containers(pod: dict) -> tuple[str, str, int]:
 
 def test_good_version_rolls_out_and_a_broken_one_rolls_back(stack: Stack):
     k8s_cluster = stack.real.cluster
-    namespace = _namespace(k8s_cluster, "rollout")
+    namespace = create_namespace(k8s_cluster, "rollout")
     expected = _store(stack.store / "lm")
     endpoints = Endpoints(stack.real, namespace, "lm")
     load = Load(endpoints)
@@ -352,7 +346,7 @@ def test_a_submodel_version_bump_switches_inside_the_running_pods(stack: Stack):
     from elastiserve.serving.runtime import Embedder
 
     k8s_cluster = stack.real.cluster
-    namespace = _namespace(k8s_cluster, "submodels")
+    namespace = create_namespace(k8s_cluster, "submodels")
     store = stack.store / "sub"
     build_tiny_model(store / "main" / "v1", seed=1)
     expected = {}

@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 
 from support import wait_until
+from support.cluster import create_namespace
 from support.devstack import free_port, manifest
 from support.jaeger import start_jaeger
 from support.real_node import (
@@ -201,10 +202,7 @@ def test_zero_to_one_and_back(stack, tmp_path):
     real, jaeger, prom, store = stack
     started = time.time()
     k8s_cluster = real.cluster
-    namespace = "serverless"
-    k8s_cluster.kubectl("create", "namespace", namespace)
-    wait_until(lambda: k8s_cluster.kubectl("-n", namespace, "get", "serviceaccount", "default",
-                                           check=False).returncode == 0, timeout=60, what="ServiceAccount default")
+    namespace = create_namespace(k8s_cluster, "serverless")
     k8s_cluster.apply(manifest(
         "lm",
         model={"name": "minilm", "uri": store, "lazyLoading": {"memoryBudget": "512Mi", "preload": ["minilm"]}},

@@ -21,7 +21,7 @@ What runs (all on 127.0.0.1, scraped every second by a real ``prometheus``):
 * no stand-in: the two panels that read the kubelet's cAdvisor (``container_cpu_usage_seconds_total``,
   ``container_memory_working_set_bytes``: CPU and memory per pod) are checked on the real node, where a
   kubelet measures real pods (``tests/e2e/test_serverless.py``). kwok pods run no containers, so nothing
-  here could produce those series honestly; they are left out below (``KUBELET_PANELS``).
+  here could produce those series honestly; they are left out below (``reads_kubelet``).
 
 Then every other target of every panel is evaluated over the test's time range with Grafana's variables
 substituted, and the PNG renderer draws all three dashboards from the same Prometheus.

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from support import wait_until
-from support.cluster import run_cluster_sh
+from support.cluster import create_namespace, run_cluster_sh
 from support.real_node import (
     HPA_SYNC_PERIOD_S, NFT_TABLE, NODE_GATEWAY, NODE_MONITOR_GRACE_S, NODE_NAME, POD_CIDR, SYSTEM_NS, RealCluster,
     helm_install, serve_directory,
@@ -86,9 +86,7 @@ def namespace_real(real_cluster: RealCluster, request: pytest.FixtureRequest):
     """A fresh namespace on the real-node cluster, deleted after the test."""
     k = real_cluster.cluster
     name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:40].strip("-")
-    k.kubectl("create", "namespace", name)
-    wait_until(lambda: k.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode == 0,
-               timeout=60, what=f"ServiceAccount default in {name}")
+    create_namespace(k, name)
     try:
         yield name
     finally:
@@ -283,9 +281,7 @@ def _ready_pods(k, ns: str, name: str) -> list[dict]:
 def pair(installed: RealCluster, model_store: str) -> Iterator[str]:
     """A ModelDeployment with two Ready replicas on the real node (namespace yielded), served by the activator."""
     k = installed.cluster
-    k.kubectl("create", "namespace", PAIR_NS)
-    wait_until(lambda: k.kubectl("-n", PAIR_NS, "get", "serviceaccount", "default", check=False).returncode == 0,
-               timeout=60, what=f"ServiceAccount default in {PAIR_NS}")
+    create_namespace(k, PAIR_NS)
     k.apply({
         "apiVersion": "elastiserve.dev/v1alpha1",
         "kind": "ModelDeployment",

@@ -285,24 +285,27 @@ def _namespace_name(test_name: str) -> str:
     return f"{slug}-{uuid.uuid4().hex[:6]}"
 
 
+def create_namespace(cluster: LocalCluster, name: str) -> str:
+    """Create namespace ``name`` and wait until its ``default`` ServiceAccount exists (pods need it)."""
+    cluster.kubectl("create", "namespace", name)
+    wait_until(lambda: cluster.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode == 0,
+               timeout=60, what=f"ServiceAccount default in namespace {name}")
+    return name
+
+
 @pytest.fixture
 def namespace(k8s_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace (with its ``default`` ServiceAccount ready), deleted after the test."""
     name = _namespace_name(request.node.name)
-    k8s_cluster.kubectl("create", "namespace", name)
     try:
-        wait_until(
-            lambda: k8s_cluster.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode == 0,
-            timeout=60,
-            what=f"ServiceAccount default in namespace {name}",
-        )
-        yield name
+        yield create_namespace(k8s_cluster, name)
     finally:
         k8s_cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
 
 
 __all__ = [
     "CLUSTER_SH",
+    "create_namespace",
     "ClusterError",
     "LocalCluster",
     "k8s_cluster",

@@ -128,13 +128,11 @@ def chart_readme() -> ModuleType:
 
 @pytest.fixture(scope="session")
 def dashboards() -> ModuleType:
-    """The repository's ``dashboards`` package (the root is appended to sys.path, never put first:
-    it holds ``operator/``, which must not shadow the standard library)."""
-    if str(ROOT) not in sys.path:
-        sys.path.append(str(ROOT))
-    import dashboards as package
+    """The repository's ``dashboards`` package (``support.dashboards.load``: the root is appended to sys.path,
+    never put first)."""
+    from support import dashboards as dashboards_support
 
-    return package
+    return dashboards_support.load()
 
 
 @pytest.fixture(scope="session")
