@@ -325,18 +325,28 @@ def _woke_per_events(cluster) -> bool:
 
 
 def trace_report(jaeger, cluster, out: Path) -> dict:
-    """Which components sent traces, and the newest scaling cycle's trace drawn as a waterfall."""
+    """Which components sent traces, and the newest scaling cycle's trace drawn as a waterfall.
+
+    The operator exports its spans in batches (every few seconds), so the newest cycle's trace may not be in
+    Jaeger yet when the load ends: wait for it a little, then fall back to the newest older one that is."""
     report: dict = {"jaeger": jaeger.query_url, "services": sorted(jaeger.services())}
     items = cluster.kubectl_json("get", "events", "-n", NAMESPACE, "--field-selector",
                                  f"involvedObject.name={MDEP}")["items"]
     scaled = [e for e in items if e.get("reason") in ("Scaled", "ScaledToZero") and "(trace " in e.get("message", "")]
-    if scaled:
-        newest = max(scaled, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
-        trace_id = newest["message"].rsplit("(trace ", 1)[1].rstrip(")")
+    scaled.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "", reverse=True)
+    deadline = time.monotonic() + 20
+    for event in scaled[:5]:
+        trace_id = event["message"].rsplit("(trace ", 1)[1].rstrip(")")
+        while not jaeger.spans(trace_id) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not jaeger.spans(trace_id):
+            report.setdefault("cycle_traces_not_in_jaeger", []).append(trace_id)
+            continue
         (out / "cycle-trace.json").write_text(json.dumps(jaeger.raw(trace_id)))
         rc = subprocess.call([sys.executable, str(ROOT / "hack" / "trace-png.py"), str(out / "cycle-trace.json"),
-                              str(out / "cycle-trace.png"), "--title", f"scaling cycle: {newest['message'][:80]}"])
+                              str(out / "cycle-trace.png"), "--title", f"scaling cycle: {event['message'][:80]}"])
         report["cycle_trace"] = {"id": trace_id, "drawn": rc == 0}
+        break
     return report
 
 
