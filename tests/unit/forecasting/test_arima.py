@@ -236,3 +236,25 @@ def test_idle_stretches_do_not_count_as_200_percent_errors():
         tracker.predict(int(label), 0.1)  # the model expects a trickle at night
     tracker.realise(labels, np.zeros(5))  # nothing came
     assert tracker.smape is not None and tracker.smape < 0.15
+
+
+@pytest.mark.parametrize("order", [None, [1, 1, 1]])
+def test_forecast_equals_statsmodels_get_forecast(order):
+    """The online forecast (the filter's newest state propagated through the state-space matrices) gives
+    statsmodels' own ``get_forecast()`` numbers, after a fit and after ``extend()`` updates, with or
+    without differencing in the state."""
+    y = seasonal_series(3, seed=4)
+    start = 2 * 288
+    f = ArimaForecaster(spec(**({"order": order} if order else {})), ArimaSettings(drift=False))
+    fc = f.update(window(y[:start]), at(start - 1))
+    for k in range(start, start + 8):
+        if k in (start, start + 1, start + 7):  # the fit, one update, several in a row
+            fit = f.fit
+            labels = fit.end_label + STEP * np.arange(1, len(fc.points) + 1, dtype=np.int64)
+            pred = fit.results.get_forecast(len(fc.points), exog=f._design(labels))
+            mean, lower, upper = f._bands(np.asarray(pred.predicted_mean), np.asarray(pred.var_pred_mean), fit.log)
+            np.testing.assert_allclose([p.mean for p in fc.points], mean, rtol=1e-9)
+            np.testing.assert_allclose([p.upper for p in fc.points], upper, rtol=1e-9)
+            np.testing.assert_allclose([p.lower for p in fc.points], np.minimum(np.clip(lower, 0, None), mean),
+                                       rtol=1e-9)
+        fc = f.update(window(y[k : k + 1], k), at(k))
