@@ -274,7 +274,10 @@ class LoadGen:
         near zero, so one gap can jump past the entire day.)"""
         start = self._start = time.monotonic()
         stop = stop or asyncio.Event()
-        connector = aiohttp.TCPConnector(limit=256, force_close=not self.keep_alive)
+        # A pooled connection idles at most 5 s here, well under the servers' 15 s keep-alive: a connection the
+        # server is closing as idle is never picked for a request (that race loses the request, status 0).
+        connector = (aiohttp.TCPConnector(limit=256, keepalive_timeout=5.0) if self.keep_alive
+                     else aiohttp.TCPConnector(limit=256, force_close=True))
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)) as session:
             t = 0.0
             while t < self.duration and self.stats.sent < self.max_requests and not stop.is_set():

@@ -245,6 +245,10 @@ def serve(
                                                  "connection open."),
     max_connections: int = typer.Option(512, envvar="ELASTISERVE_MAX_CONNECTIONS",
                                         help="Open connections at most; further ones are closed at once."),
+    drain_seconds: float = typer.Option(5.0, envvar="ELASTISERVE_DRAIN_SECONDS",
+                                        help="After SIGTERM, keep serving this long (every answer with 'Connection: "
+                                             "close', readiness 503) while the Service stops sending new "
+                                             "connections, then finish in-flight requests and exit (0..25)."),
 ) -> None:
     """Serve sub-models over HTTP (KServe v2 / Open Inference Protocol), loading them lazily."""
     from .loader import ServingError
@@ -261,7 +265,8 @@ def serve(
                                  artifact_cache_dir=artifact_cache_dir, artifact_cache_budget=artifact_cache_budget,
                                  s3_credentials_dir=s3_credentials_dir, fetch_attempts=fetch_attempts,
                                  load_token_file=load_token_file, read_timeout=read_timeout,
-                                 keepalive_timeout=keepalive_timeout, max_connections=max_connections)
+                                 keepalive_timeout=keepalive_timeout, max_connections=max_connections,
+                                 drain_seconds=drain_seconds)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)

@@ -6,6 +6,11 @@
 - A body must arrive within ``read_timeout`` (``read_body``): 408 otherwise.
 - At most ``max_connections`` connections are open at once: past the cap a new connection is closed at
   once, so hundreds of stalled clients cannot pile up sockets and memory.
+- On SIGTERM the listener drains for ``drain_seconds`` before it closes: Kubernetes sends SIGTERM as it
+  removes the pod from the Service's endpoints, and kube-proxy on every node takes a moment to stop sending
+  new connections to it. While draining, requests are still served, each answer carries ``Connection:
+  close`` (a keep-alive client opens its next connection through the Service, to another pod), and
+  ``draining(app)`` is true (readiness reports 503). Then in-flight requests finish and the process exits.
 """
 
 from __future__ import annotations
@@ -15,6 +20,29 @@ import signal
 from typing import Callable
 
 from aiohttp import web
+
+class Drain:
+    """Whether the listener is draining; ``run_bounded`` puts one in the app under ``DRAINING``."""
+
+    on = False
+
+
+DRAINING = web.AppKey("draining", Drain)
+
+
+def draining(app: web.Application) -> bool:
+    """True once SIGTERM arrived: the listener is draining (see the module's docstring)."""
+    state = app.get(DRAINING)
+    return state is not None and state.on
+
+
+@web.middleware
+async def close_when_draining(request: web.Request, handler):
+    """While draining, every response closes its connection (``Connection: close``)."""
+    resp = await handler(request)
+    if draining(request.app):
+        resp.force_close()
+    return resp
 
 
 async def read_body(request: web.Request, timeout: float) -> bytes:
@@ -66,8 +94,11 @@ async def start_bounded(app: web.Application, host: str | None, port: int, *, ke
 
 
 def run_bounded(app: web.Application, host: str, port: int, *, keepalive_timeout: float, max_connections: int,
-                on_start: Callable[[], None] | None = None) -> None:
-    """Like ``web.run_app`` (until SIGINT/SIGTERM), with the limits above."""
+                on_start: Callable[[], None] | None = None, drain_seconds: float = 0.0) -> None:
+    """Like ``web.run_app`` (until SIGINT/SIGTERM), with the limits above; after SIGTERM it drains for
+    ``drain_seconds`` (the app must have the ``close_when_draining`` middleware) before closing."""
+
+    drain = app.setdefault(DRAINING, Drain())  # before the app is frozen by the start
 
     async def main() -> None:
         runner, _ = await start_bounded(app, host, port, keepalive_timeout=keepalive_timeout,
@@ -80,6 +111,13 @@ def run_bounded(app: web.Application, host: str, port: int, *, keepalive_timeout
             loop.add_signal_handler(sig, stop.set)
         try:
             await stop.wait()
+            if drain_seconds > 0:
+                drain.on = True
+                stop.clear()  # a second signal ends the drain early
+                try:
+                    await asyncio.wait_for(stop.wait(), drain_seconds)
+                except asyncio.TimeoutError:
+                    pass
         finally:
             await runner.cleanup()
 

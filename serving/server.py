@@ -41,7 +41,7 @@ from aiohttp import web
 from .. import tracing
 from . import paths
 from .diskcache import artifact_cache_for
-from .listener import read_body, run_bounded
+from .listener import close_when_draining, draining, read_body, run_bounded
 from .loader import (ModelCache, ModelsFileWatcher, ModelStore, ServingError, parse_bytes, parse_model_pairs,
                      read_models_file, valid_version)
 from .metrics import UNKNOWN_MODEL, ServingMetrics
@@ -85,6 +85,7 @@ class ServerConfig:
     load_token_file: str | None = None  # enables the load endpoint; its requests need this bearer token
     read_timeout: float = 30.0  # seconds a client may take to send its request (headers and body)
     keepalive_timeout: float = 15.0  # idle keep-alive connections are closed after this
+    drain_seconds: float = 5.0  # after SIGTERM: serve on (Connection: close, not ready) this long, then exit
     max_connections: int = 512  # open connections; past it new ones wait in the kernel's backlog
 
     def __post_init__(self) -> None:
@@ -97,6 +98,9 @@ class ServerConfig:
             raise ValueError(f"the models file poll interval must be positive, not {self.models_file_interval}")
         if self.read_timeout <= 0 or self.keepalive_timeout <= 0 or self.max_connections < 1:
             raise ValueError("--read-timeout and --keepalive-timeout must be positive, --max-connections at least 1")
+        if not 0 <= self.drain_seconds <= 25:
+            raise ValueError(f"--drain-seconds must be within 0..25 (the pod's termination grace period is 30 s), "
+                             f"not {self.drain_seconds:g}")
         if self.load_token_file is not None:
             read_token(self.load_token_file)  # fail at start, not at the first load request
 
@@ -256,9 +260,10 @@ class Server:
         return web.json_response({"live": True})
 
     async def ready_h(self, request: web.Request) -> web.Response:
-        body = {"ready": self.ready, "resident": self.cache.resident(),
+        ready = self.ready and not draining(request.app)
+        body = {"ready": ready, "resident": self.cache.resident(), "draining": draining(request.app),
                 "preload_errors": {k: v for k, v in self.preload_errors.items() if v}}
-        return web.json_response(body, status=200 if self.ready else 503)
+        return web.json_response(body, status=200 if ready else 503)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         from .. import __version__
@@ -576,7 +581,7 @@ SERVER_KEY = web.AppKey("elastiserve_server", Server)
 def build_app(config: ServerConfig, **kw) -> web.Application:
     server = Server(config, **kw)
     # slack over max_request_bytes is not needed: aiohttp counts the body only
-    app = web.Application(client_max_size=config.max_request_bytes, middlewares=[server.middleware])
+    app = web.Application(client_max_size=config.max_request_bytes, middlewares=[close_when_draining, server.middleware])
     app[SERVER_KEY] = server
     r = app.router
     r.add_get("/v2/health/live", server.live, name="live")
@@ -605,7 +610,7 @@ def run(config: ServerConfig) -> None:
              ", ".join(app[SERVER_KEY].cache.known()), config.variant, config.memory_budget,
              config.idle_unload_seconds, config.host, config.port)
     run_bounded(app, config.host, config.port, keepalive_timeout=config.keepalive_timeout,
-                max_connections=config.max_connections)
+                max_connections=config.max_connections, drain_seconds=config.drain_seconds)
 
 
 def config_from_values(*, host: str, port: int, store: list[str] | None, model: list[str] | None, discover: bool,
@@ -617,7 +622,7 @@ def config_from_values(*, host: str, port: int, store: list[str] | None, model: 
                        artifact_cache_budget: str = "4Gi", s3_credentials_dir: str | None = None,
                        fetch_attempts: int = 4, load_token_file: str | None = None,
                        read_timeout: float = 30.0, keepalive_timeout: float = 15.0,
-                       max_connections: int = 512) -> ServerConfig:
+                       max_connections: int = 512, drain_seconds: float = 5.0) -> ServerConfig:
     """Shared by the CLI: flags (with env fallbacks already applied by typer) -> ServerConfig."""
     stores = [s for item in (store or []) for s in item.split(",") if s.strip()] or [str(paths.models_root())]
     models = parse_model_pairs(model or [])
@@ -638,4 +643,4 @@ def config_from_values(*, host: str, port: int, store: list[str] | None, model: 
                         s3_credentials_dir=s3_credentials_dir or None, fetch_attempts=fetch_attempts,
                         load_token_file=load_token_file or None,
                         read_timeout=read_timeout, keepalive_timeout=keepalive_timeout,
-                        max_connections=max_connections)
+                        max_connections=max_connections, drain_seconds=drain_seconds)

@@ -9,6 +9,7 @@ import threading
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from elastiserve.serving.listener import DRAINING, Drain
 from elastiserve.serving.metrics import METRIC_NAMES
 from elastiserve.serving.server import CACHE_HEADER, SERVER_KEY, ServerConfig, build_app
 
@@ -129,6 +130,22 @@ async def test_corrupt_model_fails_alone(client):
     r = await client.post("/v2/models/alpha/infer", json=v2(["still fine"]))
     assert r.status == 200
     assert (await client.get("/v2/health/ready")).status == 200
+
+
+async def test_draining_serves_closes_connections_and_reports_not_ready(store):
+    """After SIGTERM (serving/listener.py: run_bounded sets the drain state) requests are still answered,
+    each with ``Connection: close``, and readiness reports 503 so no new traffic is routed here."""
+    app = build_app(ServerConfig(models={"alpha": None}, stores=[str(store)], preload=["alpha"]))
+    drain = app.setdefault(DRAINING, Drain())
+    async with TestClient(TestServer(app)) as c:
+        await wait_ready(c)
+        r = await c.post("/v2/models/alpha/infer", json=v2(["before"]))
+        assert r.status == 200 and r.headers.get("Connection", "").lower() != "close"
+        drain.on = True
+        r = await c.post("/v2/models/alpha/infer", json=v2(["while draining"]))
+        assert r.status == 200 and r.headers["Connection"].lower() == "close"
+        r = await c.get("/v2/health/ready")
+        assert r.status == 503 and (await r.json())["draining"] is True
 
 
 async def test_oversized_request_413(make_client):
