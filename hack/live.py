@@ -53,6 +53,8 @@ NODE_CHECK_S = 5.0
 @dataclass
 class Timeline:
     samples: list[Sample] = field(default_factory=list)
+    failed: list[tuple[float, float, int]] = field(default_factory=list)
+    """Requests without a 200: (sent at s into the load, seconds waited, status; 0 = no response)."""
 
 
 def ensure_models() -> dict[str, Path]:
@@ -225,9 +227,13 @@ def drive(stack: Stack, cluster, curve, origin: float, service_url: str) -> Time
     # Like a client in the cluster: every request to the model's Service, by its name (the Host header), so
     # the activator can route it while the Service points there. The Service's cluster IP is reached from the
     # host through kube-proxy; the node's egress guard keeps the Service and pod ranges on this machine.
+    def record(sent: float, waited: float, status: int) -> None:
+        if status != 200 and len(timeline.failed) < 1000:
+            timeline.failed.append((round(sent, 2), round(waited, 3), status))
+
     gen = LoadGen(f"{NAMESPACE}/{MDEP}", "minilm", [service_url], None, phase, stack.duration,
                   timeout=ACTIVATOR_HOLD_S + 30, host=f"{MDEP}.{NAMESPACE}.svc",
-                  local_networks=(POD_CIDR, SERVICE_CIDR))
+                  local_networks=(POD_CIDR, SERVICE_CIDR), on_result=record)
     stop = threading.Event()
     start = time.monotonic()
 
@@ -448,6 +454,8 @@ def write_report(stack: Stack, cluster, prom, timeline: Timeline) -> None:
         "requests": {"sent": timeline.stats.sent, "ok": timeline.stats.ok,
                      "lost": timeline.stats.sent - timeline.stats.ok,
                      "errors": {str(k): v for k, v in timeline.stats.errors.items()},
+                     # when each lost request was sent (s into the load; the timeline's t) and how long it waited
+                     "failed": [{"sent_s": a, "waited_s": b, "status": c} for a, b, c in timeline.failed],
                      "via_activator": _via_activator(prom)},
         "nodes_not_ready": not_ready_seconds(samples),
         "pods_measured_by_kubelet": _kubelet_series(prom),
