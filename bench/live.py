@@ -555,7 +555,8 @@ def main() -> None:
             m = real_pod.measure_capacity(image, store, "fp32", a.cpu, 8.0, SLO_MS)
             capacity = a.capacity_rps if a.capacity_rps is not None else m["capacity_rps_at_p95"]
             startup = a.startup_s if a.startup_s is not None else m["created_to_ready_s"]
-            measured = f"measured on the node: {json.dumps(m['levels'])}"
+            measured = (f"measured on the node: saturation {m['saturation_rps']} req/s (closed loop "
+                        f"{json.dumps(m['levels'])}); open loop {json.dumps(m['open_loop'])}")
             real_pod.wait(lambda: not kubectl("get", "namespace", "bench-capacity-fp32", "--ignore-not-found",
                                               check=False).strip(), 300, "the capacity namespace gone")
         else:
