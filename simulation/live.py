@@ -71,13 +71,15 @@ def pod_seconds(samples: Sequence[Sample], end: float, start: float = 0.0) -> fl
     return total
 
 
-def minute_table(requests: Iterable[Request], slo_seconds: float, minutes: int) -> list[dict]:
-    """Per minute of send time: requests, slow (over the objective, successful), failed, violated."""
-    if slo_seconds <= 0:
-        raise ValueError(f"the objective must be positive (got {slo_seconds} s)")
+def minute_table(requests: Iterable[Request], slo_seconds: float, minutes: int,
+                 window_seconds: float = 60.0) -> list[dict]:
+    """Per minute of send time (or window of ``window_seconds``): requests, slow (over the objective,
+    successful), failed, violated."""
+    if slo_seconds <= 0 or window_seconds <= 0:
+        raise ValueError(f"the objective and the window must be positive (got {slo_seconds} s, {window_seconds} s)")
     rows = [{"minute": m, "requests": 0, "slow": 0, "failed": 0} for m in range(max(minutes, 0))]
     for r in requests:
-        m = int(r.sent_at // 60)
+        m = int(r.sent_at // window_seconds)
         if not 0 <= m < len(rows):
             continue
         row = rows[m]
@@ -125,8 +127,10 @@ def pods_started(first_seen: Mapping[str, float], start: float = 0.0) -> int:
 
 
 def summarize(requests: Sequence[Request], samples: Sequence[Sample], slo_seconds: float, duration: float,
-              first_seen: Mapping[str, float] | None = None) -> dict:
-    """The report's figures for one contender's live run over ``[0, duration]``."""
+              first_seen: Mapping[str, float] | None = None, window_seconds: float = 60.0) -> dict:
+    """The report's figures for one contender's live run over ``[0, duration]``. ``window_seconds``: the
+    windows of a time-compressed replay that stand for the trace's minutes (60 / compression), scored as
+    minutes are (``slo_violation_windows`` of ``windows``)."""
     ok = [r.latency for r in requests if r.ok]
     errors: dict[str, int] = {}
     for r in requests:
@@ -134,6 +138,8 @@ def summarize(requests: Sequence[Request], samples: Sequence[Sample], slo_second
             errors[str(r.status)] = errors.get(str(r.status), 0) + 1
     minutes = int(math.ceil(duration / 60 - 1e-9))
     table = minute_table(requests, slo_seconds, minutes)
+    windows = int(math.ceil(duration / window_seconds - 1e-9))
+    by_window = minute_table(requests, slo_seconds, windows, window_seconds)
     q = lambda p: None if (v := quantile(ok, p)) is None else round(1000 * v, 1)  # noqa: E731
     return {
         "pod_seconds": round(pod_seconds(samples, duration), 1),
@@ -151,6 +157,9 @@ def summarize(requests: Sequence[Request], samples: Sequence[Sample], slo_second
         "peak_pods": max((s.pods for s in samples), default=0),
         "mean_pods": round(pod_seconds(samples, duration) / duration, 3) if duration > 0 else None,
         "violated_minutes": [row["minute"] for row in table if row["violated"]],
+        "window_seconds": window_seconds,
+        "windows": windows,
+        "slo_violation_windows": sum(1 for row in by_window if row["violated"]),
     }
 
 
@@ -185,6 +194,10 @@ def sim_errors(sim: Mapping[str, Mapping], live: Mapping[str, Mapping]) -> dict[
             "live_violation_minutes": v["slo_violation_minutes"], "sim_violation_minutes": s["slo_violation_minutes"],
             "violation_minutes_error": s["slo_violation_minutes"] - v["slo_violation_minutes"],
         }
+        if "slo_violation_windows" in s and "slo_violation_windows" in v:
+            out[name].update(live_violation_windows=v["slo_violation_windows"],
+                             sim_violation_windows=s["slo_violation_windows"],
+                             violation_windows_error=s["slo_violation_windows"] - v["slo_violation_windows"])
     return out
 
 
@@ -214,12 +227,12 @@ def rate_at_cpu_target(cpu_target_percent: float, cpu_request_cores: float, cpu_
 
 
 def calibrated_backtest(trace, spec, contenders: Sequence[LiveContender], startup_seconds: float,
-                        max_replicas: int, tick_seconds: float = 1.0):
+                        max_replicas: int, tick_seconds: float = 1.0, window_seconds: float = 60.0):
     """Simulate ``contenders`` on ``trace`` (the live segment, compressed and scaled as replayed) with ``spec``
     (capacityQps = the capacity measured on the real node) and the measured start-up; the whole segment is
-    scored (no warm-up: the live run has none either). Returns ``{name: summary}`` with pod-seconds and
+    scored (no warm-up: the live run has none either), by minute and by window of ``window_seconds``. Returns ``{name: summary}`` with pod-seconds and
     violation minutes, and the ``BacktestResult``."""
-    from .backtest import run_backtest
+    from .backtest import run_backtest, violated_windows
     from .config import SimConfig
     from .latency import service_rate
     from .policy_hpa import HpaPolicy, HpaSettings
@@ -247,4 +260,7 @@ def calibrated_backtest(trace, spec, contenders: Sequence[LiveContender], startu
         out[name] = {"pod_seconds": m["replica_hours"] * 3600, "slo_violation_minutes": m["slo_violation_minutes"],
                      "p95_ms": m["p95_latency_ms"], "scale_events": m["scale_events"],
                      "dropped_share": m["dropped_share"], "minutes": m["minutes"]}
+        windows = violated_windows(result.scenario, r.record, window_seconds)
+        out[name].update(window_seconds=window_seconds, windows=int(len(windows)),
+                         slo_violation_windows=int(windows.sum()))
     return out, result

@@ -75,6 +75,12 @@ def test_summarize_reports_every_figure_of_one_contender():
     assert out["minutes"] == 2 and out["slo_violation_minutes"] == 0  # 2 of 62 bad in minute 1: 3.2 %
     assert out["scale_events"] == 1 and out["pods_started"] == 1 and out["peak_pods"] == 2
     assert out["p50_ms"] == 50.0 and out["p99_ms"] == 50.0
+    # the same run as a ×8 replay: its 7.5 s windows stand for trace minutes; the two bad requests fall in the
+    # window [60, 67.5) with 8 requests in it (25 %), which violates, while the replay minute does not
+    by_window = summarize(reqs, samples, 0.2, duration=120, window_seconds=7.5)
+    assert by_window["windows"] == 16 and by_window["slo_violation_windows"] == 1
+    assert by_window["slo_violation_minutes"] == 0
+    assert summarize(reqs, samples, 0.2, duration=120)["slo_violation_windows"] == 0  # 60 s windows: the minutes
 
 
 def test_the_cost_matched_hpa_target_is_the_measured_mean_utilisation():
@@ -117,6 +123,13 @@ def test_calibrated_backtest_scores_the_whole_segment_with_the_measured_figures(
     assert all(r.record.pods.sum(axis=1).max() >= 3 for r in result.results.values())
     # a lower per-pod target holds more pods
     assert out["hpa"]["pod_seconds"] > out["keda"]["pod_seconds"]
+    # scored by minute, the windows are the minutes; by 7.5 s windows (a ×8 replay's trace minutes) there are 80,
+    # and a violated minute holds at least one violated window (if none of its windows is over 5 %, it is not)
+    for m in out.values():
+        assert (m["windows"], m["slo_violation_windows"]) == (10, m["slo_violation_minutes"])
+    fine, _ = calibrated_backtest(trace, spec, contenders, startup_seconds=12.0, max_replicas=6, window_seconds=7.5)
+    for name, m in fine.items():
+        assert m["windows"] == 80 and m["slo_violation_windows"] >= m["slo_violation_minutes"] >= 1, name
     with pytest.raises(ValueError, match="unknown contender"):
         calibrated_backtest(trace, spec, [LiveContender("x", "kpa")], 12.0, 6)
     with pytest.raises(ValueError, match="per-pod request-rate target"):
