@@ -205,12 +205,15 @@ class Sampler(threading.Thread):
     """Every ``interval`` s: the Deployment's desired replicas, the pods (existing, Ready), their first sight and
     Ready times. Reads the API with the Python client (cheaper than a kubectl process per second)."""
 
-    def __init__(self, ns: str, deployment: str, t0: float, interval: float = 1.0):
+    def __init__(self, ns: str, deployment: str, t0: float, interval: float = 1.0, operator: bool = False):
         super().__init__(daemon=True)
         from kubernetes import client, config
 
         config.load_kube_config(os.environ["KUBECONFIG"])
         self.core, self.apps = client.CoreV1Api(), client.AppsV1Api()
+        self.custom = client.CustomObjectsApi() if operator else None
+        self.decisions: list[tuple[float, str]] = []
+        """With the operator: its last decision's reasons (``status.lastDecision``) whenever they change."""
         self.ns, self.deployment, self.t0, self.interval = ns, deployment, t0, interval
         self.samples: list[tuple[float, int, int, int]] = []
         self.first_seen: dict[str, float] = {}
@@ -241,6 +244,17 @@ class Sampler(threading.Thread):
                 ready += 1
                 self.ready_at.setdefault(name, conds["Ready"].last_transition_time.timestamp() - self.t0)
         self.samples.append((round(now, 2), int(dep.spec.replicas or 0), len(alive), ready))
+        if self.custom is not None:
+            try:
+                md = self.custom.get_namespaced_custom_object("elastiserve.dev", "v1alpha1", self.ns,
+                                                              "modeldeployments", NAME)
+            except Exception:  # noqa: BLE001 - as above
+                self.errors += 1
+                return
+            last = (md.get("status") or {}).get("lastDecision") or {}
+            why = "; ".join(last.get("reasons") or [])
+            if why and (not self.decisions or self.decisions[-1][1] != why):
+                self.decisions.append((round(now, 2), why))
 
     def run(self) -> None:
         while not self._halt.is_set():
@@ -325,7 +339,7 @@ def run_contender(name: str, a, spec: dict, trace, prom, targets: dict) -> dict:
             raise SystemExit(f"{ns}: a warm-up request through the Service got {status}")
     log(f"{name}: replaying {trace.duration_seconds / 60:.1f} min of load")
     t0 = time.time()
-    sampler = Sampler(ns, dep_name, t0)
+    sampler = Sampler(ns, dep_name, t0, operator=name == "ours")
     sampler.sample()
     sampler.start()
     try:
@@ -346,7 +360,7 @@ def run_contender(name: str, a, spec: dict, trace, prom, targets: dict) -> dict:
                sampler_errors=sampler.errors, loadgen=stats,
                load_average_1m={"min": round(min(sampler.load), 1), "mean": round(sum(sampler.load) / len(sampler.load), 1),
                                 "max": round(max(sampler.load), 1)},
-               target=targets.get(name), samples=sampler.samples)
+               target=targets.get(name), samples=sampler.samples, decisions=sampler.decisions)
     if name != "ours":
         events = kubectl("-n", ns, "get", "events", "--field-selector", "reason=SuccessfulRescale", "-o", "json", check=False)
         out["rescale_events"] = [e.get("message") for e in json.loads(events or '{"items": []}').get("items", [])]
@@ -507,6 +521,9 @@ def main() -> None:
     ap.add_argument("--cpu", default="300m", help="CPU request = limit of every model-server pod")
     ap.add_argument("--max-replicas", type=int, help="default: what fits on the real node")
     ap.add_argument("--capacity-rps", type=float, help="skip measuring: pod capacity at the p95 objective")
+    ap.add_argument("--saturation-rps", type=float,
+                    help="a pod's saturation throughput (closed loop), for the simulator's HPA and KEDA when a run "
+                         "has no CPU figure (default: measured with the capacity, else the capacity)")
     ap.add_argument("--startup-s", type=float, help="skip measuring: pod start-up (applied -> Ready)")
     ap.add_argument("--hpa-cpu-target", type=float, default=80.0)
     ap.add_argument("--hpa-matched-target", type=float, help="CPU target of hpa-matched (default: ours' utilisation)")
@@ -556,10 +573,12 @@ def main() -> None:
         image = real_pod.install_chart((f"operator.prometheusUrl={prom.url}",))
         stop_store, store, _ = real_pod.serve_model_store()
         measured = "given"
+        saturation = a.saturation_rps
         if a.capacity_rps is None or a.startup_s is None:
             m = real_pod.measure_capacity(image, store, "fp32", a.cpu, 8.0, SLO_MS)
             capacity = a.capacity_rps if a.capacity_rps is not None else m["capacity_rps_at_p95"]
             startup = a.startup_s if a.startup_s is not None else m["created_to_ready_s"]
+            saturation = saturation or m["saturation_rps"]
             measured = (f"measured on the node: saturation {m['saturation_rps']} req/s (closed loop "
                         f"{json.dumps(m['levels'])}); open loop {json.dumps(m['open_loop'])}")
             real_pod.wait(lambda: not kubectl("get", "namespace", "bench-capacity-fp32", "--ignore-not-found",
@@ -595,10 +614,10 @@ def main() -> None:
                                          "hpa-matched": f"CPU {targets.get('hpa-matched', 0):.0f} %",
                                          "keda": f"{targets['keda']:.3g} req/s/pod"}[name]
         sim_out, errors = calibrate(trace, spec, names, targets, startup, a.max_replicas, live, a.cpu, capacity,
-                                    window_seconds=60.0 / a.compress)
+                                    window_seconds=60.0 / a.compress, saturation=saturation)
         config = {"trace": path.name, "run": a.run, "start_minute": a.start_minute, "minutes": a.minutes,
                   "compress": a.compress, "peak_qps": peak, "mean_qps": trace.mean_qps,
-                  "replay_seconds": trace.duration_seconds, "cpu": a.cpu, "capacity_rps": capacity, "startup_s": startup,
+                  "replay_seconds": trace.duration_seconds, "cpu": a.cpu, "capacity_rps": capacity, "saturation_rps": saturation, "startup_s": startup,
                   "measured": measured, "max_replicas": a.max_replicas, "scrape_interval": a.scrape_interval,
                   "targets": targets, "image": image, "started": started,
                   "load_average": [round(x, 1) for x in os.getloadavg()],
@@ -619,29 +638,33 @@ def main() -> None:
 
 
 def calibrate(trace, spec: dict, names: list[str], targets: dict, startup: float, max_replicas: int, live: dict,
-              cpu: str, capacity: float, window_seconds: float = 60.0):
+              cpu: str, capacity: float, window_seconds: float = 60.0, saturation: float | None = None):
     """The simulator on the same segment. A CPU-target HPA holds the per-pod rate at which the pods' CPU reaches
     the target: from the CPU per request measured in that contender's own run (cAdvisor core-seconds / requests
-    served); without that figure, the pod's quota is taken as saturated at the measured capacity."""
+    served); without that figure, the pod's quota is taken as saturated at ``saturation`` (the closed loop's
+    throughput), or at the capacity when that was not measured. The HPAs and KEDA see their metric capped
+    at that saturation rate, as live (``LiveContender.saturation_qps``)."""
     from elastiserve.simulation.live import LiveContender, calibrated_backtest, rate_at_cpu_target, sim_errors
 
-    def hpa_rate(name: str) -> float:
+    def saturation_rate(name: str) -> float:
         m = live.get(name, {})
         if m.get("cpu_core_seconds") and m.get("ok"):
-            return rate_at_cpu_target(targets[name], cores(cpu), m["cpu_core_seconds"] / m["ok"])
-        return targets[name] / 100.0 * capacity
+            return rate_at_cpu_target(100.0, cores(cpu), m["cpu_core_seconds"] / m["ok"])
+        return saturation or capacity
 
     conts = []
     for n in names:
         if n == "ours":
             conts.append(LiveContender(n, "ours"))
         elif n in ("hpa", "hpa-matched"):
-            conts.append(LiveContender(n, "hpa", qps_target=hpa_rate(n)))
+            sat = saturation_rate(n)
+            conts.append(LiveContender(n, "hpa", qps_target=targets[n] / 100.0 * sat, saturation_qps=sat))
         else:
-            conts.append(LiveContender(n, "keda", qps_target=targets["keda"]))
+            conts.append(LiveContender(n, "keda", qps_target=targets["keda"], saturation_qps=saturation_rate(n)))
     sim_out, _ = calibrated_backtest(trace, parsed(spec), conts, startup, max_replicas, window_seconds=window_seconds)
     for c in conts:
         sim_out[c.name]["qps_target_per_pod"] = None if c.qps_target is None else round(c.qps_target, 2)
+        sim_out[c.name]["saturation_qps"] = None if c.saturation_qps is None else round(c.saturation_qps, 2)
     return sim_out, sim_errors(sim_out, live)
 
 

@@ -174,6 +174,18 @@ class ClusterView:
                 return None
         return float(self.rec.util[a:b].mean())
 
+    def served_rate(self, window: float, delay: float) -> float | None:
+        """Requests served per second (busy share × ready capacity) over the window; None before any record."""
+        a, b = self._span(window, delay)
+        i0 = self.sc.i0
+        a, b = max(a - i0, 0), b - i0
+        if b <= a:
+            b = min(a + 1, self.i - i0)
+            if b <= a:
+                return None
+        capacity = self.rec.ready[a:b] @ np.asarray(self.sc.mus, dtype=float)
+        return float((self.rec.util[a:b] * capacity).mean())
+
     def latency_p95_ms(self, window: float, delay: float) -> float | None:
         """Request-weighted p95 latency (ms) of the ticks in the window."""
         a, b = self._span(window, delay)
@@ -231,6 +243,9 @@ def run(sc: Scenario, policy: Policy, progress: Callable[[float], None] | None =
     timeout = sc.cfg.client_timeout_seconds
     queue_size = float(sc.spec.scale_to_zero.activator.queue_size)
     init = [max(0, int(x)) for x in policy.initial(sc)]
+    if sc.cfg.initial_primary is not None:
+        init = [0] * V
+        init[sc.primary] = max(0, int(sc.cfg.initial_primary))
     ready = list(init)
     starting: list[deque[float]] = [deque() for _ in range(V)]
     desired = list(init)

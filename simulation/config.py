@@ -159,6 +159,9 @@ class SimConfig:
     """History before the scored span, seen only by the forecaster (default: what it needs, capped at half the trace)."""
     cost_factors: dict[str, float] | None = None
     """Cost of one replica of each variant relative to the primary (default: CPU request ratio)."""
+    initial_primary: int | None = None
+    """Primary replicas (Ready) every policy starts the scored span with, instead of what the starting load
+    needs: a live run starts from the state it was given (``simulation/live.py``: one warmed pod)."""
 
     def startup(self, variant: Variant) -> float:
         return float(self.startup_seconds.get(variant.precision.value if isinstance(variant.precision, Precision)

@@ -212,11 +212,17 @@ class LiveContender:
     tolerance, 300 s scale-down stabilization, rate limits) holding ``qps_target`` requests per second per pod.
     For KEDA that is its trigger's per-pod target; for the CPU-based HPA it is the per-pod rate at which the
     pods' measured CPU reaches the HPA's target (``rate_at_cpu_target``). The simulator's CPU is a busy share
-    of its M/M/1 service rate ``mu``, so the policy runs at the busy-share target ``100 · qps_target / mu``."""
+    of its M/M/1 service rate ``mu``, so the policy runs at the busy-share target ``100 · qps_target / mu``.
+
+    ``saturation_qps``: the rate at which a real pod's CPU reaches its limit (its closed-loop throughput, or
+    CPU limit / CPU per request). With it, the metric the policy sees is the served rate over that, capped
+    at 100 %, as a pod's CPU (and the rate of completed requests) is live. An overloaded pod then shows
+    100 % and not ``mu / saturation`` of it: the simulator's ``mu`` is above a real pod's throughput."""
 
     name: str
     kind: str
     qps_target: float | None = None
+    saturation_qps: float | None = None
 
 
 def rate_at_cpu_target(cpu_target_percent: float, cpu_request_cores: float, cpu_seconds_per_request: float) -> float:
@@ -230,7 +236,8 @@ def calibrated_backtest(trace, spec, contenders: Sequence[LiveContender], startu
                         max_replicas: int, tick_seconds: float = 1.0, window_seconds: float = 60.0):
     """Simulate ``contenders`` on ``trace`` (the live segment, compressed and scaled as replayed) with ``spec``
     (capacityQps = the capacity measured on the real node) and the measured start-up; the whole segment is
-    scored (no warm-up: the live run has none either), by minute and by window of ``window_seconds``. Returns ``{name: summary}`` with pod-seconds and
+    scored (no warm-up: the live run has none either), by minute and by window of ``window_seconds``, from one
+    Ready pod (as every live contender starts). Returns ``{name: summary}`` with pod-seconds and
     violation minutes, and the ``BacktestResult``."""
     from .backtest import run_backtest, violated_windows
     from .config import SimConfig
@@ -239,7 +246,7 @@ def calibrated_backtest(trace, spec, contenders: Sequence[LiveContender], startu
     from .policy_ours import OursPolicy
 
     prim = spec.primary
-    cfg = SimConfig(tick_seconds=tick_seconds, warmup_seconds=0.0, forecast="online",
+    cfg = SimConfig(tick_seconds=tick_seconds, warmup_seconds=0.0, forecast="online", initial_primary=1,
                     startup_seconds={prim.precision.value: float(startup_seconds)})
     mu = service_rate(prim.capacity_qps, spec.metrics.rules.latency.scale_up_above / 1000.0)
     extra = {}
@@ -249,8 +256,12 @@ def calibrated_backtest(trace, spec, contenders: Sequence[LiveContender], startu
         elif c.kind in ("hpa", "keda"):
             if not c.qps_target or c.qps_target <= 0:
                 raise ValueError(f"{c.name}: a positive per-pod request-rate target is needed (got {c.qps_target})")
-            extra[c.name] = HpaPolicy(spec, HpaSettings(target_cpu_percent=100.0 * c.qps_target / mu, min_replicas=1,
-                                                        max_replicas=max_replicas), name=c.name)
+            sat = c.saturation_qps
+            if sat is not None and sat <= 0:
+                raise ValueError(f"{c.name}: the saturation rate must be positive (got {sat})")
+            extra[c.name] = HpaPolicy(spec, HpaSettings(target_cpu_percent=100.0 * c.qps_target / (sat or mu),
+                                                        min_replicas=1, max_replicas=max_replicas,
+                                                        cpu_saturation_qps=sat), name=c.name)
         else:
             raise ValueError(f"unknown contender kind {c.kind!r} (known: ours, hpa, keda)")
     result = run_backtest(trace, spec, cfg, policies=(), extra=extra)

@@ -50,6 +50,9 @@ class HpaSettings:
     """Explicit CPU target; default from ``SimConfig.target_utilisation`` (see module docstring)."""
     min_replicas: int | None = None
     max_replicas: int | None = None
+    cpu_saturation_qps: float | None = None
+    """Per-pod rate at which a pod's CPU reaches its limit: when set, the CPU seen is the served rate over it,
+    capped at 100 % (``simulation/live.py``), instead of the busy share of the simulator's service rate."""
 
 
 class HpaPolicy:
@@ -158,7 +161,14 @@ class HpaPolicy:
     def decide(self, view: ClusterView) -> list[int] | None:
         sc = self.sc
         p = sc.primary
-        util = view.utilisation(sc.cfg.hpa_metric_window_seconds, sc.cfg.scrape_delay_seconds)
+        sat = self.s.cpu_saturation_qps
+        if sat:
+            # The pods' CPU as metrics-server reports it: what they served over the window, spread over the pods
+            # Ready now (a pod started since has little usage yet) as a share of their limit, at most 100 %.
+            served = view.served_rate(sc.cfg.hpa_metric_window_seconds, sc.cfg.scrape_delay_seconds)
+            util = None if served is None else min(1.0, served / (max(view.ready[p], 1) * sat))
+        else:
+            util = view.utilisation(sc.cfg.hpa_metric_window_seconds, sc.cfg.scrape_delay_seconds)
         cpu = None if util is None else 100.0 * util
         current = view.desired[p]
         desired = self.step(view.t, current, view.ready[p], cpu)

@@ -141,3 +141,26 @@ def test_the_rate_at_a_cpu_target_follows_the_measured_cpu_per_request():
     assert rate_at_cpu_target(80, 0.3, 0.02) == pytest.approx(12.0)
     with pytest.raises(ValueError):
         rate_at_cpu_target(80, 0.3, 0)
+
+
+def test_the_simulated_hpa_sees_cpu_capped_at_the_pods_saturation_and_spread_over_the_pods_ready_now():
+    """A real pod's CPU stops at its limit and a new pod's usage starts low: with ``saturation_qps`` the simulated
+    HPA sees the served rate over (Ready pods x saturation), at most 100 %. From one overloaded pod at a flat
+    30 req/s (22 req/s saturate a pod; target 80 % = 17.6 req/s) it goes to the 2 pods the load needs and stays
+    there; the busy share of the simulator's faster M/M/1 pod, averaged over the metric window that still
+    holds the overload, kept doubling it."""
+    from elastiserve.api.spec import ModelDeploymentSpec
+
+    d = {k: v for k, v in DEFAULT_SPEC_DICT.items() if k not in ("burst",)}
+    d = {**d, "variants": [{"name": "fp32", "precision": "fp32", "role": "primary", "capacityQps": 19}],
+         "replicas": {"min": 1, "max": 6}, "forecasting": {"enabled": False}}
+    spec = ModelDeploymentSpec.model_validate(d)
+    trace = Trace("flat", 15.0, np.full(20, 30.0 * 15))
+    contenders = [LiveContender("sat", "hpa", qps_target=0.8 * 22, saturation_qps=22.0),
+                  LiveContender("busy", "hpa", qps_target=0.8 * 22)]
+    _, result = calibrated_backtest(trace, spec, contenders, startup_seconds=12.0, max_replicas=6)
+    sat = result.results["sat"].record.pods.sum(axis=1)
+    assert sat[0] == 1 and sat.max() == 2 and sat[-1] == 2
+    assert result.results["busy"].record.pods.sum(axis=1).max() > 2
+    with pytest.raises(ValueError, match="saturation rate must be positive"):
+        calibrated_backtest(trace, spec, [LiveContender("x", "hpa", qps_target=10.0, saturation_qps=0.0)], 12.0, 6)
