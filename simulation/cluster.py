@@ -163,8 +163,8 @@ class ClusterView:
             return None
         return float(self.rec.inflight[j])
 
-    def utilisation(self, window: float, delay: float) -> float | None:
-        """Mean busy share of the ready pods (0..1) over the window; None before any record."""
+    def _recorded(self, window: float, delay: float) -> slice | None:
+        """The recorded ticks of the window (at least the oldest one after ``delay``); None before any record."""
         a, b = self._span(window, delay)
         i0 = self.sc.i0
         a, b = max(a - i0, 0), b - i0
@@ -172,19 +172,20 @@ class ClusterView:
             b = min(a + 1, self.i - i0)
             if b <= a:
                 return None
-        return float(self.rec.util[a:b].mean())
+        return slice(a, b)
+
+    def utilisation(self, window: float, delay: float) -> float | None:
+        """Mean busy share of the ready pods (0..1) over the window; None before any record."""
+        ticks = self._recorded(window, delay)
+        return None if ticks is None else float(self.rec.util[ticks].mean())
 
     def served_rate(self, window: float, delay: float) -> float | None:
         """Requests served per second (busy share × ready capacity) over the window; None before any record."""
-        a, b = self._span(window, delay)
-        i0 = self.sc.i0
-        a, b = max(a - i0, 0), b - i0
-        if b <= a:
-            b = min(a + 1, self.i - i0)
-            if b <= a:
-                return None
-        capacity = self.rec.ready[a:b] @ np.asarray(self.sc.mus, dtype=float)
-        return float((self.rec.util[a:b] * capacity).mean())
+        ticks = self._recorded(window, delay)
+        if ticks is None:
+            return None
+        capacity = self.rec.ready[ticks] @ np.asarray(self.sc.mus, dtype=float)
+        return float((self.rec.util[ticks] * capacity).mean())
 
     def latency_p95_ms(self, window: float, delay: float) -> float | None:
         """Request-weighted p95 latency (ms) of the ticks in the window."""
