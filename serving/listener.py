@@ -6,7 +6,7 @@
 - A body must arrive within ``read_timeout`` (``read_body``): 408 otherwise.
 - At most ``max_connections`` connections are open at once: past the cap a new connection is closed at
   once, so hundreds of stalled clients cannot pile up sockets and memory.
-- On SIGTERM the listener drains for ``drain_seconds`` before it closes: Kubernetes sends SIGTERM as it
+- On SIGTERM (not SIGINT) the listener drains for ``drain_seconds`` before it closes: Kubernetes sends SIGTERM as it
   removes the pod from the Service's endpoints, and kube-proxy on every node takes a moment to stop sending
   new connections to it. While draining, requests are still served, each answer carries ``Connection:
   close`` (a keep-alive client opens its next connection through the Service, to another pod), and
@@ -20,6 +20,7 @@ import signal
 from typing import Callable
 
 from aiohttp import web
+
 
 class Drain:
     """Whether the listener is draining; ``run_bounded`` puts one in the app under ``DRAINING``."""
@@ -106,12 +107,13 @@ def run_bounded(app: web.Application, host: str, port: int, *, keepalive_timeout
         if on_start is not None:
             on_start()
         stop = asyncio.Event()
+        got: list[int] = []
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, lambda s=sig: (got.append(s), stop.set()))
         try:
             await stop.wait()
-            if drain_seconds > 0:
+            if drain_seconds > 0 and got[-1] == signal.SIGTERM:  # Ctrl-C at a terminal stops at once
                 drain.on = True
                 stop.clear()  # a second signal ends the drain early
                 try:

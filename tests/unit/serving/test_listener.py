@@ -75,3 +75,16 @@ def test_no_drain_exits_on_sigterm():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_sigint_does_not_drain():
+    """Ctrl-C at a terminal stops at once, whatever the drain time."""
+    port = free_port()
+    proc = start(port, drain=600)
+    try:
+        assert get(port)[0] == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
