@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from support import wait_until
 from support.devstack import free_port
 
@@ -65,25 +67,16 @@ def test_sigterm_drains_then_exits():
             proc.kill()
 
 
-def test_no_drain_exits_on_sigterm():
+@pytest.mark.parametrize(("drain", "signum"), [
+    (0, signal.SIGTERM),    # no drain: SIGTERM exits at once
+    (600, signal.SIGINT),   # Ctrl-C at a terminal stops at once, whatever the drain time
+], ids=["sigterm-no-drain", "sigint-never-drains"])
+def test_exits_at_once_without_a_drain(drain, signum):
     port = free_port()
-    proc = start(port, drain=0)
+    proc = start(port, drain=drain)
     try:
         assert get(port)[0] == 200
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
-def test_sigint_does_not_drain():
-    """Ctrl-C at a terminal stops at once, whatever the drain time."""
-    port = free_port()
-    proc = start(port, drain=600)
-    try:
-        assert get(port)[0] == 200
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         assert proc.wait(timeout=15) == 0
     finally:
         if proc.poll() is None:
