@@ -23,7 +23,7 @@ from ..scaling import decide, panic
 from ..scaling.hotset import hot_set
 from ..scaling.rollout import RolloutPlan, VersionHealth, advance, split_versions
 from . import builders
-from .status import decision_conditions, forecast_status, iso, set_condition, variant_summary
+from .status import decision_conditions, forecast_status, iso, merge_patch, set_condition, variant_summary
 
 # --------------------------------------------------------------------------- what a cycle sees
 
@@ -477,7 +477,7 @@ def plan_panic(o: Observed, decision: Decision, obs: Observation) -> Plan:
     up = {v: n for v, n in decision.desired.items() if n > obs.replicas.get(v, 0)}
     replicas = _plan_replicas(o, up, obs.replicas, dict(o.applied))
     status: dict[str, Any] = {
-        "scaler": decision.state.model_dump(by_alias=True, mode="json"),
+        "scaler": merge_patch(o.status.get("scaler"), decision.state.model_dump(by_alias=True, mode="json")),
         "variants": variant_rows(decision, obs),
         "desired": sum(decision.desired.values()),
         "variantSummary": variant_summary(decision.desired),
@@ -519,7 +519,8 @@ def plan_cycle(o: Observed, d: Decided) -> Plan:
         status["hotSet"] = hot
     # Merge patches keep keys they do not mention: send cleared fields as null so they are removed
     # (an outage's metricsMissingSince must not outlive the outage).
-    status["scaler"] = decision.state.model_dump(by_alias=True, mode="json")
+    # and keys a map of the state no longer has (merge_patch)
+    status["scaler"] = merge_patch(o.status.get("scaler"), decision.state.model_dump(by_alias=True, mode="json"))
     status["rollout"] = rs.model_dump(by_alias=True, mode="json")
     status["variants"] = variant_rows(decision, obs)
     status["replicas"] = sum(obs.replicas.values())

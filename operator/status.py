@@ -12,6 +12,18 @@ def iso(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def merge_patch(stored: Any, new: Any) -> Any:
+    """``new`` as a JSON merge patch (RFC 7386) over ``stored``: every key of a stored object that ``new``
+    no longer has is sent as null, at any depth, so the API server removes it. Without the nulls a merge
+    patch keeps the keys it does not mention (a variant's start-up clock would never stop). Lists and
+    scalars replace what is stored, as a merge patch does. Pure."""
+    if not isinstance(new, dict) or not isinstance(stored, dict):
+        return new
+    out = {key: merge_patch(stored.get(key), value) for key, value in new.items()}
+    out.update({key: None for key in stored if key not in new})
+    return out
+
+
 def set_condition(
     conditions: list[dict[str, Any]] | None,
     type_: str,

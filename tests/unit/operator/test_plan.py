@@ -17,6 +17,7 @@ from elastiserve.operator.plan import (
     Apply, ApplyAll, Delete, Event, Log, Observed, Owned, Remember, SetActivatorSlice, SetHotSet, SetHpaVariant, SetReady, decide_cycle,
     missing_variants, plan_cycle, plan_reconcile, plan_recreate,
 )
+from elastiserve.operator.status import merge_patch
 from elastiserve.scaling.rollout import VersionHealth
 
 T0 = datetime(2026, 3, 2, 12, tzinfo=timezone.utc)
@@ -418,6 +419,55 @@ def test_slo_figures_are_exported_and_explain_the_scale_event():
     plain = cycle(observed(snapshot=healthy(qps=55.0)))
     assert not any(m.name.startswith("SLO_") or m.name == "FORECAST_COVERAGE" for m in plain.metrics)
     assert "(lead" not in next(s for s in plain.events if isinstance(s, Event)).message
+
+
+def merge(stored, patch):
+    """RFC 7386, as the API server applies the status patch kopf sends (application/merge-patch+json)."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(stored) if isinstance(stored, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge(out.get(key), value)
+    return out
+
+
+def test_a_start_up_clock_that_stopped_is_removed_from_the_stored_status():
+    """A variant's start-up clock (status.scaler.slo.startingSince) stops when its pods are Ready. A merge
+    patch keeps the keys it does not mention, so the stopped clock must be sent as null: otherwise the next
+    cycle reads it back, takes the whole time since as another start-up and the lead time (and the
+    scale-down hold) grows by a sync period every cycle, as it did live on the real node."""
+    spec = make_spec(slo={"enabled": True})
+
+    def at(seconds, ready, status):
+        now = T0 + timedelta(seconds=seconds)
+        return cycle(replace(observed(spec, replicas=4, ready=ready, status=status, snapshot=healthy(now)),
+                             now=now))
+
+    first = at(0, 2, {})
+    stored = merge({}, first.status)
+    assert set(stored["scaler"]["slo"]["startingSince"]) == {"fp32"}
+
+    ready = at(15, 4, stored)
+    assert ready.status["scaler"]["slo"]["startingSince"] == {"fp32": None}
+    stored = merge(stored, ready.status)
+    assert stored["scaler"]["slo"]["startingSince"] == {}
+    assert stored["scaler"]["slo"]["startupSeconds"] == {"fp32": 15.0}
+
+    # later cycles learn no new start-up: the lead stays 15 s of start-up plus the metrics' age
+    for k in (2, 3, 4):
+        stored = merge(stored, at(15 * k, 4, stored).status)
+    assert stored["scaler"]["slo"]["startupSeconds"] == {"fp32": 15.0}
+    assert stored["scaler"]["slo"]["startingSince"] == {}
+
+
+def test_merge_patch_nulls_only_what_is_gone():
+    assert merge_patch({"a": {"x": 1, "y": 2}, "b": [1], "c": 3}, {"a": {"x": 5}, "b": [2]}) == \
+        {"a": {"x": 5, "y": None}, "b": [2], "c": None}
+    assert merge_patch(None, {"a": {}}) == {"a": {}}
+    assert merge_patch({"a": {"x": 1}}, {"a": None}) == {"a": None}
 
 
 def test_sub_models_that_cannot_load_show_in_status_condition_and_events():
