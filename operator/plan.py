@@ -517,9 +517,9 @@ def plan_cycle(o: Observed, d: Decided) -> Plan:
     status: dict[str, Any] = {"routing": routed}
     if hot is not None:
         status["hotSet"] = hot
-    # Merge patches keep keys they do not mention: send cleared fields as null so they are removed
-    # (an outage's metricsMissingSince must not outlive the outage).
-    # and keys a map of the state no longer has (merge_patch)
+    # Merge patches keep keys they do not mention: send cleared fields, and keys a map of the state no longer
+    # has, as null so they are removed (an outage's metricsMissingSince must not outlive the outage, nor a
+    # variant's start-up clock its start-up: merge_patch).
     status["scaler"] = merge_patch(o.status.get("scaler"), decision.state.model_dump(by_alias=True, mode="json"))
     status["rollout"] = rs.model_dump(by_alias=True, mode="json")
     status["variants"] = variant_rows(decision, obs)
