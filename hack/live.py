@@ -450,6 +450,10 @@ def write_report(stack: Stack, cluster, prom, timeline: Timeline) -> None:
         "int8_burst": any(s.desired.get("int8", 0) > 0 and s.desired.get("fp32", 0) > 0 for s in samples),
         "scaled_to_zero": any(a > 0 and b == 0 for a, b in zip(totals, totals[1:])),
         "woke_from_zero": any(a == 0 and b > 0 for a, b in zip(totals, totals[1:])) or _woke_per_events(cluster),
+        # what woke it, per the operator's Scaled Events: a request held by the activator, or the forecast
+        # ahead of the first request (then no request needs the activator)
+        "woke_by": sorted(cause for cause, text in (("request", "request while at zero"),
+                                                    ("forecast", "forecast of demand while at zero")) if text in events),
         "pods": pod_churn(samples),
         "requests": {"sent": timeline.stats.sent, "ok": timeline.stats.ok,
                      "lost": timeline.stats.sent - timeline.stats.ok,

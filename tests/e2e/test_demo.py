@@ -48,8 +48,14 @@ def test_short_demo_scales_for_the_promised_reasons(tmp_path):
     # summary says so too.
     req = summary["requests"]
     assert req["sent"] > 0 and req["lost"] == 0 and req["ok"] == req["sent"], req
-    # the wake from zero went through the in-cluster activator (its own counter, discovered by Prometheus)
-    assert req["via_activator"] and req["via_activator"] > 0, req
+    # A wake by a request went through the in-cluster activator (its own counter, discovered by Prometheus).
+    # When the forecast woke the model ahead of the first request (the demo's seasonality lets it), no
+    # request needed the activator; tests/e2e/test_serverless.py drives that path on every run.
+    woke_by = summary["woke_by"]
+    assert woke_by, summary
+    through_activator = "request" in woke_by
+    if through_activator:
+        assert req["via_activator"] and req["via_activator"] > 0, req
     assert summary["problems"] == [] and summary["nodes_not_ready"] == {}, summary
     # the dashboards' CPU and memory of the model's pods: measured by the kubelet (cAdvisor), discovered by
     # Prometheus; every pod the run started (both variants) has its series
@@ -59,7 +65,9 @@ def test_short_demo_scales_for_the_promised_reasons(tmp_path):
         assert (out / name).stat().st_size > 0
     events = (out / "events.txt").read_text()
     assert "ScaledToZero" in events and "Scaled" in events
-    # Jaeger is built by `make cluster-build`: the demo traces all three components.
+    # Jaeger is built by `make cluster-build`: the demo traces the operator, the servers and (when it held a
+    # request) the activator.
     tracing = summary["tracing"]
-    assert {"elastiserve-operator", "elastiserve-activator", "elastiserve-server"} <= set(tracing["services"]), tracing
+    traced = {"elastiserve-operator", "elastiserve-server"} | ({"elastiserve-activator"} if through_activator else set())
+    assert traced <= set(tracing["services"]), tracing
     assert tracing["cycle_trace"]["drawn"] and (out / "cycle-trace.png").stat().st_size > 0
