@@ -452,8 +452,9 @@ def write_report(stack: Stack, cluster, prom, timeline: Timeline) -> None:
         "woke_from_zero": any(a == 0 and b > 0 for a, b in zip(totals, totals[1:])) or _woke_per_events(cluster),
         # what woke it, per the operator's Scaled Events: a request held by the activator, or the forecast
         # ahead of the first request (then no request needs the activator)
+        # ("forecast of demand" covers the wake and the pre-warm at zero before any metrics exist)
         "woke_by": sorted(cause for cause, text in (("request", "request while at zero"),
-                                                    ("forecast", "forecast of demand while at zero")) if text in events),
+                                                    ("forecast", "forecast of demand")) if text in events),
         "pods": pod_churn(samples),
         "requests": {"sent": timeline.stats.sent, "ok": timeline.stats.ok,
                      "lost": timeline.stats.sent - timeline.stats.ok,
