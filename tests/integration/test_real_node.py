@@ -687,8 +687,9 @@ def test_a_node_not_ready_for_a_minute_holds_requests_in_the_activator_and_conve
     # Refusals before the fault belong to the previous test's fault (kube-proxy re-adding the activator's
     # endpoint after the kubelet restart): the Service must have answered last before the kubelet stopped.
     settled = max(t for t, o in via_service.outcomes if o == 200 and t < t0)
-    before = [(round(t - t0, 1), o) for t, o in via_service.failures() if t < t0]
-    assert all(t < settled for t, _ in via_service.failures() if t < t0), before
+    early = [(t, o) for t, o in via_service.failures() if t < t0]
+    before = [(round(t - t0, 1), o) for t, o in early]
+    assert all(t < settled for t, _ in early), before
     refused = [(t, o) for t, o in via_service.failures() if t >= t0]
     print(f"\nnode NotReady: {marks}")
     print(f"through the activator pod: {len(direct.outcomes)} requests, {len(direct.failures())} lost, longest "
