@@ -75,6 +75,16 @@ port_in_use() {
   (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null
 }
 
+# Print N distinct free ports on 127.0.0.1, one per line: all are bound at once before any is released, so
+# the kernel cannot hand out the same port twice (separate free_port calls can: a cluster start failed when
+# kube-controller-manager and kwok were both given 43139).
+free_ports() {
+  python3 -c 'import socket,sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print("\n".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
+
 # Print a free port on 127.0.0.1 (asks the kernel via python3, falls back to a scan).
 free_port() {
   if command -v python3 >/dev/null 2>&1; then

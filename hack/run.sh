@@ -238,6 +238,8 @@ choose_port() {
     port=${override}
   else
     port=$(free_port)
+    # each call asks the kernel afresh: it may give a port chosen a moment ago for another component
+    while grep -q "=${port}\$" "${STATE}/ports.env" 2>/dev/null; do port=$(free_port); done
   fi
   printf -v "${var}" '%s' "${port}"
   echo "${var}=${port}" >>"${STATE}/ports.env"

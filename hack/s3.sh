@@ -92,8 +92,9 @@ cmd_up() {
     die "ELASTISERVE_S3_IP=${S3_IP} is neither loopback nor the real node's bridge (es-cni0) address: refusing to listen there"
   fi
   mkdir -p "${S3_DIR}/data"
-  local s3port
-  s3port=${ELASTISERVE_S3_PORT:-$(free_port)}
+  local s3port mg vg fg sg fp mp vp
+  { read -r s3port; read -r mg; read -r vg; read -r fg; read -r sg; read -r fp; read -r mp; read -r vp; } < <(free_ports 8)
+  s3port=${ELASTISERVE_S3_PORT:-${s3port}}
   cat >"${S3_DIR}/s3.json" <<JSON
 {"identities": [{"name": "elastiserve", "credentials": [{"accessKey": "${S3_ACCESS_KEY}", "secretKey": "${S3_SECRET_KEY}"}],
   "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
@@ -102,13 +103,11 @@ JSON
   # Every internal port (and its gRPC twin) is a free one, so several servers
   # can run side by side. weed binds /tmp/seaweedfs-<svc>-grpc-<port>.sock per
   # gRPC port and for the filer's and gateway's HTTP: `down` removes them.
-  local mg vg fg sg fp
-  mg=$(free_port) vg=$(free_port) fg=$(free_port) sg=$(free_port) fp=$(free_port)
   printf 'master-grpc %s\nvolume-grpc %s\nfiler-grpc %s\ns3-grpc %s\nfiler %s\ns3 %s\n' \
     "${mg}" "${vg}" "${fg}" "${sg}" "${fp}" "${s3port}" >"${S3_DIR}/socket-ports"
   "$(WEED_BIN)" server -ip="${S3_IP}" -ip.bind="${S3_IP}" -dir="${S3_DIR}/data" \
-    -master.port="$(free_port)" -master.port.grpc="${mg}" \
-    -volume.port="$(free_port)" -volume.port.grpc="${vg}" -volume.max=0 \
+    -master.port="${mp}" -master.port.grpc="${mg}" \
+    -volume.port="${vp}" -volume.port.grpc="${vg}" -volume.max=0 \
     -filer -filer.port="${fp}" -filer.port.grpc="${fg}" \
     -s3 -s3.port="${s3port}" -s3.port.grpc="${sg}" -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="${S3_DIR}/s3.json" \
     -master.volumeSizeLimitMB=64 >"${S3_DIR}/weed.log" 2>&1 &
