@@ -122,6 +122,12 @@ def run(
     activator_address: list[str] = typer.Option(
         [], "--activator-address", help="IP:PORT of the activator, instead of --activator-service (repeatable)."
     ),
+    activator_settle_seconds: float = typer.Option(
+        10.0, min=0, max=300, envvar="ELASTISERVE_ACTIVATOR_SETTLE_SECONDS",
+        help="Seconds a routing change gets to reach every node's kube-proxy: going to zero, the last replicas "
+             "stay this long after the Service points at the activator; waking, the activator stays beside the "
+             "pods as long.",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the operator (kopf) until interrupted."""
@@ -141,6 +147,7 @@ def run(
         verbose=verbose,
         activator_service=activator_service,
         activator_address=activator_address,
+        activator_settle_seconds=activator_settle_seconds,
         priority=priority,
         peering_lifetime=peering_lifetime,
     )

@@ -107,6 +107,8 @@ class ModelDeploymentStatus(ApiModel):
     forecast: ForecastStatus | None = None
     routing: Literal["pods", "activator"] | None = None
     """Where the public Service sends traffic: the pods, or the activator while at zero."""
+    routing_since: datetime | None = None
+    """When ``routing`` last changed; cleared once the change has reached kube-proxy (docs/operator.md)."""
     hot_set: list[str] = Field(default_factory=list)
     """Sub-models new replicas preload."""
     slo: SloSummary | None = None

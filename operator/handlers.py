@@ -41,11 +41,11 @@ MANAGED = {builders.LABEL_MANAGED: builders.MANAGER}
 
 def shared_memo(*, kube: Any = None, activator: tuple[list[str], int] | None = None, pod_env: Any = None,
                 metrics_policy: Any = None, activator_service: tuple[str, str] | None = None,
-                **settings: Any) -> kopf.Memo:
+                activator_settle_s: float = 10.0, **settings: Any) -> kopf.Memo:
     """The operator-level memo: the operator's state (one ``OperatorState``, which every object's shallow memo
     copy shares) and the start-up settings ``main.configure`` reads (peering...)."""
     state = OperatorState(kube=kube, activator=activator, activator_service=activator_service,
-                          pod_env=list(pod_env or []), policy=metrics_policy)
+                          activator_settle_s=activator_settle_s, pod_env=list(pod_env or []), policy=metrics_policy)
     return kopf.Memo(state=state, **settings)
 
 

@@ -62,6 +62,7 @@ def run_operator(
     verbose: bool,
     activator_service: str | None = None,
     activator_address: list[str] | None = None,
+    activator_settle_seconds: float = 10.0,
     priority: int = 0,
     peering_lifetime: int = 60,
     prometheus_allowed_urls: list[str] | None = None,
@@ -96,6 +97,7 @@ def run_operator(
         kube=Kube(),
         activator=activator,
         activator_service=followed,
+        activator_settle_s=activator_settle_seconds,
         # model-server pods send their spans to the same place as the operator
         pod_env=tracing.inherited_env() if tracing.configure("elastiserve-operator") else None,
         metrics_policy=policy,

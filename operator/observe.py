@@ -204,6 +204,7 @@ def base(ctx: OperatorState, obj: ObjectState, spec: ModelDeploymentSpec, namesp
         hot_set=tuple(obj.hot_set) if obj.hot_set is not None else None, ready=obj.ready,
         activator=(tuple(ctx.activator[0]), ctx.activator[1]) if ctx.activator else None,
         activator_slice=obj.activator_slice,
+        activator_settle_s=ctx.activator_settle_s,
         pod_env=tuple(tuple(kv) for kv in ctx.pod_env),
     )
 

@@ -94,6 +94,8 @@ class Observed:
     """(addresses, port) of the activator, when the operator runs with one: its pods' addresses."""
     activator_slice: tuple[tuple[str, ...], int] | None = None
     """In memory: the (addresses, port) the model's activator EndpointSlice was last applied with."""
+    activator_settle_s: float = 10.0
+    """Seconds a routing change gets to reach every node's kube-proxy (``--activator-settle-seconds``)."""
     pod_env: tuple[tuple[str, str], ...] = ()
     load_failures: Any = None
     """``loadfailures.LoadFailureReport`` of this cycle (None: no sub-models, or the query failed: the status
@@ -504,17 +506,22 @@ def plan_cycle(o: Observed, d: Decided) -> Plan:
     applied = dict(o.applied)  # what apply will have sent once each step has run
     repairs = _plan_repairs(o, d)
     rollout_steps, stable_desired, canary_desired = _plan_rollout(o, d, applied)
+    route = _plan_routing(o, decision.desired, d.observation)
+    if route.hold:  # zero was decided, but the Service does not point at the activator everywhere yet
+        stable_desired = {v: e.replicas for v, e in d.stable.items()}
+        canary_desired = {v: e.replicas for v, e in o.canaries.items()}
     replicas = _plan_replicas(o, stable_desired, {v: e.replicas for v, e in d.stable.items()}, applied)
     replicas += _plan_replicas(o, canary_desired, {v: e.replicas for v, e in o.canaries.items()}, applied, canary=True)
-    routing, routed = _plan_routing(o, decision.desired, d.observation)
     hot, hot_steps = _plan_hot_set(o)
 
     # ---- status
     obs = d.observation
     summary = decision.summary()
-    changed = decision.desired != obs.replicas
+    changed = decision.desired != obs.replicas and not route.hold
     rs = d.rollout.status
-    status: dict[str, Any] = {"routing": routed}
+    status: dict[str, Any] = {"routing": route.routed}
+    if route.since is not None or o.status.get("routingSince") is not None:
+        status["routingSince"] = route.since  # null once the change has settled
     if hot is not None:
         status["hotSet"] = hot
     # Merge patches keep keys they do not mention: send cleared fields, and keys a map of the state no longer
@@ -544,7 +551,7 @@ def plan_cycle(o: Observed, d: Decided) -> Plan:
         status["conditions"] = set_condition(status["conditions"], LOAD_CONDITION, report.loaded, report.reason,
                                              report.message, o.now, o.generation)
         events += [Event(type_, reason, message[:1000]) for type_, reason, message in report.events]
-    status["phase"] = "ScaledToZero" if sum(decision.desired.values()) == 0 else (
+    status["phase"] = "Scaling" if route.hold else "ScaledToZero" if sum(decision.desired.values()) == 0 else (
         "Scaling" if changed or obs.ready != obs.replicas else "Ready"
     )
 
@@ -558,6 +565,8 @@ def plan_cycle(o: Observed, d: Decided) -> Plan:
         events.append(Event("Normal", "ScaledToZero" if decision.scale_to_zero else "Scaled",
                             traced(o, summary + slo_note(decision))))
         events.append(Log("info", f"scaled: {summary}"))
+    elif route.hold:
+        events.append(Log("info", f"{route.hold} ({summary})"))
     else:
         events.append(Log("debug", f"hold: {summary}"))
     was = next((c for c in previous or [] if c.get("type") == "MetricsAvailable"), None)
@@ -566,7 +575,7 @@ def plan_cycle(o: Observed, d: Decided) -> Plan:
     if decision.metrics_available and was is not None and was.get("status") == "False":
         events.append(Event("Normal", "MetricsRecovered", "metrics are back; scaling resumed"))
 
-    return Plan(repairs=repairs, rollout=rollout_steps, replicas=replicas, routing=routing, hot_set=hot_steps,
+    return Plan(repairs=repairs, rollout=rollout_steps, replicas=replicas, routing=route.steps, hot_set=hot_steps,
                 status=status, events=tuple(events), metrics=_plan_metrics(o, d), decided=True)
 
 
@@ -676,36 +685,68 @@ def _plan_replicas(o: Observed, desired: Mapping[str, int], current: Mapping[str
     return tuple(steps)
 
 
-def _plan_routing(o: Observed, desired: Mapping[str, int], obs: Observation) -> tuple[tuple[Step, ...], str]:
-    """Point the public Service at the activator while at zero, and back at the pods once one is ready."""
+@dataclass(frozen=True)
+class Routing:
+    """What a cycle does to the public Service's routing (``_plan_routing``)."""
+
+    steps: tuple[Step, ...] = ()
+    routed: str = "pods"
+    since: str | None = None
+    """``status.routingSince``: when the routing last changed, while that change settles."""
+    hold: str | None = None
+    """Why the replicas stay this cycle though the decision is zero (None: they may go)."""
+
+
+def _plan_routing(o: Observed, desired: Mapping[str, int], obs: Observation) -> Routing:
+    """Point the public Service at the activator for zero, and back at the pods once one is ready.
+
+    kube-proxy on every node learns of a change some time after the API server has it, so no change leaves
+    the Service without a live endpoint in between (a request in that gap is refused): going to zero, the
+    activator's slice is added before the selector goes, and the replicas stay until the Service has pointed
+    at the activator for ``activator_settle_s`` (the activator forwards to them meanwhile); waking, the
+    selector comes back first and the activator's slice stays beside the pods' as long."""
     spec, name, namespace, uid = o.spec, o.name, o.namespace, o.uid
-    routing, activator = o.routing, o.activator
-    ready = sum(obs.ready.values())
-    if routing == "activator" and (ready > 0 or not spec.scale_to_zero.enabled or activator is None):
-        # A replica is ready, or scale-to-zero was switched off: the pods take the traffic again.
-        return (Apply(builders.build_service(spec, name, namespace, uid)),
-                Delete("EndpointSlice", namespace, f"{name}-activator"),
-                Event("Normal", "RoutedToPods", "the Service points at the pods again")), "pods"
-    if not spec.scale_to_zero.enabled or activator is None:
-        return (), routing or "pods"
+    routing, activator, settle = o.routing or "pods", o.activator, o.activator_settle_s
+    since = o.status.get("routingSince")
+    settled = since is None or (o.now - datetime.fromisoformat(since)).total_seconds() >= settle
+    ready, running, wanted = sum(obs.ready.values()), sum(obs.replicas.values()), sum(desired.values())
+    zero_ok = spec.scale_to_zero.enabled and activator is not None
+    if routing == "activator":
+        if (ready > 0 and wanted > 0) or not zero_ok:
+            # A replica is ready for a decision that wants replicas (or scale to zero was switched off): the
+            # pods take the traffic again; the activator's slice stays until the change has settled.
+            return Routing((Apply(builders.build_service(spec, name, namespace, uid)),
+                            Event("Normal", "RoutedToPods", "the Service points at the pods again")),
+                           "pods", iso(o.now))
+        hold = None if settled or running == 0 else (
+            f"the Service points at the activator since {since}: the replicas go once it has for {settle:g} s")
+        if activator[0] and activator[1] and o.activator_slice != (tuple(activator[0]), activator[1]):
+            # The slice names the activator's pods (a Service's cluster IP cannot be another Service's
+            # endpoint: kube-proxy translates once), so it follows them when they change, and once after a
+            # restart.
+            current = (tuple(activator[0]), activator[1])
+            return Routing((Apply(builders.build_activator_slice(name, namespace, uid, list(current[0]), current[1])),
+                            SetActivatorSlice(*current)), "activator", since, hold)
+        return Routing((), "activator", since, hold)
+    # routing == "pods"
+    if not zero_ok or wanted > 0:
+        if since is not None and settled:
+            # The pods' own slice has had time to reach every node: the activator's goes.
+            return Routing((Delete("EndpointSlice", namespace, f"{name}-activator"),), "pods", None)
+        return Routing((), "pods", since)
     addresses, port = activator
     if not addresses or not port:
-        # The activator has no Ready pod yet (it starts with the operator): nothing to point at; the cycles
-        # read its endpoints again every few seconds.
-        return (), routing or "pods"
-    at_zero = sum(desired.values()) == 0 and ready == 0
+        # The activator has no Ready pod yet (it starts with the operator): nothing to point at, so the
+        # replicas stay; the cycles read its endpoints again every few seconds.
+        hold = "the activator has no Ready pod yet: the replicas stay until it has" if running else None
+        return Routing((), "pods", since, hold)
     current = (tuple(addresses), port)
-    if routing != "activator" and at_zero:
-        return (Apply(builders.build_service_to_activator(spec, name, namespace, uid)),
-                Apply(builders.build_activator_slice(name, namespace, uid, list(addresses), port)),
-                SetActivatorSlice(*current),
-                Event("Normal", "RoutedToActivator", "no replicas: Service now points at the activator")), "activator"
-    if routing == "activator" and o.activator_slice != current:
-        # The slice names the activator's pods (a Service's cluster IP cannot be another Service's endpoint:
-        # kube-proxy translates once), so it follows them when they change, and once after a restart.
-        return (Apply(builders.build_activator_slice(name, namespace, uid, list(addresses), port)),
-                SetActivatorSlice(*current)), "activator"
-    return (), routing or "pods"
+    return Routing((Apply(builders.build_activator_slice(name, namespace, uid, list(addresses), port)),
+                    SetActivatorSlice(*current),
+                    Apply(builders.build_service_to_activator(spec, name, namespace, uid)),
+                    Event("Normal", "RoutedToActivator", "no replicas wanted: the Service points at the activator")),
+                   "activator", iso(o.now), f"the Service now points at the activator: the replicas go once it has "
+                                            f"for {settle:g} s" if running else None)
 
 
 def _plan_hot_set(o: Observed) -> tuple[list[str] | None, tuple[Step, ...]]:

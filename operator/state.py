@@ -80,6 +80,8 @@ class OperatorState:
     (``--activator-service``, kept current by :func:`observe.refresh_activator`) or ``--activator-address``."""
     activator_service: tuple[str, str] | None = None
     """(namespace, name) of the activator's Service (``--activator-service``)."""
+    activator_settle_s: float = 10.0
+    """Seconds a routing change gets to reach kube-proxy (``--activator-settle-seconds``, ``Observed``)."""
     activator_checked: float = float("-inf")
     """``time.monotonic()`` of the last read of the activator's endpoints."""
     pod_env: list[tuple[str, str]] = field(default_factory=list)

@@ -258,6 +258,13 @@ def test_zero_to_one_and_back(stack, tmp_path):
     wait_until(lambda: _status(k8s_cluster, namespace, "lm").get("phase") == "ScaledToZero", timeout=150,
                what="scale to zero after idleSeconds")
     assert _events(k8s_cluster, namespace, "ScaledToZero")
+    # The Service pointed at the activator before the replicas were removed (docs/operator.md): the status
+    # already says so, and the newest RoutedToActivator precedes the newest ScaledToZero (same-message Events
+    # are aggregated: lastTimestamp is the newest occurrence, one-second resolution; the gap is >= 10 s).
+    assert _status(k8s_cluster, namespace, "lm")["routing"] == "activator"
+    newest = {reason: max(e.get("lastTimestamp") or e.get("eventTime") or "" for e in _events(k8s_cluster, namespace, reason))
+              for reason in ("RoutedToActivator", "ScaledToZero")}
+    assert newest["RoutedToActivator"] < newest["ScaledToZero"], newest
     assert "no requests for" in _status(k8s_cluster, namespace, "lm")["lastScaleReason"]
     wait_until(lambda: not _pods(k8s_cluster, namespace, "lm"), timeout=90, what="model-server pods gone")
     wait_until(lambda: _status(k8s_cluster, namespace, "lm").get("routing") == "activator", timeout=60,

@@ -298,11 +298,12 @@ def test_operator_probes_hit_the_kopf_liveness_endpoint(helm):
     [
         # zero-scaled models' Services point at the activator (without it a request at zero finds nothing)
         ([], ["run", "--all-namespaces", "--metrics-port=9090", "--liveness=http://0.0.0.0:8081/healthz",
-              "--activator-service=elastiserve/elastiserve-activator"]),
+              "--activator-service=elastiserve/elastiserve-activator", "--activator-settle-seconds=10"]),
         (
             ["watchNamespaces={a,b}", "operator.prometheusUrl=http://prom:9090", "operator.verbose=true"],
             ["run", "--namespace=a", "--namespace=b", "--metrics-port=9090", "--liveness=http://0.0.0.0:8081/healthz",
-             "--prometheus-url=http://prom:9090", "--activator-service=elastiserve/elastiserve-activator", "--verbose"],
+             "--prometheus-url=http://prom:9090", "--activator-service=elastiserve/elastiserve-activator",
+             "--activator-settle-seconds=10", "--verbose"],
         ),
         (["activator.enabled=false"],
          ["run", "--all-namespaces", "--metrics-port=9090", "--liveness=http://0.0.0.0:8081/healthz"]),

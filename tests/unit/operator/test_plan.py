@@ -215,13 +215,59 @@ def test_at_zero_the_service_points_at_the_activator(golden):
                  status={"scaler": {"lastActiveTime": "2026-03-02T11:00:00Z"}})
     plan = cycle(o)
     assert plan.status["desired"] == 0
-    assert kinds(plan.routing) == [("apply", "Service", "m"), ("apply", "EndpointSlice", "m-activator"),
+    # the activator's slice first: until kube-proxy has seen the selector go, the Service has both
+    assert kinds(plan.routing) == [("apply", "EndpointSlice", "m-activator"), ("apply", "Service", "m"),
                                    ("event", "RoutedToActivator")]
     assert plan.status["routing"] == "activator" and plan.status["phase"] == "ScaledToZero"
-    slice_ = plan.routing[1].obj
+    assert plan.status["routingSince"] == "2026-03-02T12:00:00Z"
+    slice_ = plan.routing[0].obj
     assert slice_["endpoints"][0]["addresses"] == ["10.244.1.7"] and slice_["ports"][0]["port"] == 8080
-    assert plan.routing[2] == SetActivatorSlice(("10.244.1.7",), 8080)
+    assert plan.routing[1] == SetActivatorSlice(("10.244.1.7",), 8080)
+    assert "selector" not in plan.routing[2].obj["spec"]
     golden("plans/route-to-activator.txt", plan.describe())
+
+
+def idle_at(t, status):
+    return {"scaler": {"lastActiveTime": "2026-03-02T11:00:00Z"}} | status, healthy(t, qps=0.0, cpu=0.0)
+
+
+def test_going_to_zero_the_replicas_stay_until_the_service_has_pointed_at_the_activator_for_a_while():
+    """kube-proxy applies a routing change some time after the API server has it: the last replica serves
+    (through the activator) until the change has had ``activator_settle_s`` to arrive; only then is it removed.
+    A CI run refused a request sent just after the operator had said it routed to the activator."""
+    status, snap = idle_at(T0, {})
+    o = observed(zero_spec(), replicas=1, ready=1, activator=ACTIVATOR, activator_settle_s=10, status=status,
+                 snapshot=snap)
+    first = cycle(o)
+    assert kinds(first.routing)[-1] == ("event", "RoutedToActivator") and first.replicas == ()
+    assert first.status["phase"] == "Scaling" and first.status["desired"] == 0
+    assert "ScaledToZero" not in events(first) and first.status["routingSince"] == "2026-03-02T12:00:00Z"
+    assert any("replicas go once it has for 10 s" in s.message for s in first.events if isinstance(s, Log))
+    status = dict(first.status)
+    for after, held in ((5, True), (10, False)):
+        later = T0 + timedelta(seconds=after)
+        plan = cycle(replace(o, now=later, snapshot=healthy(later, qps=0.0, cpu=0.0), status=status,
+                             activator_slice=ACTIVATOR))
+        assert plan.routing == () and plan.status["routing"] == "activator"
+        assert plan.status["routingSince"] == "2026-03-02T12:00:00Z"
+        if held:
+            assert plan.replicas == () and plan.status["phase"] == "Scaling"
+        else:
+            assert kinds(plan.replicas) == [("apply", "Deployment", "m-fp32", 0)]
+            assert plan.status["phase"] == "ScaledToZero" and "ScaledToZero" in events(plan)
+            assert "no requests for" in plan.status["lastScaleReason"]
+
+
+def test_with_no_ready_activator_pod_the_last_replicas_stay():
+    status, snap = idle_at(T0, {})
+    o = observed(zero_spec(), replicas=1, ready=1, activator=((), 8080), status=status, snapshot=snap)
+    plan = cycle(o)
+    assert plan.replicas == () and plan.routing == () and plan.status["routing"] == "pods"
+    assert plan.status["phase"] == "Scaling"
+    assert any("no Ready pod" in s.message for s in plan.events if isinstance(s, Log))
+    # without an activator at all (none configured) scale to zero goes on: nothing could hold the requests
+    bare = cycle(replace(o, activator=None))
+    assert kinds(bare.replicas) == [("apply", "Deployment", "m-fp32", 0)] and bare.status["phase"] == "ScaledToZero"
 
 
 def test_without_an_activator_routing_stays_on_the_pods():
@@ -232,13 +278,25 @@ def test_without_an_activator_routing_stays_on_the_pods():
 
 
 def test_once_a_replica_is_ready_the_service_points_at_the_pods_again():
-    o = observed(zero_spec(), replicas=1, ready=1, activator=ACTIVATOR, status={"routing": "activator"})
+    """The selector comes back first; the activator's slice stays beside the pods' until the change has had
+    ``activator_settle_s`` to reach kube-proxy, then goes."""
+    o = observed(zero_spec(), replicas=1, ready=1, activator=ACTIVATOR, activator_slice=ACTIVATOR,
+                 activator_settle_s=10, status={"routing": "activator", "routingSince": "2026-03-02T11:00:00Z"})
     plan = cycle(o)
-    assert kinds(plan.routing) == [("apply", "Service", "m"), ("delete", "EndpointSlice", "m-activator"),
-                                   ("event", "RoutedToPods")]
-    assert plan.status["routing"] == "pods"
+    assert kinds(plan.routing) == [("apply", "Service", "m"), ("event", "RoutedToPods")]
+    assert plan.routing[0].obj["spec"]["selector"]
+    assert plan.status["routing"] == "pods" and plan.status["routingSince"] == "2026-03-02T12:00:00Z"
+    status = dict(plan.status)
+    for after, steps in ((5, []), (10, [("delete", "EndpointSlice", "m-activator")])):
+        later = T0 + timedelta(seconds=after)
+        nxt = cycle(replace(o, now=later, snapshot=healthy(later), status=status))
+        assert kinds(nxt.routing) == steps and nxt.status["routing"] == "pods"
+        assert nxt.status["routingSince"] == (None if steps else "2026-03-02T12:00:00Z")
+    # settled and cleared: nothing more is sent, and the status no longer mentions it
+    done = cycle(replace(o, now=T0 + timedelta(seconds=15), status={"routing": "pods"}))
+    assert done.routing == () and "routingSince" not in done.status
     # still waking up (replica not ready): keep routing through the activator
-    waking = cycle(replace(o, stable={"fp32": Owned("fp32", "m-fp32", 1, 0)}, activator_slice=ACTIVATOR))
+    waking = cycle(replace(o, stable={"fp32": Owned("fp32", "m-fp32", 1, 0)}))
     assert waking.routing == () and waking.status["routing"] == "activator"
 
 
