@@ -377,10 +377,21 @@ def build_pods_service(spec: ModelDeploymentSpec, name: str, namespace: str, uid
     return svc
 
 
+ACTIVATOR_SELECTOR = {"elastiserve.dev/routed-to": "activator"}
+"""The public Service's selector while at zero: a label no pod carries, so it selects none.
+
+Not *no* selector: the Kubernetes controllers stop maintaining a Service that loses its selector and leave
+what they wrote as it was: the EndpointSlices, and the Endpoints object, which the mirroring controller then
+copies into a new slice. Those go on naming the pods that were Ready at the switch (a request at zero went
+straight to a replica that was going away). With a selector that matches nothing the controllers empty
+them; our EndpointSlice points at the activator."""
+
+
 def build_service_to_activator(spec: ModelDeploymentSpec, name: str, namespace: str, uid: str) -> dict[str, Any]:
-    """The public Service while the model is at zero: no selector; our EndpointSlice points at the activator."""
+    """The public Service while the model is at zero: a selector that matches no pod (``ACTIVATOR_SELECTOR``);
+    our EndpointSlice points at the activator."""
     svc = build_service(spec, name, namespace, uid)
-    del svc["spec"]["selector"]
+    svc["spec"]["selector"] = dict(ACTIVATOR_SELECTOR)
     svc["metadata"]["annotations"] = {"elastiserve.dev/routing": "activator"}
     return svc
 

@@ -702,7 +702,8 @@ def _plan_routing(o: Observed, desired: Mapping[str, int], obs: Observation) -> 
 
     kube-proxy on every node learns of a change some time after the API server has it, so no change leaves
     the Service without a live endpoint in between (a request in that gap is refused): going to zero, the
-    activator's slice is added before the selector goes, and the replicas stay until the Service has pointed
+    activator's slice is added before the selector changes to one that matches no pod
+    (``builders.ACTIVATOR_SELECTOR``), and the replicas stay until the Service has pointed
     at the activator for ``activator_settle_s`` (the activator forwards to them meanwhile); waking, the
     selector comes back first and the activator's slice stays beside the pods' as long."""
     spec, name, namespace, uid = o.spec, o.name, o.namespace, o.uid

@@ -25,6 +25,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from elastiserve.operator.builders import ACTIVATOR_SELECTOR
 from support import wait_until
 from support.cluster import create_namespace
 from support.devstack import free_port, manifest
@@ -133,6 +134,17 @@ async def _burst(url: str, key: str, n: int, traceparent: str | None = None) -> 
         return await asyncio.gather(*(one() for _ in range(n)))
 
 
+def _activator_behind(url: str) -> bool:
+    """The Service's address answers with the activator's health (kube-proxy has programmed its endpoint).
+    A new Service, or a new endpoint of one, is reachable only once kube-proxy has synced it (by default at
+    most a second after it saw the change); until then a connection to it is refused."""
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
+            return r.status == 200 and "held_bytes" in json.loads(r.read())
+    except (OSError, ValueError):
+        return False
+
+
 def _served_total(cluster, ns, name) -> float:
     """Requests the model-server pods answered 200, from their own /metrics (scraped at the pod IPs)."""
     total = 0.0
@@ -219,11 +231,11 @@ def test_zero_to_one_and_back(stack, tmp_path):
         scaleToZero={"enabled": True, "idleSeconds": 30, "coldStartVariant": "int8"},
     ), namespace=namespace)
 
-    # Starts at zero, routed to the activator (Service without selector + our EndpointSlice of its pods).
+    # Starts at zero, routed to the activator (Service selecting no pod + our EndpointSlice of its pods).
     wait_until(lambda: _status(k8s_cluster, namespace, "lm").get("routing") == "activator", timeout=90,
                what="routing to the activator")
     svc = k8s_cluster.kubectl_json("get", "service", "lm", "-n", namespace)
-    assert "selector" not in svc["spec"]
+    assert svc["spec"]["selector"] == ACTIVATOR_SELECTOR  # a label no pod carries: it selects none
     # The chart gives the operator the activator's Service (--activator-service); the slice names that Service's
     # Ready pods (kube-proxy translates a Service address once, so another Service's cluster IP would not do).
     activator_ips = sorted(p["status"]["podIP"] for p in k8s_cluster.kubectl_json(
@@ -231,6 +243,8 @@ def test_zero_to_one_and_back(stack, tmp_path):
     eps = k8s_cluster.kubectl_json("get", "endpointslice", "lm-activator", "-n", namespace)
     assert sorted(a for e in eps["endpoints"] for a in e["addresses"]) == activator_ips
     url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    # The status says where the API objects point; the first request waits until the node's kube-proxy agrees.
+    wait_until(lambda: _activator_behind(url), timeout=30, what="the Service's address reaching the activator")
 
     # 100 concurrent first requests at zero: none lost, none duplicated.
     timeline = Timeline(k8s_cluster, namespace, "lm").start()
@@ -269,6 +283,19 @@ def test_zero_to_one_and_back(stack, tmp_path):
     wait_until(lambda: not _pods(k8s_cluster, namespace, "lm"), timeout=90, what="model-server pods gone")
     wait_until(lambda: _status(k8s_cluster, namespace, "lm").get("routing") == "activator", timeout=60,
                what="routing to the activator again")
+    # Only the activator behind the Service: no other slice names an address. (Without a selector the
+    # controllers had left theirs naming the replicas just removed, and a request went to one.)
+    def addresses():
+        return {s["metadata"]["name"]: sorted(a for e in s.get("endpoints") or [] for a in e["addresses"])
+                for s in k8s_cluster.kubectl_json("get", "endpointslices", "-n", namespace, "-l",
+                                                  "kubernetes.io/service-name=lm")["items"]}
+
+    try:
+        wait_until(lambda: [n for n, a in addresses().items() if a] == ["lm-activator"], timeout=30,
+                   what="the activator's slice is the only one with addresses")
+    except AssertionError:
+        raise AssertionError(f"the Service's EndpointSlices and their addresses: {addresses()}") from None
+    assert addresses()["lm-activator"] == activator_ips
 
     # One request at zero: served; the cold start broken into its parts.
     timeline = Timeline(k8s_cluster, namespace, "lm").start()

@@ -35,6 +35,20 @@ def test_every_object_is_owned_and_labelled():
         assert obj["metadata"]["labels"][builders.LABEL_MANAGED] == "elastiserve"
 
 
+def test_at_zero_the_public_service_selects_no_pod_but_keeps_a_selector():
+    """Removing the selector would leave the controllers' EndpointSlices and Endpoints as they were, naming
+    pods that go away (docs/operator.md); a selector no pod matches makes the controllers empty them."""
+    md = manifest("full.yaml")
+    svc = builders.build_service_to_activator(md.spec, "e", "ns", "u")
+    assert svc["spec"]["selector"] == builders.ACTIVATOR_SELECTOR
+    pods = [o["spec"]["template"]["metadata"]["labels"] for o in builders.desired_objects(md.spec, "e", "ns", "u")
+            if o["kind"] == "Deployment"]
+    pods += [builders.build_deployment(md.spec, "e", "ns", "u", v, version="v2", canary=True)
+             ["spec"]["template"]["metadata"]["labels"] for v in md.spec.variants]
+    assert pods and not any(builders.ACTIVATOR_SELECTOR.items() <= labels.items() for labels in pods)
+    assert builders.build_service(md.spec, "e", "ns", "u")["spec"]["selector"].items() <= pods[0].items()
+
+
 def test_templates_leave_replicas_to_the_scaler():
     md = manifest("full.yaml")
     deployments = [o for o in builders.desired_objects(md.spec, "e", "ns", "u") if o["kind"] == "Deployment"]

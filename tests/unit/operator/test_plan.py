@@ -17,6 +17,7 @@ from elastiserve.operator.plan import (
     Apply, ApplyAll, Delete, Event, Log, Observed, Owned, Remember, SetActivatorSlice, SetHotSet, SetHpaVariant, SetReady, decide_cycle,
     missing_variants, plan_cycle, plan_reconcile, plan_recreate,
 )
+from elastiserve.operator.builders import ACTIVATOR_SELECTOR
 from elastiserve.operator.status import merge_patch
 from elastiserve.scaling.rollout import VersionHealth
 
@@ -215,7 +216,7 @@ def test_at_zero_the_service_points_at_the_activator(golden):
                  status={"scaler": {"lastActiveTime": "2026-03-02T11:00:00Z"}})
     plan = cycle(o)
     assert plan.status["desired"] == 0
-    # the activator's slice first: until kube-proxy has seen the selector go, the Service has both
+    # the activator's slice first: until kube-proxy has seen the selector change, the Service has both
     assert kinds(plan.routing) == [("apply", "EndpointSlice", "m-activator"), ("apply", "Service", "m"),
                                    ("event", "RoutedToActivator")]
     assert plan.status["routing"] == "activator" and plan.status["phase"] == "ScaledToZero"
@@ -223,7 +224,7 @@ def test_at_zero_the_service_points_at_the_activator(golden):
     slice_ = plan.routing[0].obj
     assert slice_["endpoints"][0]["addresses"] == ["10.244.1.7"] and slice_["ports"][0]["port"] == 8080
     assert plan.routing[1] == SetActivatorSlice(("10.244.1.7",), 8080)
-    assert "selector" not in plan.routing[2].obj["spec"]
+    assert plan.routing[2].obj["spec"]["selector"] == ACTIVATOR_SELECTOR  # matches no pod
     golden("plans/route-to-activator.txt", plan.describe())
 
 
@@ -248,8 +249,7 @@ def test_going_to_zero_the_replicas_stay_until_the_service_has_pointed_at_the_ac
         later = T0 + timedelta(seconds=after)
         plan = cycle(replace(o, now=later, snapshot=healthy(later, qps=0.0, cpu=0.0), status=status,
                              activator_slice=ACTIVATOR))
-        assert plan.routing == () and plan.status["routing"] == "activator"
-        assert plan.status["routingSince"] == "2026-03-02T12:00:00Z"
+        assert plan.routing == () and plan.status["routing"] == "activator" and plan.status["routingSince"] == "2026-03-02T12:00:00Z"
         if held:
             assert plan.replicas == () and plan.status["phase"] == "Scaling"
         else:
@@ -304,7 +304,7 @@ def test_the_activator_slice_follows_the_activators_pods():
     """At zero the slice names the activator's pods; when they change (a restart, a new replica), or after the
     operator restarted (nothing remembered), the slice is applied again; otherwise nothing is sent."""
     o = observed(zero_spec(), replicas=0, activator=ACTIVATOR, activator_slice=ACTIVATOR, status={"routing": "activator"})
-    assert cycle(o).routing == ()
+    assert cycle(o).routing == ()  # settled (no routingSince): nothing to send
     moved = (("10.244.1.8", "10.244.1.9"), 8080)
     for remembered in (ACTIVATOR, None):
         plan = cycle(replace(o, activator=moved, activator_slice=remembered))
@@ -322,7 +322,7 @@ def test_a_spec_change_at_zero_keeps_the_service_on_the_activator():
     o = observed(zero_spec(), replicas=0, activator=ACTIVATOR, status={"routing": "activator"})
     services = [x for x in next(s for s in plan_reconcile(o).owned if isinstance(s, ApplyAll)).objs
                 if x["kind"] == "Service" and x["metadata"]["name"] == "m"]
-    assert services and "selector" not in services[0]["spec"]
+    assert services and services[0]["spec"]["selector"] == ACTIVATOR_SELECTOR
 
 
 # --------------------------------------------------------------------------- rollout
