@@ -709,7 +709,10 @@ def _plan_routing(o: Observed, desired: Mapping[str, int], obs: Observation) -> 
     spec, name, namespace, uid = o.spec, o.name, o.namespace, o.uid
     routing, activator, settle = o.routing or "pods", o.activator, o.activator_settle_s
     since = o.status.get("routingSince")
-    settled = since is None or (o.now - datetime.fromisoformat(since)).total_seconds() >= settle
+    try:
+        settled = since is None or (o.now - datetime.fromisoformat(since)).total_seconds() >= settle
+    except (TypeError, ValueError):  # not a time we wrote: the change counts as settled (and is cleared)
+        settled = True
     ready, running, wanted = sum(obs.ready.values()), sum(obs.replicas.values()), sum(desired.values())
     zero_ok = spec.scale_to_zero.enabled and activator is not None
     if routing == "activator":
@@ -727,8 +730,8 @@ def _plan_routing(o: Observed, desired: Mapping[str, int], obs: Observation) -> 
             # restart.
             current = (tuple(activator[0]), activator[1])
             return Routing((Apply(builders.build_activator_slice(name, namespace, uid, list(current[0]), current[1])),
-                            SetActivatorSlice(*current)), "activator", since, hold)
-        return Routing((), "activator", since, hold)
+                            SetActivatorSlice(*current)), "activator", None if settled else since, hold)
+        return Routing((), "activator", None if settled else since, hold)
     # routing == "pods"
     if not zero_ok or wanted > 0:
         if since is not None and settled:
