@@ -88,7 +88,7 @@ print("\n".join(str(s.getsockname()[1]) for s in socks))' "$1"
 # Print a free port on 127.0.0.1 (asks the kernel via python3, falls back to a scan).
 free_port() {
   if command -v python3 >/dev/null 2>&1; then
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+    free_ports 1
     return
   fi
   local p

@@ -11,7 +11,7 @@ See docs/operator.md for the four steps and where to add a signal, an actuation 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -506,12 +506,13 @@ def plan_cycle(o: Observed, d: Decided) -> Plan:
     applied = dict(o.applied)  # what apply will have sent once each step has run
     repairs = _plan_repairs(o, d)
     rollout_steps, stable_desired, canary_desired = _plan_rollout(o, d, applied)
+    stable_now = {v: e.replicas for v, e in d.stable.items()}
+    canary_now = {v: e.replicas for v, e in o.canaries.items()}
     route = _plan_routing(o, decision.desired, d.observation)
     if route.hold:  # zero was decided, but the Service does not point at the activator everywhere yet
-        stable_desired = {v: e.replicas for v, e in d.stable.items()}
-        canary_desired = {v: e.replicas for v, e in o.canaries.items()}
-    replicas = _plan_replicas(o, stable_desired, {v: e.replicas for v, e in d.stable.items()}, applied)
-    replicas += _plan_replicas(o, canary_desired, {v: e.replicas for v, e in o.canaries.items()}, applied, canary=True)
+        stable_desired, canary_desired = stable_now, canary_now
+    replicas = _plan_replicas(o, stable_desired, stable_now, applied)
+    replicas += _plan_replicas(o, canary_desired, canary_now, applied, canary=True)
     hot, hot_steps = _plan_hot_set(o)
 
     # ---- status
@@ -715,6 +716,7 @@ def _plan_routing(o: Observed, desired: Mapping[str, int], obs: Observation) -> 
         settled = True
     ready, running, wanted = sum(obs.ready.values()), sum(obs.replicas.values()), sum(desired.values())
     zero_ok = spec.scale_to_zero.enabled and activator is not None
+    addresses, port = activator or ((), 0)
     if routing == "activator":
         if (ready > 0 and wanted > 0) or not zero_ok:
             # A replica is ready for a decision that wants replicas (or scale to zero was switched off): the
@@ -724,33 +726,33 @@ def _plan_routing(o: Observed, desired: Mapping[str, int], obs: Observation) -> 
                            "pods", iso(o.now))
         hold = None if settled or running == 0 else (
             f"the Service points at the activator since {since}: the replicas go once it has for {settle:g} s")
-        if activator[0] and activator[1] and o.activator_slice != (tuple(activator[0]), activator[1]):
-            # The slice names the activator's pods (a Service's cluster IP cannot be another Service's
-            # endpoint: kube-proxy translates once), so it follows them when they change, and once after a
-            # restart.
-            current = (tuple(activator[0]), activator[1])
-            return Routing((Apply(builders.build_activator_slice(name, namespace, uid, list(current[0]), current[1])),
-                            SetActivatorSlice(*current)), "activator", None if settled else since, hold)
-        return Routing((), "activator", None if settled else since, hold)
+        # The slice names the activator's pods (a Service's cluster IP cannot be another Service's endpoint:
+        # kube-proxy translates once), so it follows them when they change, and once after a restart.
+        moved = addresses and port and o.activator_slice != (tuple(addresses), port)
+        return Routing(_activator_slice(o, addresses, port) if moved else (), "activator",
+                       None if settled else since, hold)
     # routing == "pods"
     if not zero_ok or wanted > 0:
         if since is not None and settled:
             # The pods' own slice has had time to reach every node: the activator's goes.
             return Routing((Delete("EndpointSlice", namespace, f"{name}-activator"),), "pods", None)
         return Routing((), "pods", since)
-    addresses, port = activator
     if not addresses or not port:
         # The activator has no Ready pod yet (it starts with the operator): nothing to point at, so the
         # replicas stay; the cycles read its endpoints again every few seconds.
         hold = "the activator has no Ready pod yet: the replicas stay until it has" if running else None
         return Routing((), "pods", since, hold)
-    current = (tuple(addresses), port)
-    return Routing((Apply(builders.build_activator_slice(name, namespace, uid, list(addresses), port)),
-                    SetActivatorSlice(*current),
+    return Routing(_activator_slice(o, addresses, port) + (
                     Apply(builders.build_service_to_activator(spec, name, namespace, uid)),
                     Event("Normal", "RoutedToActivator", "no replicas wanted: the Service points at the activator")),
                    "activator", iso(o.now), f"the Service now points at the activator: the replicas go once it has "
                                             f"for {settle:g} s" if running else None)
+
+
+def _activator_slice(o: Observed, addresses: Sequence[str], port: int) -> tuple[Step, ...]:
+    """Apply the model's ``<name>-activator`` slice naming the activator's pods, and remember what it names."""
+    return (Apply(builders.build_activator_slice(o.name, o.namespace, o.uid, list(addresses), port)),
+            SetActivatorSlice(tuple(addresses), port))
 
 
 def _plan_hot_set(o: Observed) -> tuple[list[str] | None, tuple[Step, ...]]:

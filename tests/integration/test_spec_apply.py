@@ -179,4 +179,3 @@ def test_every_accepted_spec_and_its_objects_are_accepted_by_the_api_server(api,
             kube.apply_sync(obj, dry_run=True)  # raises ApiException (the API server's message) if refused
 
     check()
-
