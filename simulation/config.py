@@ -143,8 +143,11 @@ class SimConfig:
     (docs/backtest.md); a gauge has no rate window on top."""
     kpa_metric_delay_seconds: float = 2.0
     """Age of the metrics the KPA sees (queue-proxy scraped every second)."""
-    hpa_metric_window_seconds: float = 30.0
-    """CPU averaging window of metrics-server."""
+    hpa_metric_window_seconds: float = 15.0
+    """CPU averaging window of metrics-server: the time between its two newest scrapes of the kubelet
+    (metrics-server v0.9.0 ``pkg/storage/types.go: resourceUsage``), i.e. its ``--metric-resolution``,
+    15 s in its own manifest and in ``hack/node.sh``. It was 30 s until the live runs of issue 17 showed
+    the simulated HPA reacting a burst too late (docs/backtest.md, "The simulated HPA's CPU window")."""
     target_utilisation: float = 0.70
     """HPA-like and KPA-like target: this share of ``capacityQps`` per pod."""
     client_timeout_seconds: float = 30.0

@@ -3,7 +3,7 @@
 Follows ``pkg/controller/podautoscaler`` (replica calculator + behaviour normalisation):
 
 * every 15 s (``--horizontal-pod-autoscaler-sync-period``), CPU utilisation averaged over the ready
-  pods, from metrics-server: a 30 s window seen 15 s late (``SimConfig``);
+  pods, from metrics-server: CPU over the 15 s between its two newest scrapes, seen 15 s late (``SimConfig``);
 * ``usageRatio = utilisation / target``; within the 0.1 tolerance the count holds;
 * pods still starting have no metrics: when the ratio asks to scale up they count as 0 % busy and the
   ratio is recomputed over ready + starting pods; if that flips the direction or falls within the
