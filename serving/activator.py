@@ -17,6 +17,11 @@ Bounds: request bodies in memory (held or being forwarded) never exceed ``max_he
 ``Retry-After`` past it, before the body is read); per-model state and metric series of a model idle
 for ``forget_seconds`` are dropped; every listener has read timeouts and a connection cap
 (``listener.py``).
+
+Shutdown (SIGTERM: a rollout, a node drain): for ``drain_seconds`` the activator serves on, each answer
+closing its connection, while ``/readyz`` reports 503 so the Service's endpoints drop it; then it stops
+accepting and waits for the requests it holds (each at most ``timeout`` s) before it exits. The chart's
+grace period covers both.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import tracing
-from .listener import read_body, run_bounded
+from .listener import close_when_draining, draining, read_body, run_bounded
 
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
@@ -289,9 +294,10 @@ class Activator:
         return f"{namespace}/{name}"
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_body_bytes)
+        app = web.Application(client_max_size=self.max_body_bytes, middlewares=[close_when_draining])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         app.on_startup.append(self._start_janitor)
         app.on_cleanup.append(self._close)
@@ -305,6 +311,11 @@ class Activator:
         return web.json_response({"status": "ok", "models": len(self.models),
                                   "pending": sum(m.pending for m in self.models.values()),
                                   "held_bytes": self.held_bytes})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        """Readiness: 503 once SIGTERM has arrived, so no new traffic is routed here (liveness stays on ``/healthz``)."""
+        busy = draining(request.app)
+        return web.json_response({"ready": not busy, "draining": busy}, status=503 if busy else 200)
 
     async def _start_janitor(self, app: web.Application) -> None:
         self._janitor = asyncio.create_task(self._sweep_forever())
@@ -546,9 +557,17 @@ def activator(
     keepalive_timeout: float = typer.Option(15.0, help="Seconds to receive a request's headers, and to keep an "
                                                        "idle connection open."),
     max_connections: int = typer.Option(2048, help="Open connections at most; further ones are closed at once."),
+    drain_seconds: float = typer.Option(5.0, help="After SIGTERM, serve on this long (not ready, each answer closing "
+                                                  "its connection) before closing the listener; held requests are "
+                                                  "still answered after that, each within --timeout."),
 ) -> None:
     """Run the activator: hold requests for zero-scaled models, wake them, forward when ready."""
     from .loader import parse_bytes
+
+    if not 0 <= drain_seconds <= 300:
+        raise SystemExit(f"error: --drain-seconds must be within 0..300, not {drain_seconds:g}")
+    if timeout <= 0:
+        raise SystemExit(f"error: --timeout must be positive, not {timeout:g}")
 
     if endpoints_file is None and not kubernetes:
         raise SystemExit("error: pass --endpoints-file FILE (local runs) or --kubernetes (in a cluster)")
@@ -574,4 +593,5 @@ def activator(
                     read_timeout=read_timeout, forget_seconds=forget_seconds)
     tracing.configure("elastiserve-activator")
     run_bounded(act.app(), host, port, keepalive_timeout=keepalive_timeout, max_connections=max_connections,
-                on_start=lambda: print(f"activator listening on {host}:{port}", flush=True))
+                on_start=lambda: print(f"activator listening on {host}:{port}", flush=True),
+                drain_seconds=drain_seconds, shutdown_timeout=timeout + 1.0)

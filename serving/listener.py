@@ -86,8 +86,8 @@ class BoundedSite(web.TCPSite):
 
 
 async def start_bounded(app: web.Application, host: str | None, port: int, *, keepalive_timeout: float,
-                        max_connections: int) -> tuple[web.AppRunner, BoundedSite]:
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=keepalive_timeout)
+                        max_connections: int, shutdown_timeout: float = 60.0) -> tuple[web.AppRunner, BoundedSite]:
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=keepalive_timeout, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = BoundedSite(runner, host, port, max_connections=max_connections)
     await site.start()
@@ -95,15 +95,17 @@ async def start_bounded(app: web.Application, host: str | None, port: int, *, ke
 
 
 def run_bounded(app: web.Application, host: str, port: int, *, keepalive_timeout: float, max_connections: int,
-                on_start: Callable[[], None] | None = None, drain_seconds: float = 0.0) -> None:
+                on_start: Callable[[], None] | None = None, drain_seconds: float = 0.0,
+                shutdown_timeout: float = 60.0) -> None:
     """Like ``web.run_app`` (until SIGINT/SIGTERM), with the limits above; after SIGTERM it drains for
-    ``drain_seconds`` (the app must have the ``close_when_draining`` middleware) before closing."""
+    ``drain_seconds`` (the app must have the ``close_when_draining`` middleware) before closing. Closing stops
+    accepting connections, then waits up to ``shutdown_timeout`` s for the requests being handled."""
 
     drain = app.setdefault(DRAINING, Drain())  # before the app is frozen by the start
 
     async def main() -> None:
         runner, _ = await start_bounded(app, host, port, keepalive_timeout=keepalive_timeout,
-                                        max_connections=max_connections)
+                                        max_connections=max_connections, shutdown_timeout=shutdown_timeout)
         if on_start is not None:
             on_start()
         stop = asyncio.Event()

@@ -318,7 +318,19 @@ def test_operator_command_line(helm, sets, expected):
 def test_activator_command_line(rendered):
     container = one(rendered["default"], "Deployment", "-activator")["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["activator", "--kubernetes", "--port=8080", "--queue-size=1000", "--timeout=90",
-                                 "--max-held-bytes=256Mi", "--all-namespaces"]
+                                 "--max-held-bytes=256Mi", "--drain-seconds=5", "--all-namespaces"]
+
+
+def test_the_activator_pods_grace_covers_its_drain_and_its_longest_hold(helm):
+    """SIGTERM -> the drain -> the held requests each answered within --timeout: the kubelet must not kill
+    the pod before (serving/activator.py, "Shutdown"); readiness, not liveness, reports the drain."""
+    out = docs(helm.template(sets=["activator.timeoutSeconds=30"], extra=["--set-json", "activator.drainSeconds=2.5"]).stdout)
+    pod = one(out, "Deployment", "-activator")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 3 + 30 + 5
+    container = pod["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "--drain-seconds=2.5" in container["args"]
 
 
 def test_tracing_settings_reach_the_operator_and_the_activator(helm):
