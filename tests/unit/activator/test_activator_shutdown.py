@@ -65,24 +65,14 @@ def test_sigterm_answers_held_requests_serves_on_while_draining_then_exits(tmp_p
     threading.Thread(target=replica.serve_forever, daemon=True).start()
     try:
         assert call(port, "GET", "/readyz")[0] == 200
-        held: dict[str, tuple] = {}
-        worker = threading.Thread(target=lambda: held.update(
-            r=call(port, "POST", "/v2/models/minilm/infer", {"id": "held"})))
-        worker.start()
-        wait_until(lambda: '"pending": 1' in call(port, "GET", "/healthz")[1], timeout=10,
-                   what="the request held by the activator")
+        worker, held = send_held(port, "held", pending=1)
         proc.send_signal(signal.SIGTERM)
         # draining: not ready, still alive, and a new request is still accepted (and held too)
         status, body, _ = wait_until(lambda: (r := call(port, "GET", "/readyz"))[0] == 503 and r, timeout=10,
                                      what="readiness reporting the drain")
         assert json.loads(body)["draining"] is True
         assert call(port, "GET", "/healthz")[0] == 200
-        late: dict[str, tuple] = {}
-        worker2 = threading.Thread(target=lambda: late.update(
-            r=call(port, "POST", "/v2/models/minilm/infer", {"id": "late"})))
-        worker2.start()
-        wait_until(lambda: '"pending": 2' in call(port, "GET", "/healthz")[1], timeout=10,
-                   what="the second request held while draining")
+        worker2, late = send_held(port, "late", pending=2)
         # the model comes up after the drain period has passed: the held requests are still answered
         wait_until(lambda: _refused(port), timeout=15, what="the listener closed after the drain")
         endpoints.write_text(json.dumps({"demo/minilm": [f"http://127.0.0.1:{replica.server_port}"]}))
@@ -97,6 +87,17 @@ def test_sigterm_answers_held_requests_serves_on_while_draining_then_exits(tmp_p
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def send_held(port: int, rid: str, pending: int) -> tuple[threading.Thread, dict[str, tuple]]:
+    """Send an inference for the model at zero from a thread; return once the activator holds ``pending``."""
+    answer: dict[str, tuple] = {}
+    worker = threading.Thread(target=lambda: answer.update(
+        r=call(port, "POST", "/v2/models/minilm/infer", {"id": rid})))
+    worker.start()
+    wait_until(lambda: f'"pending": {pending}' in call(port, "GET", "/healthz")[1], timeout=10,
+               what=f"request {rid} held by the activator")
+    return worker, answer
 
 
 def _refused(port: int) -> bool:
