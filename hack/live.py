@@ -443,12 +443,15 @@ def write_report(stack: Stack, cluster, prom, timeline: Timeline) -> None:
     (out / "timeline.json").write_text(json.dumps([s.__dict__ for s in samples], indent=1))
     reasons = [s.reason for s in samples]
     totals = [sum(s.desired.values()) for s in samples]
+    ready_totals = [sum(s.ready.values()) for s in samples]
     peak_at = max(range(len(samples)), key=lambda i: samples[i].offered) if samples else 0
     summary = {
         # a forecast floor raised capacity before the offered load reached its peak
         "prescaled_before_peak": any("forecast p" in r and "floor" in r for r in reasons[:peak_at + 1]),
         "int8_burst": any(s.desired.get("int8", 0) > 0 and s.desired.get("fp32", 0) > 0 for s in samples),
-        "scaled_to_zero": any(a > 0 and b == 0 for a, b in zip(totals, totals[1:])),
+        # the replicas were removed, not only asked to go: going to zero, the operator keeps them until the
+        # routing to the activator has settled, and the forecast may wake the model before that
+        "scaled_to_zero": any(a > 0 and b == 0 for a, b in zip(ready_totals, ready_totals[1:])),
         "woke_from_zero": any(a == 0 and b > 0 for a, b in zip(totals, totals[1:])) or _woke_per_events(cluster),
         # what woke it, per the operator's Scaled Events: a request held by the activator, or the forecast
         # ahead of the first request (then no request needs the activator)
