@@ -724,7 +724,7 @@ def _plan_routing(o: Observed, desired: Mapping[str, int], obs: Observation) -> 
             return Routing((Apply(builders.build_service(spec, name, namespace, uid)),
                             Event("Normal", "RoutedToPods", "the Service points at the pods again")),
                            "pods", iso(o.now))
-        hold = None if settled or running == 0 else (
+        hold = None if settled or running == 0 or wanted > 0 else (
             f"the Service points at the activator since {since}: the replicas go once it has for {settle:g} s")
         # The slice names the activator's pods (a Service's cluster IP cannot be another Service's endpoint:
         # kube-proxy translates once), so it follows them when they change, and once after a restart.
@@ -732,7 +732,11 @@ def _plan_routing(o: Observed, desired: Mapping[str, int], obs: Observation) -> 
         return Routing(_activator_slice(o, addresses, port) if moved else (), "activator",
                        None if settled else since, hold)
     # routing == "pods"
-    if not zero_ok or wanted > 0:
+    # A model with no replica at all that now wants one (a new ModelDeployment, or a forecast's pre-warm before
+    # the first cycle pointed its Service anywhere else) has no endpoint until a pod is Ready: the activator
+    # holds the requests meanwhile, as at zero.
+    from_nothing = wanted > 0 and running == 0 and ready == 0
+    if not zero_ok or (wanted > 0 and not from_nothing):
         if since is not None and settled:
             # The pods' own slice has had time to reach every node: the activator's goes.
             return Routing((Delete("EndpointSlice", namespace, f"{name}-activator"),), "pods", None)
@@ -742,9 +746,11 @@ def _plan_routing(o: Observed, desired: Mapping[str, int], obs: Observation) -> 
         # replicas stay; the cycles read its endpoints again every few seconds.
         hold = "the activator has no Ready pod yet: the replicas stay until it has" if running else None
         return Routing((), "pods", since, hold)
+    why = ("no replica is Ready yet: the Service points at the activator, which holds the requests until one is"
+           if from_nothing else "no replicas wanted: the Service points at the activator")
     return Routing(_activator_slice(o, addresses, port) + (
                     Apply(builders.build_service_to_activator(spec, name, namespace, uid)),
-                    Event("Normal", "RoutedToActivator", "no replicas wanted: the Service points at the activator")),
+                    Event("Normal", "RoutedToActivator", why)),
                    "activator", iso(o.now), f"the Service now points at the activator: the replicas go once it has "
                                             f"for {settle:g} s" if running else None)
 

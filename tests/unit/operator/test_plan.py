@@ -260,6 +260,34 @@ def test_going_to_zero_the_replicas_stay_until_the_service_has_pointed_at_the_ac
             assert "no requests for" in plan.status["lastScaleReason"]
 
 
+def test_a_model_waking_from_nothing_routes_through_the_activator_until_a_replica_is_ready():
+    """A new ModelDeployment whose first decision wants a replica (here a request seen while at zero) had its
+    Service select pods that were not Ready yet: requests in those seconds were refused (a local demo run
+    lost 16). The activator holds them instead; the replica is started in the same cycle, not held back."""
+    o = observed(zero_spec(), replicas=0, activator=ACTIVATOR, activator_settle_s=10,
+                 snapshot=healthy(qps=3.0, cpu=10.0), status={"scaler": {"scaledToZero": True}})
+    plan = cycle(o)
+    assert plan.status["desired"] >= 1 and kinds(plan.replicas)[0][:2] == ("apply", "Deployment")
+    assert kinds(plan.routing) == [("apply", "EndpointSlice", "m-activator"), ("apply", "Service", "m"),
+                                   ("event", "RoutedToActivator")]
+    assert plan.routing[2].obj["spec"]["selector"] == ACTIVATOR_SELECTOR
+    assert "no replica is Ready yet" in plan.routing[3].message
+    assert plan.status["routing"] == "activator" and plan.status["phase"] != "ScaledToZero"
+    # 5 s later the pod is starting: the Service stays on the activator, and nothing holds the replicas back
+    later = T0 + timedelta(seconds=5)
+    def then(ready: int):
+        return replace(observed(zero_spec(), replicas=1, ready=ready, activator=ACTIVATOR, activator_settle_s=10,
+                                activator_slice=ACTIVATOR, status=dict(plan.status),
+                                snapshot=healthy(later, qps=3.0, cpu=10.0)), now=later)
+
+    starting = cycle(then(ready=0))
+    assert starting.routing == () and starting.status["routing"] == "activator"
+    assert not any("replicas go once" in s.message for s in starting.events if isinstance(s, Log))
+    # Ready: back to the pods
+    ready = cycle(then(ready=1))
+    assert kinds(ready.routing) == [("apply", "Service", "m"), ("event", "RoutedToPods")]
+
+
 def test_with_no_ready_activator_pod_the_last_replicas_stay():
     status, snap = idle_at(T0, {})
     o = observed(zero_spec(), replicas=1, ready=1, activator=((), 8080), status=status, snapshot=snap)
