@@ -162,8 +162,13 @@ def hpa_object(ns: str, target: str, cpu_percent: float, max_replicas: int) -> d
                          "type": "Utilization", "averageUtilization": int(round(cpu_percent))}}}]}}
 
 
+KEDA_RATE_WINDOW_S = 60
+"""The rate window of KEDA's query; the simulated KEDA reads the same window."""
+
+
 def rate_query(ns: str) -> str:
-    return f'sum(rate(elastiserve_requests_total{{namespace="{ns}",modeldeployment="{NAME}"}}[1m]))'
+    return (f'sum(rate(elastiserve_requests_total{{namespace="{ns}",modeldeployment="{NAME}"}}'
+            f'[{KEDA_RATE_WINDOW_S}s]))')
 
 
 def scaled_object(ns: str, target: str, prometheus: str, qps_target: float, max_replicas: int) -> dict:
@@ -660,7 +665,8 @@ def calibrate(trace, spec: dict, names: list[str], targets: dict, startup: float
             sat = saturation_rate(n)
             conts.append(LiveContender(n, "hpa", qps_target=targets[n] / 100.0 * sat, saturation_qps=sat))
         else:
-            conts.append(LiveContender(n, "keda", qps_target=targets["keda"], saturation_qps=saturation_rate(n)))
+            conts.append(LiveContender(n, "keda", qps_target=targets["keda"], saturation_qps=saturation_rate(n),
+                                       metric_window_seconds=KEDA_RATE_WINDOW_S))
     sim_out, _ = calibrated_backtest(trace, parsed(spec), conts, startup, max_replicas, window_seconds=window_seconds)
     for c in conts:
         sim_out[c.name]["qps_target_per_pod"] = None if c.qps_target is None else round(c.qps_target, 2)

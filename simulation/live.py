@@ -223,6 +223,9 @@ class LiveContender:
     kind: str
     qps_target: float | None = None
     saturation_qps: float | None = None
+    metric_window_seconds: float | None = None
+    """Window of the metric the contender's HPA reads: KEDA's query's rate window; None for metrics-server's CPU
+    (``SimConfig.hpa_metric_window_seconds``)."""
 
 
 def rate_at_cpu_target(cpu_target_percent: float, cpu_request_cores: float, cpu_seconds_per_request: float) -> float:
@@ -261,7 +264,8 @@ def calibrated_backtest(trace, spec, contenders: Sequence[LiveContender], startu
                 raise ValueError(f"{c.name}: the saturation rate must be positive (got {sat})")
             extra[c.name] = HpaPolicy(spec, HpaSettings(target_cpu_percent=100.0 * c.qps_target / (sat or mu),
                                                         min_replicas=1, max_replicas=max_replicas,
-                                                        cpu_saturation_qps=sat), name=c.name)
+                                                        cpu_saturation_qps=sat,
+                                                        metric_window_seconds=c.metric_window_seconds), name=c.name)
         else:
             raise ValueError(f"unknown contender kind {c.kind!r} (known: ours, hpa, keda)")
     result = run_backtest(trace, spec, cfg, policies=(), extra=extra)

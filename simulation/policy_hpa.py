@@ -53,6 +53,9 @@ class HpaSettings:
     cpu_saturation_qps: float | None = None
     """Per-pod rate at which a pod's CPU reaches its limit: when set, the CPU seen is the served rate over it,
     capped at 100 % (``simulation/live.py``), instead of the busy share of the simulator's service rate."""
+    metric_window_seconds: float | None = None
+    """Window of the metric the HPA reads; default ``SimConfig.hpa_metric_window_seconds`` (metrics-server's
+    CPU). An external metric has its own: KEDA's Prometheus trigger reads its query's rate window."""
 
 
 class HpaPolicy:
@@ -162,13 +165,14 @@ class HpaPolicy:
         sc = self.sc
         p = sc.primary
         sat = self.s.cpu_saturation_qps
+        window = self.s.metric_window_seconds or sc.cfg.hpa_metric_window_seconds
         if sat:
             # The pods' CPU as metrics-server reports it: what they served over the window, spread over the pods
             # Ready now (a pod started since has little usage yet) as a share of their limit, at most 100 %.
-            served = view.served_rate(sc.cfg.hpa_metric_window_seconds, sc.cfg.scrape_delay_seconds)
+            served = view.served_rate(window, sc.cfg.scrape_delay_seconds)
             util = None if served is None else min(1.0, served / (max(view.ready[p], 1) * sat))
         else:
-            util = view.utilisation(sc.cfg.hpa_metric_window_seconds, sc.cfg.scrape_delay_seconds)
+            util = view.utilisation(window, sc.cfg.scrape_delay_seconds)
         cpu = None if util is None else 100.0 * util
         current = view.desired[p]
         desired = self.step(view.t, current, view.ready[p], cpu)
