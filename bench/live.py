@@ -25,7 +25,7 @@ time, on the same real node:
   ``--hpa-matched-target`` sets it when ``ours`` is not in the run);
 * ``keda``: the same Deployment with a KEDA ``ScaledObject`` (``hack/keda.sh``: KEDA's operator and metrics
   API server built from its Go module) using the Prometheus scaler on the request rate
-  ``sum(rate(elastiserve_requests_total{...}[1m]))`` with a per-pod target ``--keda-qps-target``
+  ``sum(rate(elastiserve_requests_total{...}[60s]))`` with a per-pod target ``--keda-qps-target``
   (default 0.8 × capacity: the HPA's 80 % headroom, in requests).
 
 Every pod has ``requests.cpu == limits.cpu == --cpu`` (300m), so CPU utilisation is the share of the pod's
