@@ -209,17 +209,37 @@ def fresh_rate(state: SloState, qps: float | None, now: datetime, spec: ModelDep
     return max(qps + ratio * (qps - state.demand[-1]), 0.0)
 
 
-def concurrency_qps(spec: ModelDeploymentSpec, inflight: float | None) -> float | None:
+def concurrency_qps(spec: ModelDeploymentSpec, inflight: float | None, ready_qps: float | None = None) -> float | None:
     """Demand implied by the in-flight requests (req/s), None when the signal is off or unknown.
 
     Little's law, ``in-flight = rate x latency``, at the operating point the spec states: one primary
     replica at ``capacityQps`` holds ``spec.inflight_concurrency`` requests, so ``N`` in flight stand for
     ``N / concurrency`` replicas' worth of demand. Below capacity latency is shorter and this reads low
-    (the request rate then governs); past capacity the queue grows and it reads high before the rate
-    window or the latency histogram shows anything: requests queued now must be served too."""
+    (the request rate then governs). Past capacity the queue grows before the rate window or the latency
+    histogram shows anything.
+
+    With ``ready_qps`` (the ready replicas' capacity) the requests beyond what those replicas hold at
+    capacity are read as a backlog, not as a rate: the ready replicas serve ``ready_qps`` and the backlog
+    grew since the last check that could have seen it (one panic period; a sync period without the
+    panic check), so demand = ``ready_qps + backlog / that period``. Read as a rate at the operating
+    latency instead, a queue of 190 requests on one 35 req/s replica stands for 2,900 req/s, when the
+    burst that built it was 73."""
     if inflight is None or not spec.metrics.rules.inflight.enabled:
         return None
-    return inflight / spec.inflight_concurrency * spec.primary.capacity_qps
+    c = spec.inflight_concurrency
+    cap = spec.primary.capacity_qps
+    if ready_qps is None:
+        return inflight / c * cap
+    held = ready_qps / cap * c
+    if inflight <= held:
+        return inflight / c * cap
+    return ready_qps + (inflight - held) / backlog_seconds(spec)
+
+
+def backlog_seconds(spec: ModelDeploymentSpec) -> float:
+    """The longest a backlog can have grown unseen: a panic period with the panic check on, else a sync period."""
+    rule = spec.metrics.rules.inflight
+    return float(rule.panic_period_seconds or spec.sync_period_seconds)
 
 
 # --------------------------------------------------------------------------- 3. calibration
@@ -387,7 +407,7 @@ def plan(
 
     q = quantile(state, spec)
     level = float(metrics.qps or 0.0)
-    conc = concurrency_qps(spec, metrics.inflight)
+    conc = concurrency_qps(spec, metrics.inflight, ready_qps)
     if conc is not None:
         fresh = max(fresh, conc)  # the in-flight gauge has no rate window: the freshest measure of demand
     panic = (metrics.qps is not None or conc is not None) and max(level, fresh) > ready_qps * 1.0001 \
