@@ -213,17 +213,21 @@ def concurrency_qps(spec: ModelDeploymentSpec, inflight: float | None, ready_qps
     """Demand implied by the in-flight requests (req/s), None when the signal is off or unknown.
 
     Little's law, ``in-flight = rate x latency``, at the operating point the spec states: one primary
-    replica at ``capacityQps`` holds ``spec.inflight_concurrency`` requests, so ``N`` in flight stand for
-    ``N / concurrency`` replicas' worth of demand. Below capacity latency is shorter and this reads low
-    (the request rate then governs). Past capacity the queue grows before the rate window or the latency
-    histogram shows anything.
+    replica at ``capacityQps`` holds ``c = spec.inflight_concurrency`` requests, so ``N`` in flight stand
+    for ``N / c`` replicas' worth of demand. Below capacity latency is shorter and this reads low (the
+    request rate then governs).
 
-    With ``ready_qps`` (the ready replicas' capacity) the requests beyond what those replicas hold at
-    capacity are read as a backlog, not as a rate: the ready replicas serve ``ready_qps`` and the backlog
-    grew since the last check that could have seen it (one panic period; a sync period without the
-    panic check), so demand = ``ready_qps + backlog / that period``. Read as a rate at the operating
-    latency instead, a queue of 190 requests on one 35 req/s replica stands for 2,900 req/s, when the
-    burst that built it was 73."""
+    Past what the ready replicas hold at capacity (``ready_qps``: their capacity, in primary-equivalents
+    ``R = ready_qps / capacityQps``) latency is longer too, and the same conversion reads far too high: a
+    queue of 190 requests on one 35 req/s replica stood for 2,900 req/s, when the burst that built it was
+    73. There the larger of two readings counts:
+
+    * *a queue that grows*: the ready replicas serve ``ready_qps``, and what is in flight beyond ``R × c``
+      arrived on top of that since the last check that could have seen it (``backlog_seconds``);
+    * *a queue that stands*: with the exponential tail the default ``c`` assumes (an M/M/1 replica:
+      ``c = capacity / (mu - capacity)``, so ``mu = capacity × (1 + 1/c)``), ``n`` in flight per replica
+      hold still at ``lambda = mu × n / (1 + n)``; a replica past its capacity but short of ``mu`` keeps
+      a longer queue that does not grow, and is still short of its objective."""
     if inflight is None or not spec.metrics.rules.inflight.enabled:
         return None
     c = spec.inflight_concurrency
@@ -233,7 +237,12 @@ def concurrency_qps(spec: ModelDeploymentSpec, inflight: float | None, ready_qps
     held = ready_qps / cap * c
     if inflight <= held:
         return inflight / c * cap
-    return ready_qps + (inflight - held) / backlog_seconds(spec)
+    growing = ready_qps + (inflight - held) / backlog_seconds(spec)
+    if ready_qps <= 0:
+        return growing  # nothing ready (the activator holds them): all of it is backlog
+    per_replica = inflight / (ready_qps / cap)
+    standing = ready_qps * (1 + 1 / c) * per_replica / (1 + per_replica)
+    return max(growing, standing)
 
 
 def backlog_seconds(spec: ModelDeploymentSpec) -> float:

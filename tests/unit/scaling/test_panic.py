@@ -64,8 +64,13 @@ def test_a_queue_past_the_ready_capacity_reads_as_a_backlog_not_as_a_rate():
     # nothing ready (the activator holds the requests): all of it is backlog
     assert slo.concurrency_qps(sp, 10.0, ready_qps=0.0) == pytest.approx(2.0)
     # without the panic check the backlog is read over a sync period
-    assert slo.concurrency_qps(spec_of(concurrency=2, panicPeriodSeconds=0), 54.0, ready_qps=20.0) == \
-        pytest.approx(20.0 + 50.0 / sp.sync_period_seconds)
+    assert slo.concurrency_qps(spec_of(concurrency=2, panicPeriodSeconds=0), 154.0, ready_qps=20.0) == \
+        pytest.approx(20.0 + 150.0 / sp.sync_period_seconds)
+    # a queue that stands: an M/M/1 replica with c = 2 at 10 qps serves mu = 15; at 12.86 qps it holds 6
+    # in flight and they do not grow: 2 replicas with 12 in flight read 25.7 qps, not 20 + 8 / 5 s
+    lam = 15 * 6 / 7
+    assert lam / (15 - lam) == pytest.approx(6.0)
+    assert slo.concurrency_qps(sp, 12.0, ready_qps=20.0) == pytest.approx(2 * lam)
 
 
 @pytest.mark.parametrize("slo_on", [True, False], ids=["slo", "rules"])

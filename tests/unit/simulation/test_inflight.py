@@ -83,8 +83,9 @@ def test_panic_loop_reacts_to_a_step_before_the_rate_path_does():
 def test_the_queue_a_step_builds_is_read_as_a_backlog_not_as_a_rate():
     """The step 100 -> 300 req/s needs 9 fp32 replicas of 35 req/s. Read as a rate at the operating latency
     (Little's law), the queue it builds on 5 replicas stood for thousands of req/s and the panic check asked
-    for every replica the spec allows (80 fp32 + the int8 bridge). Read as a backlog grown within a panic
-    period, it asks for a multiple of the step, not the maximum, and still serves the step."""
+    for every replica the spec allows (80 fp32 + the int8 bridge). Read as a queue that grows within a
+    panic period (or stands, whichever reads higher: ``slo.concurrency_qps``), it asks for a multiple of the
+    step, not the maximum, and still serves the step."""
     sc, policy, rec = _step_run(True)
     step = int(600 / sc.dt)
     pods = rec.pods[step:].sum(axis=1)
