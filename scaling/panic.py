@@ -51,15 +51,13 @@ def panic(
     rule = spec.metrics.rules.inflight
     if not rule.enabled or rule.panic_period_seconds == 0:
         return _unchanged(current, state, "panic check off (metrics.rules.inflight)")
-    ready_qps = sum(observed.ready.get(v.name, 0) * v.capacity_qps for v in spec.variants)
-    # The SLO policy reads a queue past the ready capacity as a backlog; the rules size on concurrency as
-    # Knative's KPA does.
-    conc = slo_policy.concurrency_qps(spec, metrics.inflight, ready_qps if spec.slo.enabled else None)
+    conc = slo_policy.concurrency_qps(spec, metrics.inflight)
     if conc is None or metrics.observed_at is None:
         return _unchanged(current, state, "panic check: in-flight unknown → hold")
     age = (now - metrics.observed_at).total_seconds()
     if age > spec.metrics.stale_after_seconds:
         return _unchanged(current, state, f"panic check: in-flight {age:.0f} s old → hold")
+    ready_qps = sum(observed.ready.get(v.name, 0) * v.capacity_qps for v in spec.variants)
     if conc <= ready_qps * 1.0001:
         return _unchanged(current, state, f"panic check: in-flight {metrics.inflight:.3g} ≈ {conc:.3g} qps "
                                           f"≤ ready capacity {ready_qps:.3g} qps")

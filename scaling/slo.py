@@ -209,46 +209,17 @@ def fresh_rate(state: SloState, qps: float | None, now: datetime, spec: ModelDep
     return max(qps + ratio * (qps - state.demand[-1]), 0.0)
 
 
-def concurrency_qps(spec: ModelDeploymentSpec, inflight: float | None, ready_qps: float | None = None) -> float | None:
+def concurrency_qps(spec: ModelDeploymentSpec, inflight: float | None) -> float | None:
     """Demand implied by the in-flight requests (req/s), None when the signal is off or unknown.
 
     Little's law, ``in-flight = rate x latency``, at the operating point the spec states: one primary
-    replica at ``capacityQps`` holds ``c = spec.inflight_concurrency`` requests, so ``N`` in flight stand
-    for ``N / c`` replicas' worth of demand. Below capacity latency is shorter and this reads low (the
-    request rate then governs).
-
-    Past what the ready replicas hold at capacity (``ready_qps``: their capacity, in primary-equivalents
-    ``R = ready_qps / capacityQps``) latency is longer too, and the same conversion reads far too high: a
-    queue of 190 requests on one 35 req/s replica stood for 2,900 req/s, when the burst that built it was
-    73. There the larger of two readings counts:
-
-    * *a queue that grows*: the ready replicas serve ``ready_qps``, and what is in flight beyond ``R × c``
-      arrived on top of that since the last check that could have seen it (``backlog_seconds``);
-    * *a queue that stands*: with the exponential tail the default ``c`` assumes (an M/M/1 replica:
-      ``c = capacity / (mu - capacity)``, so ``mu = capacity × (1 + 1/c)``), ``n`` in flight per replica
-      hold still at ``lambda = mu × n / (1 + n)``; a replica past its capacity but short of ``mu`` keeps
-      a longer queue that does not grow, and is still short of its objective."""
+    replica at ``capacityQps`` holds ``spec.inflight_concurrency`` requests, so ``N`` in flight stand for
+    ``N / concurrency`` replicas' worth of demand. Below capacity latency is shorter and this reads low
+    (the request rate then governs); past capacity the queue grows and it reads high before the rate
+    window or the latency histogram shows anything: requests queued now must be served too."""
     if inflight is None or not spec.metrics.rules.inflight.enabled:
         return None
-    c = spec.inflight_concurrency
-    cap = spec.primary.capacity_qps
-    if ready_qps is None:
-        return inflight / c * cap
-    held = ready_qps / cap * c
-    if inflight <= held:
-        return inflight / c * cap
-    growing = ready_qps + (inflight - held) / backlog_seconds(spec)
-    if ready_qps <= 0:
-        return growing  # nothing ready (the activator holds them): all of it is backlog
-    per_replica = inflight / (ready_qps / cap)
-    standing = ready_qps * (1 + 1 / c) * per_replica / (1 + per_replica)
-    return max(growing, standing)
-
-
-def backlog_seconds(spec: ModelDeploymentSpec) -> float:
-    """The longest a backlog can have grown unseen: a panic period with the panic check on, else a sync period."""
-    rule = spec.metrics.rules.inflight
-    return float(rule.panic_period_seconds or spec.sync_period_seconds)
+    return inflight / spec.inflight_concurrency * spec.primary.capacity_qps
 
 
 # --------------------------------------------------------------------------- 3. calibration
@@ -416,7 +387,7 @@ def plan(
 
     q = quantile(state, spec)
     level = float(metrics.qps or 0.0)
-    conc = concurrency_qps(spec, metrics.inflight, ready_qps)
+    conc = concurrency_qps(spec, metrics.inflight)
     if conc is not None:
         fresh = max(fresh, conc)  # the in-flight gauge has no rate window: the freshest measure of demand
     panic = (metrics.qps is not None or conc is not None) and max(level, fresh) > ready_qps * 1.0001 \

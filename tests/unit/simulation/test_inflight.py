@@ -78,19 +78,3 @@ def test_panic_loop_reacts_to_a_step_before_the_rate_path_does():
 
     assert first_added(rec_on) * sc.dt <= 15  # within the scrape age + a panic period (+ a tick)
     assert first_added(rec_on) < first_added(rec_off)
-
-
-def test_the_queue_a_step_builds_is_read_as_a_backlog_not_as_a_rate():
-    """The step 100 -> 300 req/s needs 9 fp32 replicas of 35 req/s. Read as a rate at the operating latency
-    (Little's law), the queue it builds on 5 replicas stood for thousands of req/s and the panic check asked
-    for every replica the spec allows (80 fp32 + the int8 bridge). Read as a queue that grows within a
-    panic period (or stands, whichever reads higher: ``slo.concurrency_qps``), it asks for a multiple of the
-    step, not the maximum, and still serves the step."""
-    sc, policy, rec = _step_run(True)
-    step = int(600 / sc.dt)
-    pods = rec.pods[step:].sum(axis=1)
-    assert rec.pods[step - 1].sum() <= 6
-    assert sc.spec.bounds(sc.spec.primary).max == 80
-    assert 9 <= pods.max() <= 6 * 9  # the old reading: 134 pods, the maximum of both variants
-    # served: the queue is gone well before the end of the 10 minutes at 300 req/s
-    assert rec.backlog[-int(120 / sc.dt):].max() == 0
