@@ -37,8 +37,8 @@ request), as a client without keep-alive would. Before the runs, the pod capacit
 
 Writes ``--out/<run>/``: report.md, report.json, replicas.png (pods per contender with the offered load).
 Then replays the same segment through the simulator (``simulation/live.py``: the measured capacity and
-start-up, no warm-up) and reports its error per contender. Not part of ``make test``: it needs the real node
-and takes (minutes / compress + ~3) minutes per contender.
+start-up, no warm-up) and reports its error per contender. It takes (minutes / compress + ~3) minutes per
+contender; ``make test`` runs a short form (``tests/e2e/test_live_smoke.py``: two replay minutes, the real HPA).
 """
 
 from __future__ import annotations
