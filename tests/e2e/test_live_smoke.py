@@ -6,7 +6,9 @@ compressed ×8 and scaled to 2.5× a pod's stated capacity, are replayed against
 renders, with an ``autoscaling/v2`` HPA on CPU at 80 %. The full comparison (ours, the HPA at two targets,
 KEDA, 40-minute segments) is a benchmark with its figures in docs/backtest.md; this checks that its path
 works end to end on every change: the HPA scales on real CPU, every request is answered and scored, the
-report is written, and the simulator is run on the same segment.
+report is written, and the simulator is run on the same segment. The test cluster's HPA controller syncs every
+5 s (``HPA_SYNC_PERIOD_S``), not the default 15 s the benchmark's cluster and the simulated HPA use, so its
+figures are not the benchmark's.
 """
 
 from __future__ import annotations
