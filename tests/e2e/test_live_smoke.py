@@ -44,9 +44,12 @@ def test_live_replay_against_the_real_hpa(real_cluster: RealCluster, tmp_path: P
 
     run = out / "smoke"
     doc = json.loads((run / "report.json").read_text())
-    assert (run / "report.md").read_text().count("hpa") >= 1
-    assert (run / "replicas.png").stat().st_size > 0
     cfg, hpa = doc["config"], doc["live"]["hpa"]
+    report = (run / "report.md").read_text()
+    # the report's row for the contender and the simulator's section, with this run's figures
+    assert f"| hpa | CPU 80 % | {hpa['pod_seconds']:.0f} |" in report, report
+    assert "## The simulator on the same segment" in report
+    assert (run / "replicas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cfg["compress"] == 8 and cfg["replay_seconds"] == pytest.approx(120, abs=8)
     assert cfg["versions"]["kubernetes"] and cfg["targets"]["hpa"] == 80
 
@@ -57,7 +60,8 @@ def test_live_replay_against_the_real_hpa(real_cluster: RealCluster, tmp_path: P
     assert max(s[1] for s in hpa["samples"]) >= 2, hpa["rescale_events"]
     assert hpa["scale_events"] >= 1 and any("cpu" in (m or "") for m in hpa["rescale_events"]), hpa["rescale_events"]
     assert hpa["pod_seconds"] >= cfg["replay_seconds"] - 2  # at least one pod all along
-    assert 0 < hpa["mean_cpu_utilisation"] <= 100
+    # measured from the kubelet's cAdvisor through Prometheus (increase() extrapolates a little past 100 %)
+    assert 0 < hpa["mean_cpu_utilisation"] < 120
 
     # the simulator replayed the same segment and its error against this run is reported
     err = doc["simulator"]["errors"]["hpa"]
