@@ -497,11 +497,11 @@ def test_a_real_hpa_scales_a_model_server_deployment_under_load(
     # A server just Ready still warms up: its first CPU rate in metrics-server can be past the target (73m of a
     # 100m request in one CI run), and an HPA created then scales an idle server. The HPA comes once
     # metrics-server reports the pod below a quarter of its request.
-    def settled() -> float | None:
+    def settled() -> list[float] | None:  # the list, not its value: an idle 0m would read as falsy
         out = k.kubectl("get", "--raw", f"/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods", check=False)
         items = json.loads(out.stdout).get("items", []) if out.returncode == 0 else []
         usage = [sum(_cpu_millicores(c["usage"]["cpu"]) for c in i["containers"]) for i in items]
-        return usage[0] if len(usage) == 1 and usage[0] < 25 else None
+        return usage if len(usage) == 1 and usage[0] < 25 else None
 
     wait_until(settled, timeout=180, interval=2, what=f"{ns}/{name}: metrics-server reports the idle pod under 25m CPU")
     k.apply({
