@@ -430,6 +430,15 @@ def _cpu_millicores(quantity: str) -> float:
     return float(quantity[:-1]) * scale[quantity[-1]] if quantity[-1] in scale else float(quantity) * 1000
 
 
+def _pods_cpu_millicores(k, ns: str, check: bool = True) -> dict[str, float] | None:
+    """CPU per pod of ``ns`` from the metrics API (metrics-server), in millicores; None when it did not answer."""
+    out = k.kubectl("get", "--raw", f"/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods", check=check)
+    if out.returncode != 0:
+        return None
+    return {i["metadata"]["name"]: sum(_cpu_millicores(c["usage"]["cpu"]) for c in i["containers"])
+            for i in json.loads(out.stdout)["items"]}
+
+
 def test_metrics_server_serves_the_model_servers_cpu_to_kubectl_top(installed: RealCluster, pair: str):
     """metrics.k8s.io through the aggregation layer: metrics-server reads the kubelet's /metrics/resource
     (verifying its serving certificate with the cluster CA) and `kubectl top` shows each model server's CPU."""
@@ -450,9 +459,7 @@ def test_metrics_server_serves_the_model_servers_cpu_to_kubectl_top(installed: R
         return rows if out.returncode == 0 and pods <= set(rows) else None
 
     rows = wait_until(top, timeout=90, interval=2, what=f"`kubectl top pod -n {pair}` lists {pods}")
-    raw = json.loads(k.kubectl("get", "--raw", f"/apis/metrics.k8s.io/v1beta1/namespaces/{pair}/pods").stdout)
-    usage = {i["metadata"]["name"]: sum(_cpu_millicores(c["usage"]["cpu"]) for c in i["containers"])
-             for i in raw["items"]}
+    usage = _pods_cpu_millicores(k, pair)
     print(f"\nkubectl top pod: {rows}; metrics API (millicores): {usage}")
     assert pods <= set(usage)
     assert all(usage[p] >= 0 for p in pods) and sum(usage[p] for p in pods) > 0, usage
@@ -498,9 +505,7 @@ def test_a_real_hpa_scales_a_model_server_deployment_under_load(
     # 100m request in one CI run), and an HPA created then scales an idle server. The HPA comes once
     # metrics-server reports the pod below a quarter of its request.
     def settled() -> list[float] | None:  # the list, not its value: an idle 0m would read as falsy
-        out = k.kubectl("get", "--raw", f"/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods", check=False)
-        items = json.loads(out.stdout).get("items", []) if out.returncode == 0 else []
-        usage = [sum(_cpu_millicores(c["usage"]["cpu"]) for c in i["containers"]) for i in items]
+        usage = list((_pods_cpu_millicores(k, ns, check=False) or {}).values())
         return usage if len(usage) == 1 and usage[0] < 25 else None
 
     wait_until(settled, timeout=180, interval=2, what=f"{ns}/{name}: metrics-server reports the idle pod under 25m CPU")

@@ -14,6 +14,16 @@ from elastiserve.simulation.live import (
 from elastiserve.simulation.traces import Trace
 
 
+def _one_variant_spec():
+    """The example spec with one fp32 variant of 19 qps, 1-6 replicas, forecasting off (a live segment's spec)."""
+    from elastiserve.api.spec import ModelDeploymentSpec
+
+    d = {k: v for k, v in DEFAULT_SPEC_DICT.items() if k not in ("burst",)}
+    d = {**d, "variants": [{"name": "fp32", "precision": "fp32", "role": "primary", "capacityQps": 19}],
+         "replicas": {"min": 1, "max": 6}, "forecasting": {"enabled": False}}
+    return ModelDeploymentSpec.model_validate(d)
+
+
 def test_pod_seconds_is_the_step_integral_of_the_pod_count():
     samples = [Sample(0, 1, 1, 1), Sample(10, 3, 3, 1), Sample(25, 3, 3, 3), Sample(40, 1, 2, 2)]
     # 1 pod for 10 s, 3 pods for 30 s, 2 pods for the last 20 s
@@ -102,12 +112,7 @@ def test_sim_errors_compare_per_contender():
 
 
 def test_calibrated_backtest_scores_the_whole_segment_with_the_measured_figures():
-    from elastiserve.api.spec import ModelDeploymentSpec
-
-    d = {k: v for k, v in DEFAULT_SPEC_DICT.items() if k not in ("burst",)}
-    d = {**d, "variants": [{"name": "fp32", "precision": "fp32", "role": "primary", "capacityQps": 19}],
-         "replicas": {"min": 1, "max": 6}, "forecasting": {"enabled": False}}
-    spec = ModelDeploymentSpec.model_validate(d)
+    spec = _one_variant_spec()
     # 10 minutes, 15 s bins: 10 qps, then a step to 50 qps, then back
     rate = np.array([10.0] * 12 + [50.0] * 16 + [10.0] * 12)
     trace = Trace("step", 15.0, rate * 15.0)
@@ -149,12 +154,7 @@ def test_the_simulated_hpa_sees_cpu_capped_at_the_pods_saturation_and_spread_ove
     30 req/s (22 req/s saturate a pod; target 80 % = 17.6 req/s) it goes to the 2 pods the load needs and stays
     there; the busy share of the simulator's faster M/M/1 pod, averaged over the metric window that still
     holds the overload, kept doubling it."""
-    from elastiserve.api.spec import ModelDeploymentSpec
-
-    d = {k: v for k, v in DEFAULT_SPEC_DICT.items() if k not in ("burst",)}
-    d = {**d, "variants": [{"name": "fp32", "precision": "fp32", "role": "primary", "capacityQps": 19}],
-         "replicas": {"min": 1, "max": 6}, "forecasting": {"enabled": False}}
-    spec = ModelDeploymentSpec.model_validate(d)
+    spec = _one_variant_spec()
     trace = Trace("flat", 15.0, np.full(20, 30.0 * 15))
     contenders = [LiveContender("sat", "hpa", qps_target=0.8 * 22, saturation_qps=22.0),
                   LiveContender("busy", "hpa", qps_target=0.8 * 22)]
@@ -170,12 +170,7 @@ def test_the_simulated_keda_reads_its_querys_rate_window_not_metrics_servers():
     """KEDA's Prometheus trigger reads ``rate(...[60s])``: a burst shows in it more slowly and more weakly than in
     metrics-server's 15 s CPU window. The live spiky run (docs/backtest.md) had the simulated KEDA at +61.9 %
     of the live pod-seconds with the 15 s window, -3.6 % with its own 60 s one."""
-    from elastiserve.api.spec import ModelDeploymentSpec
-
-    d = {k: v for k, v in DEFAULT_SPEC_DICT.items() if k not in ("burst",)}
-    d = {**d, "variants": [{"name": "fp32", "precision": "fp32", "role": "primary", "capacityQps": 19}],
-         "replicas": {"min": 1, "max": 6}, "forecasting": {"enabled": False}}
-    spec = ModelDeploymentSpec.model_validate(d)
+    spec = _one_variant_spec()
     # 10 qps, a 15 s burst of 80 qps, 10 qps again
     trace = Trace("burst", 15.0, np.array([10.0] * 8 + [80.0] + [10.0] * 11) * 15.0)
     contenders = [LiveContender("short", "keda", qps_target=15.0, saturation_qps=22.0),
