@@ -208,7 +208,9 @@ def sim_errors(sim: Mapping[str, Mapping], live: Mapping[str, Mapping]) -> dict[
 class LiveContender:
     """A live contender as the simulator models it.
 
-    ``kind``: ``ours`` (our policy with the live spec), or ``hpa``/``keda``: the HPA v2 algorithm (15 s sync,
+    ``kind``: ``ours`` (our policy with the live spec), ``oracle`` (perfect foresight, ``policy_oracle.py``: the
+    fewest pods that meet the objective, each started one start-up ahead; no live counterpart, it is the least
+    any policy pays on the segment), or ``hpa``/``keda``: the HPA v2 algorithm (15 s sync,
     tolerance, 300 s scale-down stabilization, rate limits) holding ``qps_target`` requests per second per pod.
     For KEDA that is its trigger's per-pod target; for the CPU-based HPA it is the per-pod rate at which the
     pods' measured CPU reaches the HPA's target (``rate_at_cpu_target``). The simulator's CPU is a busy share
@@ -246,6 +248,7 @@ def calibrated_backtest(trace, spec, contenders: Sequence[LiveContender], startu
     from .config import SimConfig
     from .latency import service_rate
     from .policy_hpa import HpaPolicy, HpaSettings
+    from .policy_oracle import OraclePolicy
     from .policy_ours import OursPolicy
 
     prim = spec.primary
@@ -256,6 +259,8 @@ def calibrated_backtest(trace, spec, contenders: Sequence[LiveContender], startu
     for c in contenders:
         if c.kind == "ours":
             extra[c.name] = OursPolicy(spec, mode="online")
+        elif c.kind == "oracle":
+            extra[c.name] = OraclePolicy(spec)
         elif c.kind in ("hpa", "keda"):
             if not c.qps_target or c.qps_target <= 0:
                 raise ValueError(f"{c.name}: a positive per-pod request-rate target is needed (got {c.qps_target})")
@@ -267,7 +272,7 @@ def calibrated_backtest(trace, spec, contenders: Sequence[LiveContender], startu
                                                         cpu_saturation_qps=sat,
                                                         metric_window_seconds=c.metric_window_seconds), name=c.name)
         else:
-            raise ValueError(f"unknown contender kind {c.kind!r} (known: ours, hpa, keda)")
+            raise ValueError(f"unknown contender kind {c.kind!r} (known: ours, oracle, hpa, keda)")
     result = run_backtest(trace, spec, cfg, policies=(), extra=extra)
     out = {}
     for name, r in result.results.items():

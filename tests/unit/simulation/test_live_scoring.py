@@ -141,6 +141,24 @@ def test_calibrated_backtest_scores_the_whole_segment_with_the_measured_figures(
         calibrated_backtest(trace, spec, [LiveContender("x", "hpa")], 12.0, 6)
 
 
+def test_the_simulated_oracle_is_the_least_any_contender_pays_on_the_segment():
+    """The oracle (perfect foresight, each pod started one start-up ahead) beside the live contenders: what the
+    segment costs at the objective at the least, from the same one Ready pod. On the step it holds the 3 pods
+    the 50 qps need (19 qps each) only while they are needed (started one start-up before the step, so no
+    minute is violated), and every contender pays more."""
+    spec = _one_variant_spec()
+    rate = np.array([10.0] * 12 + [50.0] * 16 + [10.0] * 12)
+    trace = Trace("step", 15.0, rate * 15.0)
+    contenders = [LiveContender("oracle", "oracle"), LiveContender("ours", "ours"),
+                  LiveContender("hpa", "hpa", qps_target=12.0), LiveContender("keda", "keda", qps_target=15.0)]
+    out, result = calibrated_backtest(trace, spec, contenders, startup_seconds=12.0, max_replicas=6)
+    pods = result.results["oracle"].record.pods.sum(axis=1)
+    assert pods[0] == 1 and pods.max() == 3 and pods[-1] == 1
+    for name in ("ours", "hpa", "keda"):
+        assert out["oracle"]["pod_seconds"] < out[name]["pod_seconds"], name
+    assert out["oracle"]["slo_violation_minutes"] == 0
+
+
 def test_the_rate_at_a_cpu_target_follows_the_measured_cpu_per_request():
     # 0.3-core pods, 20 ms of CPU per request: 80 % of the request is 0.24 cores = 12 requests per second
     assert rate_at_cpu_target(80, 0.3, 0.02) == pytest.approx(12.0)
