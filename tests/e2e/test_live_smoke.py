@@ -66,3 +66,7 @@ def test_live_replay_against_the_real_hpa(real_cluster: RealCluster, tmp_path: P
     # the simulator replayed the same segment and its error against this run is reported
     err = doc["simulator"]["errors"]["hpa"]
     assert err["live_pod_seconds"] == hpa["pod_seconds"] and err["sim_pod_seconds"] > 0
+    # beside it, the simulated oracle (the least pod-seconds that meet the objective): at least one pod all along
+    oracle = doc["simulator"]["results"]["oracle"]
+    assert oracle["pod_seconds"] >= doc["config"]["replay_seconds"] - 1
+    assert "The oracle on the same segment" in report
