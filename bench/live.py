@@ -37,9 +37,10 @@ request), as a client without keep-alive would. Before the runs, the pod capacit
 
 Writes ``--out/<run>/``: report.md, report.json, replicas.png (pods per contender with the offered load).
 Then replays the same segment through the simulator (``simulation/live.py``: the measured capacity and
-start-up, no warm-up) and reports its error per contender, and the simulated oracle's pod-seconds: the least
-any policy pays for the objective on the segment (``bench/live_reach.py`` computes it for every segment). It takes (minutes / compress + ~3) minutes per
-contender; ``make test`` runs a short form (``tests/e2e/test_live_smoke.py``: two replay minutes, the real HPA).
+start-up, no warm-up) and reports its error per contender, and the simulated oracle's pod-seconds: the
+fewest with which the simulator serves the segment at the objective (``bench/live_reach.py`` computes it for
+every segment). It takes (minutes / compress + ~3) minutes per contender; ``make test`` runs a short form
+(``tests/e2e/test_live_smoke.py``: two replay minutes, the real HPA).
 """
 
 from __future__ import annotations
@@ -427,8 +428,9 @@ def write_report(out: Path, doc: dict) -> None:
         if oracle:
             lines += ["", f"The oracle on the same segment (simulated: perfect foresight, each pod started one start-up "
                       f"ahead, from one Ready pod): {oracle['pod_seconds']:.0f} pod-s, {oracle['slo_violation_minutes']} "
-                      f"violation min, {oracle.get('slo_violation_windows')} violated trace minutes: no policy meets the "
-                      "objective on this segment for fewer pod-seconds (`bench/live_reach.py` over every segment)."]
+                      f"violation min, {oracle.get('slo_violation_windows')} violated trace minutes: the fewest pod-seconds "
+                      "with which the simulator serves this segment at the objective (`bench/live_reach.py` over "
+                      "every segment)."]
     if doc.get("targets"):
         lines += ["", "## Against the targets", ""] + [f"* {k}: {v}" for k, v in doc["targets"].items()]
     lines += ["", "![replicas](replicas.png)", ""]
@@ -475,8 +477,8 @@ def target_checks(live: dict, errors: dict, oracle: dict | None = None) -> dict:
         under = [n for n in ("hpa", "keda") if n in live and live[n]["pod_seconds"] < oracle["pod_seconds"]]
         out["least pod-seconds at the objective (simulated oracle)"] = (
             f"{oracle['pod_seconds']:.0f} pod-s, {oracle.get('slo_violation_windows')} violated trace minutes"
-            + (f"; {', '.join(under)} paid less: no more pod-seconds than that means missing the objective where the oracle does not"
-               if under else ""))
+            + (f"; {', '.join(under)} paid less: no more pod-seconds than that means missing the objective where "
+               "the oracle does not" if under else ""))
     for name, e in errors.items():
         if e["pod_seconds_error"] is not None:
             out[f"sim vs live pod-seconds, {name} (within 15 %)"] = (

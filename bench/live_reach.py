@@ -16,7 +16,7 @@ measured on the node, docs/backtest.md):
 * ``ours``: the live spec (``bench/live.py: live_spec``);
 * ``hpa``: the HPA v2 algorithm at 80 % of a pod's saturation (metrics-server's 15 s CPU window);
 * ``keda``: the same at 0.8 × capacity on the 60 s request rate (KEDA's trigger);
-* ``oracle``: perfect foresight (``simulation/policy_oracle.py``), the least any policy pays at the objective.
+* ``oracle``: perfect foresight (``simulation/policy_oracle.py``), the least any policy pays here at the objective.
 
 It prints one JSON line per segment on stdout (progress on stderr) and a summary JSON at the end: per trace and
 shape (spiky: peak/mean of the segment ≥ 2), how often ours meets the target against each, and each
