@@ -54,16 +54,14 @@ def met(row: dict, base: str) -> bool:
     return o["pod_seconds"] <= b["pod_seconds"] and o["violated"] <= b["violated"] / 2
 
 
-def segment_row(path: Path, start_bin: int, a) -> dict | None:
-    """Simulate the contenders on the segment of ``SEGMENT_BINS`` bins from ``start_bin`` (after
-    ``a.history_bins`` unscored bins); None when the scored segment has no requests."""
+def segment_row(path: Path, step: float, start_bin: int, a) -> dict | None:
+    """Simulate the contenders on the segment of ``SEGMENT_BINS`` bins (of ``step`` s) from ``start_bin``
+    (after ``a.history_bins`` unscored bins); None when the scored segment has no requests."""
     import numpy as np
 
     from elastiserve.simulation.backtest import violated_windows
     from elastiserve.simulation.live import LiveContender, calibrated_backtest
-    from elastiserve.simulation.traces import load_trace
 
-    step = load_trace(path).step_seconds
     compress = step / a.bin_seconds
     first = start_bin - a.history_bins
     seg = live.load_segment(path, first * step / 60, (SEGMENT_BINS + a.history_bins) * step / 60, compress)
@@ -160,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         if not starts:
             p.error(f"--traces: {name} has {bins} bins, fewer than {a.history_bins} + {SEGMENT_BINS}")
         for k, start in enumerate(starts):
-            row = segment_row(path, start, a)
+            row = segment_row(path, full.step_seconds, start, a)
             if row is not None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
