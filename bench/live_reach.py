@@ -51,12 +51,13 @@ compressed)."""
 def met(row: dict, base: str) -> bool:
     """The live target against ``base``: no more pod-seconds, at most half its violated trace minutes."""
     o, b = row["ours"], row[base]
-    return o["pod_seconds"] <= b["pod_seconds"] and o["violated"] <= b["violated"] / 2
+    return live.meets_target(o["pod_seconds"], o["violated"], b["pod_seconds"], b["violated"])
 
 
-def segment_row(path: Path, step: float, start_bin: int, a) -> dict | None:
+def segment_row(path: Path, step: float, start_bin: int, spec, a) -> dict | None:
     """Simulate the contenders on the segment of ``SEGMENT_BINS`` bins (of ``step`` s) from ``start_bin``
-    (after ``a.history_bins`` unscored bins); None when the scored segment has no requests."""
+    (after ``a.history_bins`` unscored bins) with ours' live ``spec``; None when the scored segment has no
+    requests."""
     import numpy as np
 
     from elastiserve.simulation.backtest import violated_windows
@@ -71,18 +72,15 @@ def segment_row(path: Path, step: float, start_bin: int, a) -> dict | None:
         return None
     # the scored segment's busiest bin offers peak-factor x capacity, as live (the history may go above)
     trace = live.scale_to_peak(seg, a.peak_factor * a.capacity_rps * rate.max() / scored.max())
-    spec = live.parsed(live.live_spec("http://unused", "unused", a.capacity_rps, a.cpu, a.max_replicas))
-    contenders = [LiveContender("ours", "ours"), LiveContender("oracle", "oracle"),
-                  LiveContender("hpa", "hpa", qps_target=0.8 * a.saturation_rps, saturation_qps=a.saturation_rps),
-                  LiveContender("keda", "keda", qps_target=0.8 * a.capacity_rps, saturation_qps=a.saturation_rps,
-                                metric_window_seconds=live.KEDA_RATE_WINDOW_S)]
+    targets = {"hpa": live.HPA_CPU_TARGET, "keda": live.KEDA_CAPACITY_SHARE * a.capacity_rps}  # live's defaults
+    contenders = [LiveContender("oracle", "oracle")] + [
+        live.sim_contender(n, targets, a.saturation_rps) for n in ("ours", "hpa", "keda")]
     _, result = calibrated_backtest(trace, spec, contenders, a.startup_s, a.max_replicas, window_seconds=a.bin_seconds)
     dt = result.scenario.dt
     ticks = int(round(SEGMENT_BINS * a.bin_seconds / dt))
-    scored_rate = scored * (a.peak_factor * a.capacity_rps / scored.max())
     row = {"trace": path.name, "start_bin": start_bin, "compress": round(compress, 3),
            "peak_to_mean": round(float(scored.max() / scored.mean()), 3),
-           "mean_qps": round(float(scored_rate.mean()), 2)}
+           "mean_qps": round(float(np.asarray(trace.rate)[a.history_bins:].mean()), 2)}
     for name, r in result.results.items():
         windows = violated_windows(result.scenario, r.record, a.bin_seconds)
         row[name] = {"pod_seconds": round(float(r.record.pods[-ticks:].sum() * dt), 1),
@@ -144,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from elastiserve.simulation.traces import load_trace
 
+    spec = live.parsed(live.live_spec("http://unused", "unused", a.capacity_rps, a.cpu, a.max_replicas))
     rows: list[dict] = []
     t0 = time.monotonic()
     for name in [t for t in a.traces.split(",") if t]:
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         if not starts:
             p.error(f"--traces: {name} has {bins} bins, fewer than {a.history_bins} + {SEGMENT_BINS}")
         for k, start in enumerate(starts):
-            row = segment_row(path, full.step_seconds, start, a)
+            row = segment_row(path, full.step_seconds, start, spec, a)
             if row is not None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
