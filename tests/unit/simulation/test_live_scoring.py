@@ -24,6 +24,12 @@ def _one_variant_spec():
     return ModelDeploymentSpec.model_validate(d)
 
 
+def _step_trace():
+    """10 minutes in 15 s bins: 10 qps for 3 minutes, a step to 50 qps for 4, then 10 qps again."""
+    rate = np.array([10.0] * 12 + [50.0] * 16 + [10.0] * 12)
+    return Trace("step", 15.0, rate * 15.0)
+
+
 def test_pod_seconds_is_the_step_integral_of_the_pod_count():
     samples = [Sample(0, 1, 1, 1), Sample(10, 3, 3, 1), Sample(25, 3, 3, 3), Sample(40, 1, 2, 2)]
     # 1 pod for 10 s, 3 pods for 30 s, 2 pods for the last 20 s
@@ -113,9 +119,7 @@ def test_sim_errors_compare_per_contender():
 
 def test_calibrated_backtest_scores_the_whole_segment_with_the_measured_figures():
     spec = _one_variant_spec()
-    # 10 minutes, 15 s bins: 10 qps, then a step to 50 qps, then back
-    rate = np.array([10.0] * 12 + [50.0] * 16 + [10.0] * 12)
-    trace = Trace("step", 15.0, rate * 15.0)
+    trace = _step_trace()
     contenders = [LiveContender("ours", "ours"), LiveContender("hpa", "hpa", qps_target=12.0),
                   LiveContender("keda", "keda", qps_target=15.0)]
     out, result = calibrated_backtest(trace, spec, contenders, startup_seconds=12.0, max_replicas=6)
@@ -147,8 +151,7 @@ def test_the_simulated_oracle_is_the_least_any_contender_pays_on_the_segment():
     the 50 qps need (19 qps each) only while they are needed (started one start-up before the step, so no
     minute is violated), and every contender pays more."""
     spec = _one_variant_spec()
-    rate = np.array([10.0] * 12 + [50.0] * 16 + [10.0] * 12)
-    trace = Trace("step", 15.0, rate * 15.0)
+    trace = _step_trace()
     contenders = [LiveContender("oracle", "oracle"), LiveContender("ours", "ours"),
                   LiveContender("hpa", "hpa", qps_target=12.0), LiveContender("keda", "keda", qps_target=15.0)]
     out, result = calibrated_backtest(trace, spec, contenders, startup_seconds=12.0, max_replicas=6)
